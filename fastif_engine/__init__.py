@@ -1,0 +1,19 @@
+"""fastif_engine: scalable influence functions (FastIF) for finding harmful training examples.
+
+Sign convention everywhere: I(z, z_test) = −∇L(z_test)ᵀ (H + λI)⁻¹ ∇L(z);
+positive = harmful (removing z should lower the test loss), negative = helpful.
+"""
+from .adapter import ModelAdapter
+from .api import FastIF, extract_features
+from .errors import FastIFError, LissaDivergenceError, SolverSetupError
+from .influence import influence_on_candidates, self_influence
+from .knn import FaissIndex, recall_at_k
+from .solvers import ExactSolver, InverseHVPSolver, LissaSettings, LissaSolver, make_solver
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ModelAdapter", "FastIF", "extract_features", "FastIFError", "LissaDivergenceError",
+    "SolverSetupError", "influence_on_candidates", "self_influence", "FaissIndex", "recall_at_k",
+    "ExactSolver", "InverseHVPSolver", "LissaSettings", "LissaSolver", "make_solver",
+]

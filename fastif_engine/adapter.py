@@ -1,0 +1,82 @@
+"""The one class a user implements to run fastif on their own classifier.
+
+fastif never looks inside the model: everything (gradients, Hessian-vector products, kNN
+features, predictions) goes through a :class:`ModelAdapter`.  A minimal adapter::
+
+    class MyAdapter(ModelAdapter):
+        def __init__(self, net):
+            self.net = net.eval()
+        @property
+        def model(self):
+            return self.net
+        def features(self, inputs):
+            return self.net.body(inputs)          # what the classifier head sees
+
+``model(inputs)`` must return logits ``[n, n_classes]``; ``inputs`` is a tensor or a dict of
+tensors whose first dim is the row (see :mod:`fastif_engine.batching`).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .batching import Inputs
+
+
+class ModelAdapter(ABC):
+    """Tells fastif which parameters to differentiate, the per-example loss, and the features.
+
+    Attributes:
+        l2: coefficient of the L2 penalty ``(l2 / 2) * sum(p**2)`` that the model was trained
+            with, over :meth:`regularized` parameters.  It belongs to the training objective,
+            so it enters the Hessian (and so s_test) but never a single example's gradient:
+            adding it to every training gradient shifts all scores by a shared bias.
+    """
+
+    l2: float = 0.0
+
+    @property
+    @abstractmethod
+    def model(self) -> nn.Module:
+        """The classifier; ``model(inputs)`` returns logits. Kept in eval mode (no dropout)."""
+
+    @abstractmethod
+    def features(self, inputs: Inputs) -> torch.Tensor:
+        """Feature vectors ``[n, d]`` used for the kNN search (what the classifier head sees)."""
+
+    def parameter_names(self) -> list[str]:
+        """Names (as in ``model.named_parameters()``) of the parameters influence is taken over.
+
+        Default: every parameter with ``requires_grad``.  FastIF differentiates only the top
+        layers and the head; freeze the rest (``requires_grad_(False)``) or override this.
+        """
+        return [n for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-example loss ``[n]`` (cross-entropy unless overridden)."""
+        return F.cross_entropy(logits, labels, reduction="none")
+
+    def regularized(self, name: str) -> bool:
+        """Whether parameter ``name`` carries the L2 penalty (biases and norm weights do not)."""
+        lowered = name.lower()
+        return not (lowered.endswith("bias") or "norm" in lowered)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @torch.no_grad()
+    def logits(self, inputs: Inputs) -> torch.Tensor:
+        return self.model(inputs)
+
+    @torch.no_grad()
+    def predict(self, inputs: Inputs) -> torch.Tensor:
+        """Predicted class per row."""
+        return self.logits(inputs).argmax(dim=-1)

@@ -1,0 +1,122 @@
+"""Per-example loss gradients ∇θ L(z_i, θ̂), batched with ``torch.func`` (vmap over grad).
+
+All vectors in the engine are *flat*: the differentiated parameters concatenated in
+:class:`FlatParams` order, so solvers and influence are plain matrix algebra over ``[n, P]``.
+Gradients are produced chunk by chunk so that an ``N × P`` matrix is never held at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad, vmap
+
+from .adapter import ModelAdapter
+from .batching import Inputs, chunk_slices, n_rows, take, to_device, unsqueeze0
+from .errors import NonFiniteGradientError
+
+
+@dataclass(frozen=True)
+class FlatParams:
+    """The differentiated parameters of an adapter, and the map between dict and flat form."""
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+    values: tuple[torch.Tensor, ...]  # detached copies of θ̂
+    l2_mask: torch.Tensor  # [P] 1.0 where the L2 penalty applies
+
+    @classmethod
+    def of(cls, adapter: ModelAdapter) -> "FlatParams":
+        named = dict(adapter.model.named_parameters())
+        names = tuple(adapter.parameter_names())
+        missing = [n for n in names if n not in named]
+        if missing:
+            raise ValueError(f"parameter_names() lists unknown parameters: {missing}")
+        if not names:
+            raise ValueError("the adapter differentiates no parameters (parameter_names() is empty)")
+        values = tuple(named[n].detach() for n in names)
+        mask = torch.cat(
+            [torch.full((v.numel(),), float(adapter.regularized(n)), dtype=v.dtype, device=v.device)
+             for n, v in zip(names, values)]
+        )
+        return cls(names, tuple(v.shape for v in values), values, mask)
+
+    @property
+    def size(self) -> int:
+        return int(self.l2_mask.numel())
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.values))
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, start = {}, 0
+        for name, shape in zip(self.names, self.shapes):
+            n = shape.numel()
+            out[name] = flat[start:start + n].view(shape)
+            start += n
+        return out
+
+    def flatten(self, tensors: dict[str, torch.Tensor], batch_dims: int = 0) -> torch.Tensor:
+        """Concatenate per-name tensors (with ``batch_dims`` leading dims kept) into ``[..., P]``."""
+        parts = [tensors[n].reshape(*tensors[n].shape[:batch_dims], -1) for n in self.names]
+        return torch.cat(parts, dim=-1)
+
+
+def loss_function(adapter: ModelAdapter) -> Callable[[dict, Inputs, torch.Tensor], torch.Tensor]:
+    """``f(params, inputs, labels) -> per-example loss [n]``, functional in the differentiated params.
+
+    Parameters not in ``params`` (frozen layers) and buffers come from the module itself.
+    """
+    model = adapter.model
+
+    def f(params: dict[str, torch.Tensor], inputs: Inputs, labels: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, params, (inputs,), strict=False)
+        return adapter.loss(logits, labels)
+
+    return f
+
+
+def per_sample_gradients(
+    adapter: ModelAdapter,
+    inputs: Inputs,
+    labels: torch.Tensor,
+    *,
+    chunk_size: int = 256,
+    flat: FlatParams | None = None,
+    index: np.ndarray | None = None,
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Yield ``(part, G)`` with ``G[i] = ∇θ L(z_j, θ̂)`` as flat ``[len(part), P]`` chunks.
+
+    ``j`` runs over ``index[part]`` (all rows in order when ``index`` is None). One vmapped
+    call per chunk (no Python loop over examples); peak memory is ``chunk_size × P``
+    gradients plus the model's activations for one chunk.
+    """
+    flat = flat or FlatParams.of(adapter)
+    f = loss_function(adapter)
+
+    def single(params, x, y):
+        return f(params, unsqueeze0(x), y.unsqueeze(0)).squeeze(0)
+
+    batched = vmap(grad(single), in_dims=(None, 0, 0))
+    params = flat.as_dict()
+    device = adapter.device
+    if index is None:
+        index = np.arange(n_rows(inputs))
+    for part in chunk_slices(len(index), chunk_size):
+        rows = torch.as_tensor(index[part], dtype=torch.long)
+        x = to_device(take(inputs, rows), device)
+        y = labels[rows].to(device)
+        g = flat.flatten(batched(params, x, y), batch_dims=1)
+        if not torch.isfinite(g).all():
+            bad = int(rows[(~torch.isfinite(g).all(dim=1)).nonzero()[0]])
+            raise NonFiniteGradientError(f"the loss gradient of row {bad} is NaN or infinite")
+        yield part, g
+
+
+def gradient_matrix(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *,
+                    chunk_size: int = 256, flat: FlatParams | None = None) -> torch.Tensor:
+    """All per-example gradients as one ``[n, P]`` matrix — for a handful of test rows only."""
+    parts = [g for _, g in per_sample_gradients(adapter, inputs, labels, chunk_size=chunk_size, flat=flat)]
+    return torch.cat(parts)

@@ -1,0 +1,211 @@
+"""s_test = (H + λI)⁻¹ ∇θ L(z_test, θ̂): the inverse-Hessian-vector product, behind one interface.
+
+Every solver takes a block of test gradients ``V [m, P]`` and returns ``S [m, P]`` with
+``S[i] ≈ (H + λI)⁻¹ V[i]``, where H is the Hessian of the training objective (see
+:mod:`fastif_engine.hessian`) and λ the solver's ``ridge``.
+
+* :class:`ExactSolver` — the explicit damped Hessian, Cholesky-solved. Small P only; the
+  reference every approximation is tested against.
+* :class:`LissaSolver` — FastIF's stochastic recursion (Agarwal et al.; Koh & Liang):
+      h₀ = v,   h_j = v + (1 − d)·h_{j−1} − H_{S_j} h_{j−1} / s,   s_test = h_J / s
+  with a fresh minibatch S_j of size B per step. Its fixed point is (H + d·s·I)⁻¹ v, so the
+  effective ridge is λ = damping · scale. T independent repeats are averaged; each repeat is
+  a pure function of (V, repeat index) so repeats can run on different workers.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .adapter import ModelAdapter
+from .batching import Inputs, n_rows, take
+from .errors import LissaDivergenceError, SolverSetupError
+from .gradients import FlatParams
+from .hessian import explicit_hessian, hvp_on_batch, top_eigenvalue
+
+log = logging.getLogger("fastif")
+
+ProgressFn = Callable[[int, int], None]  # (steps done, steps total)
+
+
+class InverseHVPSolver(ABC):
+    """Solves (H + λI) S = V for a block of vectors."""
+
+    @property
+    @abstractmethod
+    def ridge(self) -> float:
+        """λ, the damping added to the Hessian's diagonal (report it beside every score)."""
+
+    @abstractmethod
+    def solve(self, vectors: torch.Tensor, progress: ProgressFn | None = None) -> torch.Tensor:
+        """``[m, P]`` test gradients → ``[m, P]`` inverse-Hessian-vector products."""
+
+
+class ExactSolver(InverseHVPSolver):
+    """Explicit (H + λI)⁻¹ from the full-data Hessian; refuses more than ``max_params`` parameters."""
+
+    def __init__(self, adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *,
+                 ridge: float = 0.0, max_params: int = 8192, flat: FlatParams | None = None):
+        self.flat = flat or FlatParams.of(adapter)
+        if self.flat.size > max_params:
+            raise SolverSetupError(
+                f"the exact solver needs a {self.flat.size}×{self.flat.size} Hessian; it is limited to "
+                f"{max_params} parameters. Use the LiSSA solver, or differentiate fewer layers.")
+        self._ridge = float(ridge)
+        self.hessian = explicit_hessian(adapter, self.flat, inputs, labels)
+        damped = self.hessian + self._ridge * torch.eye(self.flat.size, dtype=self.hessian.dtype,
+                                                        device=self.hessian.device)
+        self._cholesky, info = torch.linalg.cholesky_ex(damped)
+        if int(info) != 0:
+            low = float(torch.linalg.eigvalsh(self.hessian)[0])
+            raise SolverSetupError(
+                f"H + λI is not positive definite (λ = {self._ridge:g}, smallest Hessian eigenvalue "
+                f"{low:.3g}): raise the ridge (damping × scale) above {-low:.3g}.")
+
+    @property
+    def ridge(self) -> float:
+        return self._ridge
+
+    def solve(self, vectors: torch.Tensor, progress: ProgressFn | None = None) -> torch.Tensor:
+        out = torch.cholesky_solve(vectors.T.to(self._cholesky.dtype), self._cholesky).T
+        if progress:
+            progress(1, 1)
+        return out
+
+
+@dataclass(frozen=True)
+class LissaSettings:
+    """LiSSA's knobs. FastIF: depth 1000, batch 1, repeats = workers; the original used B=128."""
+
+    depth: int = 1000  # J, recursion steps per repeat
+    repeats: int = 1  # T, independent repeats averaged
+    batch_size: int = 1  # B, training rows per Hessian-vector product
+    damping: float = 0.01  # d
+    scale: float | None = None  # s; None = estimated once from the curvature (logged)
+    tolerance: float | None = None  # stop a repeat early when the relative change per 10 steps < tol
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.depth < 1 or self.repeats < 1 or self.batch_size < 1:
+            raise ValueError("LiSSA depth, repeats and batch_size must all be >= 1")
+        if not 0.0 <= self.damping < 1.0:
+            raise ValueError(f"LiSSA damping must be in [0, 1), got {self.damping}")
+        if self.scale is not None and not self.scale > 0:
+            raise ValueError(f"LiSSA scale must be > 0, got {self.scale}")
+
+
+def auto_scale(adapter: ModelAdapter, flat: FlatParams, inputs: Inputs, labels: torch.Tensor,
+               batch_size: int, seed: int = 0, safety: float = 2.0) -> float:
+    """A scale that keeps the recursion stable: ``safety`` × the largest sampled batch curvature."""
+    top = top_eigenvalue(adapter, flat, inputs, labels, batch_size=batch_size, seed=seed)
+    return float(max(safety * top, 1e-8))
+
+
+class LissaSolver(InverseHVPSolver):
+    CHECK_EVERY = 10
+
+    def __init__(self, adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor,
+                 settings: LissaSettings = LissaSettings(), *, flat: FlatParams | None = None):
+        self.adapter, self.inputs, self.labels = adapter, inputs, labels
+        self.flat = flat or FlatParams.of(adapter)
+        self.n = n_rows(inputs)
+        if settings.scale is None:
+            scale = auto_scale(adapter, self.flat, inputs, labels, settings.batch_size, settings.seed)
+            log.info("LiSSA scale estimated from the curvature: %.4g (ridge λ = %.4g)",
+                     scale, scale * settings.damping)
+            settings = LissaSettings(**{**settings.__dict__, "scale": scale})
+        self.settings = settings
+        self.iterations_used: list[int] = []
+
+    @property
+    def ridge(self) -> float:
+        return self.settings.damping * self.settings.scale
+
+    def solve(self, vectors: torch.Tensor, progress: ProgressFn | None = None) -> torch.Tensor:
+        total = self.settings.repeats
+        acc = torch.zeros_like(vectors)
+        for r in range(total):
+            acc += self.solve_repeat(vectors, r)
+            if progress:
+                progress(r + 1, total)
+        return acc / total
+
+    def solve_repeat(self, vectors: torch.Tensor, repeat: int) -> torch.Tensor:
+        """One independent LiSSA chain (seeded by ``settings.seed`` and ``repeat``) for all vectors."""
+        st = self.settings
+        d, s = st.damping, st.scale
+        batches = _BatchStream(self.n, st.batch_size, seed=st.seed * 1_000_003 + repeat)
+        v = vectors.to(self.flat.l2_mask.device)
+        v_norm = v.norm(dim=1).clamp_min(1e-30)
+        # With H ⪰ 0, ‖h‖ ≤ ‖v‖/d at the fixed point; a 100× overshoot means exponential blow-up.
+        bound = 100.0 * v_norm / d if d > 0 else torch.full_like(v_norm, math.inf)
+        h = v.clone()
+        h_checkpoint = h
+        steps = st.depth
+        for j in range(1, st.depth + 1):
+            rows = batches.next()
+            hv = hvp_on_batch(self.adapter, self.flat, take(self.inputs, rows), self.labels[rows], h)
+            h = v + (1.0 - d) * h - hv / s
+            if j % self.CHECK_EVERY and j != st.depth:
+                continue
+            norms = h.norm(dim=1)
+            if not torch.isfinite(norms).all() or (norms > bound).any():
+                raise LissaDivergenceError(
+                    f"LiSSA diverged at step {j} of {st.depth} (‖h‖ = {float(norms.max()):.3g}, "
+                    f"expected ≤ {float(bound.max()):.3g}): the scale {s:g} is too small for the "
+                    f"Hessian's curvature. Raise --scale (try {10 * s:g}) or leave it unset to have it "
+                    f"estimated; raising --damping also stabilises it (effective ridge λ = "
+                    f"damping × scale = {d * s:g}).")
+            if st.tolerance is not None:
+                change = ((h - h_checkpoint).norm(dim=1) / norms.clamp_min(1e-30)).max()
+                if float(change) < st.tolerance:
+                    steps = j
+                    break
+                h_checkpoint = h
+        self.iterations_used.append(steps)
+        return h / s
+
+
+class _BatchStream:
+    """Minibatches drawn without replacement from reshuffled passes over the training rows.
+
+    Every row is used equally often, and B = N gives the exact full-data Hessian each step.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.b = n, min(batch_size, n)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm, self.pos = torch.randperm(n, generator=self.gen), 0
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.b > self.n:
+            self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+        rows = self.perm[self.pos:self.pos + self.b]
+        self.pos += self.b
+        return rows
+
+
+SOLVERS = ("lissa", "exact")
+
+
+def make_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor,
+                settings: LissaSettings = LissaSettings(), *,
+                flat: FlatParams | None = None) -> InverseHVPSolver:
+    """Build solver ``name`` with one ridge for all: λ = damping × scale (scale estimated if unset).
+
+    Sharing λ is what makes ``exact`` and ``lissa`` comparable on the same data.
+    """
+    flat = flat or FlatParams.of(adapter)
+    if name == "lissa":
+        return LissaSolver(adapter, inputs, labels, settings, flat=flat)
+    if name == "exact":
+        scale = settings.scale
+        if scale is None:
+            scale = auto_scale(adapter, flat, inputs, labels, settings.batch_size, settings.seed)
+        return ExactSolver(adapter, inputs, labels, ridge=settings.damping * scale, flat=flat)
+    raise ValueError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")

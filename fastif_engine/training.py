@@ -1,0 +1,113 @@
+"""The training recipe shared by first training and every retrain, and evaluation.
+
+Objective (the one the Hessian in :mod:`fastif_engine.hessian` describes):
+    R(θ) = (1/N) Σ_i L(z_i, θ) + (l2/2) ‖θ_reg‖²
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .adapter import ModelAdapter
+from .batching import Inputs, chunk_slices, n_rows, take, to_device
+from .errors import NonFiniteGradientError
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    optimizer: str = "adam"  # "adam" (minibatch) or "lbfgs" (full batch, for convex models)
+    epochs: int = 30
+    lr: float = 1e-3
+    batch_size: int = 64
+    seed: int = 0
+
+
+def objective(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor) -> torch.Tensor:
+    """R(θ) on the given rows, differentiable w.r.t. the model's trainable parameters."""
+    loss = adapter.loss(adapter.model(inputs), labels).mean()
+    if adapter.l2:
+        reg = sum((p ** 2).sum() for n, p in adapter.model.named_parameters()
+                  if p.requires_grad and adapter.regularized(n))
+        loss = loss + 0.5 * adapter.l2 * reg
+    return loss
+
+
+def train(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, settings: TrainSettings) -> None:
+    """Fit ``adapter.model`` in place; deterministic for a given ``settings.seed``.
+
+    The model is left in eval mode: dropout off, as influence requires.
+    """
+    model = adapter.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    x_all = to_device(inputs, adapter.device)
+    y_all = labels.to(adapter.device)
+    gen = torch.Generator().manual_seed(settings.seed)
+    model.train()
+    try:
+        if settings.optimizer == "lbfgs":
+            opt = torch.optim.LBFGS(params, lr=settings.lr, max_iter=settings.epochs,
+                                    tolerance_grad=1e-12, tolerance_change=1e-14,
+                                    history_size=50, line_search_fn="strong_wolfe")
+
+            def closure():
+                opt.zero_grad()
+                loss = objective(adapter, x_all, y_all)
+                _check(loss, 0)
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+        elif settings.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=settings.lr)
+            n = n_rows(inputs)
+            for epoch in range(settings.epochs):
+                perm = torch.randperm(n, generator=gen)
+                for rows in chunk_slices(n, settings.batch_size):
+                    idx = perm[rows].to(adapter.device)
+                    opt.zero_grad()
+                    loss = objective(adapter, take(x_all, idx), y_all[idx])
+                    _check(loss, epoch)
+                    loss.backward()
+                    opt.step()
+        else:
+            raise ValueError(f"unknown optimizer {settings.optimizer!r} (adam or lbfgs)")
+    finally:
+        model.eval()
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    loss: float
+    per_class_accuracy: dict[int, float]
+    predictions: np.ndarray
+
+    def summary(self) -> dict:
+        return {"accuracy": self.accuracy, "loss": self.loss,
+                "per_class_accuracy": {str(k): v for k, v in self.per_class_accuracy.items()}}
+
+
+@torch.no_grad()
+def evaluate(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *,
+             chunk_size: int = 1024) -> Evaluation:
+    """Accuracy, mean loss and per-class accuracy, in chunks."""
+    preds, losses = [], []
+    for rows in chunk_slices(n_rows(inputs), chunk_size):
+        logits = adapter.model(to_device(take(inputs, rows), adapter.device))
+        y = labels[rows].to(adapter.device)
+        preds.append(logits.argmax(-1).cpu())
+        losses.append(adapter.loss(logits, y).cpu())
+    pred = torch.cat(preds).numpy()
+    y = labels.cpu().numpy()
+    correct = pred == y
+    per_class = {int(c): float(correct[y == c].mean()) for c in np.unique(y)}
+    return Evaluation(float(correct.mean()), float(torch.cat(losses).mean()), per_class, pred)
+
+
+def _check(loss: torch.Tensor, epoch: int) -> None:
+    if not torch.isfinite(loss):
+        raise NonFiniteGradientError(
+            f"training loss became {float(loss)} in epoch {epoch + 1}: lower the learning rate, "
+            "or check the inputs for extreme values")

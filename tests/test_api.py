@@ -1,0 +1,47 @@
+import runpy
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastif_engine import ExactSolver, FastIF, FaissIndex, LissaSettings, extract_features
+from fastif_engine.knn import exact_neighbours
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_knn_restricted_scores_equal_full_scores_on_the_candidates(logreg, digits):
+    x, y = digits["train"]
+    xt, yt = digits["test"][0][:6], digits["test"][1][:6]
+    solver = ExactSolver(logreg, x, y, ridge=0.05)
+    full = FastIF(logreg, x, y, solver=solver, k=None).influence(xt, yt)
+    knn = FastIF(logreg, x, y, solver=solver, k=30).influence(xt, yt)
+    assert len(full) == 6 * len(y) and len(knn) == 6 * 30
+    merged = knn.merge(full, on=["test_pos", "train_index"], suffixes=("_knn", "_full"))
+    np.testing.assert_allclose(merged.influence_knn, merged.influence_full, rtol=1e-10)
+    # candidates are each test example's 30 nearest training rows in feature space
+    feats = extract_features(logreg, x)
+    expected = exact_neighbours(feats.astype(np.float64), extract_features(logreg, xt).astype(np.float64), 30)
+    for i in range(6):
+        got = set(knn.loc[knn.test_pos == i, "train_index"])
+        assert len(got & set(expected[i])) >= 28  # float32 ties at the boundary at most
+    # rank 1 is the most harmful (largest positive influence) per test example
+    top = knn.loc[knn["rank"] == 1].set_index("test_pos")["influence"]
+    np.testing.assert_allclose(top.values, knn.groupby("test_pos")["influence"].max().values)
+
+
+def test_facade_with_lissa_and_a_given_index(mlp, digits):
+    x, y = digits["train"]
+    index = FaissIndex("hnsw").build(extract_features(mlp, x))
+    fi = FastIF(mlp, x, y, k=20, index=index, lissa=LissaSettings(depth=50, batch_size=4))
+    s = fi.s_test(*[t[:3] for t in digits["test"]])
+    assert s.shape == (3, sum(p.numel() for p in mlp.model.parameters()))
+    assert torch.isfinite(s).all()
+    si = fi.self_influence()
+    assert si.shape == (len(y),) and np.isfinite(si).all()
+
+
+def test_quickstart_example_finds_flipped_labels():
+    result = runpy.run_path(str(ROOT / "examples" / "quickstart.py"))["main"]()
+    assert result["n_errors"] > 10
+    assert result["recall_top10"] > 0.3  # random ranking finds 10%

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+import torch
+
+from fastif_engine.errors import NonFiniteGradientError
+from fastif_engine.gradients import FlatParams, gradient_matrix, per_sample_gradients
+
+
+def loop_gradients(adapter, x, y):
+    """Reference: one autograd.grad call per example on the module itself."""
+    names = adapter.parameter_names()
+    params = dict(adapter.model.named_parameters())
+    rows = []
+    for i in range(len(y)):
+        loss = adapter.loss(adapter.model(x[i:i + 1]), y[i:i + 1]).sum()
+        g = torch.autograd.grad(loss, [params[n] for n in names])
+        rows.append(torch.cat([t.reshape(-1) for t in g]))
+    return torch.stack(rows)
+
+
+def test_batched_gradients_equal_per_example_autograd(small_model, digits):
+    x, y = digits["train"]
+    expected = loop_gradients(small_model, x[:37], y[:37])
+    got = gradient_matrix(small_model, x[:37], y[:37], chunk_size=10)
+    assert got.shape == (37, FlatParams.of(small_model).size)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_index_selects_rows_and_chunks_cover_them(mlp, digits):
+    x, y = digits["train"]
+    index = np.array([5, 3, 300, 3])
+    parts = list(per_sample_gradients(mlp, x, y, chunk_size=3, index=index))
+    assert [p.stop - p.start for p, _ in parts] == [3, 1]
+    got = torch.cat([g for _, g in parts])
+    torch.testing.assert_close(got, loop_gradients(mlp, x[index], y[index]))
+
+
+def test_non_finite_gradient_names_the_row(logreg, digits):
+    x, y = digits["train"]
+    x = x[:20].clone()
+    x[13, 5] = float("nan")
+    with pytest.raises(NonFiniteGradientError, match="row 13"):
+        gradient_matrix(logreg, x, y[:20])
+
+
+def test_frozen_parameters_are_not_differentiated(mlp):
+    names = [n for n, _ in mlp.model.named_parameters()]
+    assert FlatParams.of(mlp).names == tuple(names)
+    mlp.model.body[0].weight.requires_grad_(False)
+    try:
+        flat = FlatParams.of(mlp)
+        assert "body.0.weight" not in flat.names
+        assert flat.size == sum(p.numel() for p in mlp.model.parameters() if p.requires_grad)
+    finally:
+        mlp.model.body[0].weight.requires_grad_(True)

@@ -1,0 +1,57 @@
+import torch
+from torch.autograd.functional import hessian as autograd_hessian
+
+from fastif_engine.gradients import FlatParams
+from fastif_engine.hessian import explicit_hessian, full_hvp, hvp_on_batch, top_eigenvalue
+from fastif_engine.training import objective
+
+
+def reference_hessian(adapter, x, y):
+    """∇² of the training objective by torch.autograd.functional.hessian on a flat vector."""
+    flat = FlatParams.of(adapter)
+    theta = torch.cat([v.reshape(-1) for v in flat.values])
+    module = adapter.model
+
+    def r(t):
+        params = flat.unflatten(t)
+        logits = torch.func.functional_call(module, params, (x,), strict=False)
+        loss = adapter.loss(logits, y).mean()
+        reg = sum((params[n] ** 2).sum() for n in flat.names if adapter.regularized(n))
+        return loss + 0.5 * adapter.l2 * reg
+
+    return autograd_hessian(r, theta)
+
+
+def test_explicit_hessian_matches_autograd(small_model, digits):
+    x, y = digits["train"]
+    x, y = x[:120], y[:120]
+    flat = FlatParams.of(small_model)
+    expected = reference_hessian(small_model, x, y)
+    got = explicit_hessian(small_model, flat, x, y, chunk_size=50, columns_per_call=100)
+    torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-10)
+
+
+def test_hvp_on_batch_matches_explicit_product(logreg, digits):
+    x, y = digits["train"]
+    flat = FlatParams.of(logreg)
+    h = reference_hessian(logreg, x[:16], y[:16])
+    v = torch.randn(5, flat.size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(hvp_on_batch(logreg, flat, x[:16], y[:16], v), v @ h)
+    torch.testing.assert_close(full_hvp(logreg, flat, x[:100], y[:100], v, chunk_size=30),
+                               v @ reference_hessian(logreg, x[:100], y[:100]))
+
+
+def test_objective_gradient_vanishes_at_the_trained_logreg(logreg, digits):
+    """The Hessian is only meaningful at a stationary point of the same objective."""
+    x, y = digits["train"]
+    params = [p for p in logreg.model.parameters() if p.requires_grad]
+    g = torch.autograd.grad(objective(logreg, x, y), params)
+    assert max(float(t.abs().max()) for t in g) < 1e-6
+
+
+def test_top_eigenvalue_is_the_largest_batch_eigenvalue(logreg, digits):
+    x, y = digits["train"]
+    flat = FlatParams.of(logreg)
+    estimate = top_eigenvalue(logreg, flat, x, y, batch_size=len(y), n_batches=1, iterations=200)
+    exact = float(torch.linalg.eigvalsh(reference_hessian(logreg, x, y)).abs().max())
+    assert abs(estimate - exact) / exact < 1e-3

@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+import torch
+
+from fastif_engine.errors import LissaDivergenceError, SolverSetupError
+from fastif_engine.gradients import gradient_matrix
+from fastif_engine.influence import influence_on_candidates
+from fastif_engine.solvers import ExactSolver, LissaSettings, LissaSolver, make_solver
+from tests.test_hessian import reference_hessian
+
+
+
+
+def misclassified(adapter, x, y, n):
+    """The first n wrong predictions: the examples fastif computes s_test for."""
+    wrong = (adapter.predict(x) != y).nonzero().ravel()[:n]
+    assert len(wrong) == n, "the fixture model is expected to make at least n mistakes"
+    return x[wrong], y[wrong]
+
+
+def test_exact_solver_equals_numpy_solve_of_autograd_hessian(logreg, digits):
+    x, y = digits["train"]
+    xt, yt = digits["test"]
+    v = gradient_matrix(logreg, xt[:6], yt[:6])
+    ridge = 0.05
+    h = reference_hessian(logreg, x, y).numpy()
+    expected = np.linalg.solve(h + ridge * np.eye(len(h)), v.numpy().T).T
+    got = ExactSolver(logreg, x, y, ridge=ridge).solve(v)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("batch_size,repeats", [(1, 8), (16, 4)])
+def test_lissa_matches_the_exact_damped_inverse(small_model, digits, batch_size, repeats):
+    """FastIF's regime (B=1, several repeats) and a mid-size batch both reach cosine ≥ 0.99."""
+    x, y = digits["train"]
+    xt, yt = misclassified(small_model, *digits["test"], n=8)
+    v = gradient_matrix(small_model, xt, yt)
+    settings = LissaSettings(depth=1000, repeats=repeats, batch_size=batch_size, damping=0.01, seed=3)
+    lissa = LissaSolver(small_model, x, y, settings)
+    exact = ExactSolver(small_model, x, y, ridge=lissa.ridge)
+    s_l, s_e = lissa.solve(v), exact.solve(v)
+    cos = torch.nn.functional.cosine_similarity(s_l, s_e, dim=1)
+    assert float(cos.min()) >= 0.99, cos
+
+    # Influence over every training row: Pearson of LiSSA vs exact scores, per test example.
+    inf_l = influence_on_candidates(small_model, x, y, s_l).as_matrix(len(yt), len(y))
+    inf_e = influence_on_candidates(small_model, x, y, s_e).as_matrix(len(yt), len(y))
+    pearson = [np.corrcoef(a, b)[0, 1] for a, b in zip(inf_l, inf_e)]
+    assert min(pearson) >= 0.99, pearson
+
+
+def test_small_scale_diverges_with_a_clear_error(logreg, digits):
+    x, y = digits["train"]
+    v = gradient_matrix(logreg, *[t[:2] for t in digits["test"]])
+    solver = LissaSolver(logreg, x, y, LissaSettings(depth=200, scale=1e-6, damping=0.01))
+    with pytest.raises(LissaDivergenceError, match=r"diverged.*scale 1e-06 is too small.*--scale"):
+        solver.solve(v)
+
+
+def test_explicit_scale_is_never_changed(logreg, digits):
+    x, y = digits["train"]
+    solver = LissaSolver(logreg, x, y, LissaSettings(depth=5, scale=123.0, damping=0.02))
+    assert solver.settings.scale == 123.0
+    assert solver.ridge == pytest.approx(0.02 * 123.0)
+
+
+def test_tolerance_stops_early_and_stays_accurate(logreg, digits):
+    x, y = digits["train"]
+    v = gradient_matrix(logreg, *[t[:4] for t in digits["test"]])
+    settings = LissaSettings(depth=5000, batch_size=len(y), damping=0.01, tolerance=1e-6)
+    lissa = LissaSolver(logreg, x, y, settings)
+    s = lissa.solve(v)
+    assert lissa.iterations_used[0] < 5000
+    exact = ExactSolver(logreg, x, y, ridge=lissa.ridge).solve(v)
+    assert float(torch.nn.functional.cosine_similarity(s, exact).min()) > 0.9999
+
+
+def test_make_solver_shares_the_ridge(logreg, digits):
+    x, y = digits["train"]
+    settings = LissaSettings(depth=10, damping=0.01, batch_size=8)
+    assert make_solver("exact", logreg, x, y, settings).ridge == pytest.approx(
+        make_solver("lissa", logreg, x, y, settings).ridge)
+    with pytest.raises(ValueError, match="unknown solver 'cg'"):
+        make_solver("cg", logreg, x, y, settings)
+
+
+def test_exact_solver_refuses_large_models(mlp, digits):
+    x, y = digits["train"]
+    with pytest.raises(SolverSetupError, match="limited to 100 parameters"):
+        ExactSolver(mlp, x, y, max_params=100)
+
+
+def test_exact_solver_reports_an_indefinite_hessian(mlp, digits):
+    """An undamped MLP Hessian far from a minimum can be indefinite: say which ridge fixes it."""
+    x, y = digits["train"]
+    with torch.no_grad():
+        saved = [p.clone() for p in mlp.model.parameters()]
+        for p in mlp.model.parameters():
+            p.add_(torch.randn_like(p, generator=torch.Generator().manual_seed(0)))
+    try:
+        with pytest.raises(SolverSetupError, match="not positive definite"):
+            ExactSolver(mlp, x, y, ridge=0.0)
+    finally:
+        with torch.no_grad():
+            for p, s in zip(mlp.model.parameters(), saved):
+                p.copy_(s)
+
+
+@pytest.mark.parametrize("bad", [dict(depth=0), dict(damping=1.5), dict(scale=-1.0)])
+def test_settings_are_validated(bad):
+    with pytest.raises(ValueError):
+        LissaSettings(**bad)
