@@ -3,7 +3,7 @@
 Sign convention everywhere: I(z, z_test) = −∇L(z_test)ᵀ (H + λI)⁻¹ ∇L(z);
 positive = harmful (removing z should lower the test loss), negative = helpful.
 """
-from .adapter import ModelAdapter
+from .adapter import ModelAdapter, TrainableAdapter
 from .api import FastIF, extract_features
 from .errors import FastIFError, LissaDivergenceError, SolverSetupError
 from .influence import influence_on_candidates, self_influence
@@ -13,7 +13,7 @@ from .solvers import ExactSolver, InverseHVPSolver, LissaSettings, LissaSolver, 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ModelAdapter", "FastIF", "extract_features", "FastIFError", "LissaDivergenceError",
+    "ModelAdapter", "TrainableAdapter", "FastIF", "extract_features", "FastIFError", "LissaDivergenceError",
     "SolverSetupError", "influence_on_candidates", "self_influence", "FaissIndex", "recall_at_k",
     "ExactSolver", "InverseHVPSolver", "LissaSettings", "LissaSolver", "make_solver",
 ]

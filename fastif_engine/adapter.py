@@ -64,6 +64,13 @@ class ModelAdapter(ABC):
         lowered = name.lower()
         return not (lowered.endswith("bias") or "norm" in lowered)
 
+    def trim_batch(self, inputs: Inputs) -> Inputs:
+        """Drop what is padding for every row of this batch (e.g. trailing pad tokens).
+
+        Called on each chunk/minibatch before any forward pass; results must not change.
+        """
+        return inputs
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -80,3 +87,19 @@ class ModelAdapter(ABC):
     def predict(self, inputs: Inputs) -> torch.Tensor:
         """Predicted class per row."""
         return self.logits(inputs).argmax(dim=-1)
+
+
+class TrainableAdapter(ModelAdapter):
+    """A :class:`ModelAdapter` that also turns table values into inputs and trains itself.
+
+    The flows need both: ``prepare`` once per split (cached), ``fit`` for the first training
+    and again, with the same recipe and another seed, for every retrain.
+    """
+
+    def prepare(self, values) -> Inputs:
+        """Column values of a validated split (text list, ``[n, F]`` or ``[n, 1, H, W]`` floats) → inputs."""
+        return torch.as_tensor(values, dtype=self.dtype)
+
+    @abstractmethod
+    def fit(self, inputs: Inputs, labels: torch.Tensor, seed: int = 0) -> "TrainableAdapter":
+        """Re-initialise (deterministically for ``seed``) and train on ``(inputs, labels)``."""

@@ -25,7 +25,7 @@ def extract_features(adapter: ModelAdapter, inputs: Inputs, *, chunk_size: int =
     parts = []
     with torch.no_grad():
         for rows in chunk_slices(n_rows(inputs), chunk_size):
-            parts.append(adapter.features(to_device(take(inputs, rows), adapter.device)).float().cpu())
+            parts.append(adapter.features(adapter.trim_batch(to_device(take(inputs, rows), adapter.device))).float().cpu())
     return torch.cat(parts).numpy()
 
 

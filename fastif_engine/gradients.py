@@ -106,7 +106,7 @@ def per_sample_gradients(
         index = np.arange(n_rows(inputs))
     for part in chunk_slices(len(index), chunk_size):
         rows = torch.as_tensor(index[part], dtype=torch.long)
-        x = to_device(take(inputs, rows), device)
+        x = adapter.trim_batch(to_device(take(inputs, rows), device))
         y = labels[rows].to(device)
         g = flat.flatten(batched(params, x, y), batch_dims=1)
         if not torch.isfinite(g).all():

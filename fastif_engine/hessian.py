@@ -19,7 +19,7 @@ def hvp_on_batch(adapter: ModelAdapter, flat: FlatParams, inputs: Inputs, labels
                  vectors: torch.Tensor, *, include_l2: bool = True) -> torch.Tensor:
     """``H_S v`` for every row ``v`` of ``vectors [m, P]``, with S = (inputs, labels)."""
     f = loss_function(adapter)
-    x = to_device(inputs, adapter.device)
+    x = adapter.trim_batch(to_device(inputs, adapter.device))
     y = labels.to(adapter.device)
     params = flat.as_dict()
     grad_of_mean_loss = grad(lambda p: f(p, x, y).mean())

@@ -67,7 +67,7 @@ def train(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, settings:
                 for rows in chunk_slices(n, settings.batch_size):
                     idx = perm[rows].to(adapter.device)
                     opt.zero_grad()
-                    loss = objective(adapter, take(x_all, idx), y_all[idx])
+                    loss = objective(adapter, adapter.trim_batch(take(x_all, idx)), y_all[idx])
                     _check(loss, epoch)
                     loss.backward()
                     opt.step()
@@ -95,7 +95,7 @@ def evaluate(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *,
     """Accuracy, mean loss and per-class accuracy, in chunks."""
     preds, losses = [], []
     for rows in chunk_slices(n_rows(inputs), chunk_size):
-        logits = adapter.model(to_device(take(inputs, rows), adapter.device))
+        logits = adapter.model(adapter.trim_batch(to_device(take(inputs, rows), adapter.device)))
         y = labels[rows].to(adapter.device)
         preds.append(logits.argmax(-1).cpu())
         losses.append(adapter.loss(logits, y).cpu())

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastif_engine.batching import take
 from fastif_engine.errors import NonFiniteGradientError
 from fastif_engine.gradients import FlatParams, gradient_matrix, per_sample_gradients
 
@@ -12,7 +13,7 @@ def loop_gradients(adapter, x, y):
     params = dict(adapter.model.named_parameters())
     rows = []
     for i in range(len(y)):
-        loss = adapter.loss(adapter.model(x[i:i + 1]), y[i:i + 1]).sum()
+        loss = adapter.loss(adapter.model(take(x, slice(i, i + 1))), y[i:i + 1]).sum()
         g = torch.autograd.grad(loss, [params[n] for n in names])
         rows.append(torch.cat([t.reshape(-1) for t in g]))
     return torch.stack(rows)

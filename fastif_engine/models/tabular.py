@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..adapter import ModelAdapter
+from ..adapter import TrainableAdapter
 from ..training import TrainSettings, train
 
 
@@ -45,7 +45,7 @@ class _TabularNet(nn.Module):
         return self.head(self.features(x))
 
 
-class _TabularAdapter(ModelAdapter):
+class _TabularAdapter(TrainableAdapter):
     hidden: tuple[int, ...] = ()
 
     def __init__(self, n_features: int, n_classes: int, *, l2: float, settings: TrainSettings,

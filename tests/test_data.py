@@ -1,0 +1,146 @@
+"""Validation before any work: each bad input is one clear DataError naming file, column, rows."""
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fastif_engine.data import Columns, DataError, load_dataset
+
+
+def tabular(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"id": [f"r{i}" for i in range(n)], "a": rng.normal(size=n), "b": rng.normal(size=n),
+                         "label": ["cat", "dog"] * (n // 2)})
+
+
+def write(tmp_path, frames, fmt="parquet"):
+    paths = {}
+    for name, frame in frames.items():
+        p = tmp_path / f"{name}.{fmt}"
+        frame.to_parquet(p, index=False) if fmt == "parquet" else frame.to_csv(p, index=False)
+        paths[name] = str(p)
+    return paths
+
+
+def test_csv_with_string_labels_and_ids(tmp_path):
+    ds = load_dataset(write(tmp_path, {"train": tabular(), "valid": tabular(4, 1)}, fmt="csv"))
+    assert ds.modality == "tabular" and ds.classes == ["cat", "dog"]
+    assert ds.input_columns == ("a", "b")
+    assert list(ds.splits["train"].ids) == [f"r{i}" for i in range(6)]
+    assert list(ds.splits["valid"].labels) == [0, 1, 0, 1]
+    assert ds.splits["train"].values.dtype == np.float32
+
+
+def test_fsspec_url(tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for name, frame in {"train": tabular(), "valid": tabular(4, 1)}.items():
+        with fs.open(f"/fastif-test/{name}.parquet", "wb") as f:
+            frame.to_parquet(f, index=False)
+    ds = load_dataset({"train": "memory://fastif-test/train.parquet", "valid": "memory://fastif-test/valid.parquet"})
+    assert len(ds.splits["train"]) == 6
+
+
+def test_images_as_pixel_lists_and_png_bytes(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, (5, 5), dtype=np.uint8) for _ in range(4)]
+    pngs = []
+    for img in imgs:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    train = pd.DataFrame({"image": pngs, "label": [0, 1, 0, 1]})
+    valid = pd.DataFrame({"image": [i.ravel() for i in imgs], "label": [0, 1, 0, 1]})
+    ds = load_dataset(write(tmp_path, {"train": train, "valid": valid}))
+    assert ds.modality == "image" and ds.input_shape == (1, 5, 5)
+    np.testing.assert_allclose(ds.splits["train"].values, ds.splits["valid"].values)
+
+
+def expect_error(tmp_path, frames, *fragments, columns=Columns(), fmt="parquet"):
+    paths = frames if all(isinstance(v, str) for v in frames.values()) else write(tmp_path, frames, fmt)
+    with pytest.raises(DataError) as info:
+        load_dataset(paths, columns)
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+    return str(info.value)
+
+
+def test_missing_file(tmp_path):
+    expect_error(tmp_path, {"train": str(tmp_path / "nope.parquet"), "valid": str(tmp_path / "v.csv")},
+                 "train file", "nope.parquet", "not found")
+
+
+def test_corrupt_file(tmp_path):
+    bad = tmp_path / "train.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet at all")
+    valid = write(tmp_path, {"valid": tabular()})["valid"]
+    expect_error(tmp_path, {"train": str(bad), "valid": valid}, "train file", str(bad), "cannot be read")
+
+
+def test_unknown_format(tmp_path):
+    p = tmp_path / "train.xlsx"
+    p.write_text("x")
+    expect_error(tmp_path, {"train": str(p), "valid": str(p)}, "unknown format '.xlsx'")
+
+
+def test_missing_label_column(tmp_path):
+    expect_error(tmp_path, {"train": tabular().drop(columns="label"), "valid": tabular()},
+                 "train file", "missing column 'label'")
+
+
+def test_missing_feature_column_in_valid(tmp_path):
+    expect_error(tmp_path, {"train": tabular(), "valid": tabular().drop(columns="b")},
+                 "valid file", "missing column 'b'")
+
+
+def test_nan_and_inf_features(tmp_path):
+    train = tabular()
+    train.loc[[1, 4], "b"] = [np.nan, np.inf]
+    expect_error(tmp_path, {"train": train, "valid": tabular()}, "column 'b'", "NaN or infinite", "rows 1, 4")
+
+
+def test_text_in_numeric_features(tmp_path):
+    train = tabular()
+    train["a"] = train["a"].astype(object)
+    train.loc[2, "a"] = "twelve"
+    expect_error(tmp_path, {"train": train, "valid": tabular()}, fmt="csv",
+                 *("column 'a'", "not numeric", "rows 2", "'twelve'"))
+
+
+def test_missing_labels(tmp_path):
+    train = tabular()
+    train.loc[3, "label"] = None
+    expect_error(tmp_path, {"train": train, "valid": tabular()}, "train file", "'label' is empty", "rows 3")
+
+
+def test_labels_unseen_in_train(tmp_path):
+    valid = tabular()
+    valid.loc[5, "label"] = "bird"
+    expect_error(tmp_path, {"train": tabular(), "valid": valid}, "valid file", "'bird'", "rows 5")
+
+
+def test_empty_split(tmp_path):
+    expect_error(tmp_path, {"train": tabular(), "valid": tabular().iloc[:0]}, "valid file", "has no rows")
+
+
+def test_duplicate_ids(tmp_path):
+    train = tabular()
+    train.loc[4, "id"] = "r1"
+    expect_error(tmp_path, {"train": train, "valid": tabular()}, "duplicate ids", "'r1'", "rows 1, 4")
+
+
+def test_images_of_inconsistent_size(tmp_path):
+    images = [np.zeros(64), np.zeros(64), np.zeros(49), np.zeros(64)]
+    train = pd.DataFrame({"image": images, "label": [0, 1, 0, 1]})
+    expect_error(tmp_path, {"train": train, "valid": train}, "column 'image'", "inconsistent size", "rows 2",
+                 "7×7")
+
+
+def test_single_class_and_empty_text(tmp_path):
+    expect_error(tmp_path, {"train": tabular().assign(label="cat"), "valid": tabular()}, "single class")
+    text = pd.DataFrame({"text": ["good", None, "bad", "ok"], "label": [1, 0, 1, 0]})
+    expect_error(tmp_path, {"train": text, "valid": text}, "column 'text'", "rows 1")

@@ -1,0 +1,63 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from fastif_engine.data import load_dataset
+from fastif_engine.datasets import FASHION_MNIST_DIR, export
+from flows.cli import main
+
+
+def read(paths):
+    return {k: pd.read_parquet(v) for k, v in paths.items()}
+
+
+def test_digits_export_keeps_every_row_and_the_truth(tmp_path):
+    frames = read(export("digits", tmp_path, noise=0.1, seed=3))
+    assert sum(len(f) for f in frames.values()) == 1797
+    train = frames["train"]
+    assert train["noisy"].sum() == round(0.1 * len(train))
+    flipped = train["label"] != train["true_label"]
+    assert (flipped == train["noisy"]).all()  # every flip is to another class, and only flips
+    assert "noisy" not in frames["valid"].columns
+    ids = np.concatenate([f["id"].to_numpy() for f in frames.values()])
+    assert len(np.unique(ids)) == 1797
+    ds = load_dataset({k: str(tmp_path / f"{k}.parquet") for k in frames})
+    assert ds.modality == "image" and ds.input_shape == (1, 8, 8)
+
+
+def test_same_seed_same_export(tmp_path):
+    a = read(export("digits", tmp_path / "a", noise=0.2, seed=1))["train"]
+    b = read(export("digits", tmp_path / "b", noise=0.2, seed=1))["train"]
+    c = read(export("digits", tmp_path / "c", noise=0.2, seed=2))["train"]
+    pd.testing.assert_frame_equal(a, b)
+    assert not a["noisy"].equals(c["noisy"])
+
+
+def test_pairwise_noise_is_class_conditional(tmp_path):
+    train = read(export("digits", tmp_path, noise=0.3, noise_mode="pairwise"))["train"]
+    noisy = train[train["noisy"]]
+    assert ((noisy["true_label"] + 1) % 10 == noisy["label"]).all()
+
+
+def test_rotten_tomatoes_export(tmp_path):
+    frames = read(export("rotten-tomatoes", tmp_path, noise=0.1))
+    assert sum(len(f) for f in frames.values()) == 12808
+    assert set(frames["train"]["label"]) == {"fresh", "rotten"}
+    assert frames["train"]["text"].str.len().min() > 0
+    assert abs(frames["train"]["noisy"].mean() - 0.1) < 1e-3
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.exists(), reason="apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_export(tmp_path):
+    frames = read(export("fashion-mnist", tmp_path, max_train=2000))
+    assert len(frames["train"]) == 2000
+    full = read(export("fashion-mnist", tmp_path / "full"))
+    assert [len(full[k]) for k in ("train", "valid", "test")] == [55000, 5000, 10000]
+    assert len(full["train"]["image"].iloc[0]) == 784
+
+
+def test_cli_export(tmp_path, capsys):
+    assert main(["datasets", "export", "digits", "--out", str(tmp_path), "--noise", "0.1"]) == 0
+    assert "108 labels flipped" in capsys.readouterr().out
+    assert main(["datasets", "export", "digits", "--out", str(tmp_path), "--noise", "2"]) == 2
+    assert "noise must be in [0, 1)" in capsys.readouterr().err

@@ -1,0 +1,137 @@
+"""Every built-in adapter on small slices of real data, and bring-your-own models."""
+import numpy as np
+import pytest
+import torch
+
+from fastif_engine import FastIF, LissaSettings
+from fastif_engine.batching import take
+from fastif_engine.data import load_dataset
+from fastif_engine.datasets import export
+from fastif_engine.gradients import FlatParams, gradient_matrix
+from fastif_engine.hessian import hvp_on_batch
+from fastif_engine.models import DataInfo, ModelLoadError, create_model
+from fastif_engine.training import TrainSettings, evaluate
+from tests.test_gradients import loop_gradients
+
+
+@pytest.fixture(scope="module")
+def digits_images(tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits")
+    paths = export("digits", out)
+    return load_dataset({k: str(v) for k, v in paths.items()})
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rt")
+    paths = export("rotten-tomatoes", out, max_train=500)
+    return load_dataset({k: str(v) for k, v in paths.items()})
+
+
+@pytest.fixture(scope="module")
+def minilm(reviews):
+    info = DataInfo(reviews.modality, reviews.n_classes, reviews.input_shape)
+    return create_model("text-minilm", info, settings=TrainSettings(epochs=4, lr=3e-4, batch_size=16))
+
+
+def info_of(ds):
+    return DataInfo(ds.modality, ds.n_classes, ds.input_shape)
+
+
+def test_image_cnn_trains_and_differentiates_its_top_layers(digits_images):
+    model = create_model("image-cnn", info_of(digits_images))
+    tr, va = digits_images.splits["train"], digits_images.splits["valid"]
+    x, y = model.prepare(tr.values), torch.as_tensor(tr.labels)
+    model.fit(x, y, seed=0)
+    assert evaluate(model, model.prepare(va.values), torch.as_tensor(va.labels)).accuracy > 0.9
+    assert FlatParams.of(model).names == ("fc.weight", "fc.bias", "head.weight", "head.bias")
+    torch.testing.assert_close(gradient_matrix(model, x[:9], y[:9], chunk_size=4),
+                               loop_gradients(model, x[:9], y[:9]), rtol=1e-4, atol=1e-6)
+    assert model.features(x[:5]).shape == (5, 64)
+
+
+def test_same_seed_same_model(digits_images):
+    tr = digits_images.splits["train"]
+    a = create_model("image-cnn", info_of(digits_images), settings=TrainSettings(epochs=1))
+    x, y = a.prepare(tr.values), torch.as_tensor(tr.labels)
+    w1 = a.fit(x, y, seed=5).model.head.weight.clone()
+    w2 = a.fit(x, y, seed=5).model.head.weight.clone()
+    w3 = a.fit(x, y, seed=6).model.head.weight.clone()
+    torch.testing.assert_close(w1, w2, rtol=0, atol=0)
+    assert not torch.equal(w1, w3)
+
+
+def test_minilm_cached_lower_layers_reproduce_the_full_encoder(minilm, reviews):
+    """prepare() + the (still pretrained) top layer == the whole MiniLM's mean-pooled output."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from fastif_engine.models.text import encoder_path
+
+    texts = reviews.splits["valid"].values[:7]
+    tok = AutoTokenizer.from_pretrained(encoder_path())
+    full = AutoModel.from_pretrained(encoder_path(), attn_implementation="eager").eval()
+    enc = tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    with torch.no_grad():
+        h = full(**enc).last_hidden_state
+    m = enc["attention_mask"].unsqueeze(-1).float()
+    expected = (h * m).sum(1) / m.sum(1)
+    minilm._net = minilm._build(0)  # pretrained top layer, untrained head
+    inputs = minilm.prepare(texts)
+    torch.testing.assert_close(minilm.features(inputs), expected, rtol=1e-4, atol=1e-4)
+    # trimming padding columns changes nothing
+    torch.testing.assert_close(minilm.features(minilm.trim_batch(inputs)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_minilm_gradients_through_the_top_layer(minilm, reviews):
+    tr, va = reviews.splits["train"], reviews.splits["valid"]
+    x, y = minilm.prepare(tr.values), torch.as_tensor(tr.labels)
+    minilm.fit(x, y, seed=0)
+    flat = FlatParams.of(minilm)
+    assert all(n.startswith(("layers.0.", "head.")) for n in flat.names)
+    assert 1_700_000 < flat.size < 1_800_000  # one MiniLM layer (~1.78M) + a 384×2 head
+    x3 = take(x, slice(0, 3))
+    g = gradient_matrix(minilm, x3, y[:3], chunk_size=2)
+    torch.testing.assert_close(g, loop_gradients(minilm, x3, y[:3]), rtol=1e-3, atol=1e-5)
+    hv = hvp_on_batch(minilm, flat, take(x, slice(0, 4)), y[:4], g)
+    assert torch.isfinite(hv).all() and float((hv * g).sum(1).min()) > -1e-3 * float(g.norm(dim=1).max()) ** 2
+    # the whole FastIF path runs on the text model (tiny LiSSA: this checks plumbing, not accuracy)
+    xv, yv = minilm.prepare(va.values[:3]), torch.as_tensor(va.labels[:3])
+    fi = FastIF(minilm, x, y, k=10, lissa=LissaSettings(depth=3, batch_size=2, scale=100.0))
+    table = fi.influence(xv, yv)
+    assert len(table) == 30 and np.isfinite(table.influence).all()
+    acc = evaluate(minilm, minilm.prepare(va.values), torch.as_tensor(va.labels)).accuracy
+    assert acc > 0.6  # 500 training snippets, 4 epochs of one layer + head
+
+
+def test_model_must_fit_the_data():
+    with pytest.raises(ModelLoadError, match="text-minilm needs text inputs, but the data has tabular"):
+        create_model("text-minilm", DataInfo("tabular", 2, (5,)))
+    with pytest.raises(ModelLoadError, match="unknown model 'resnet'"):
+        create_model("resnet", DataInfo("tabular", 2, (5,)))
+
+
+def test_user_model_from_the_example(digits_images):
+    info = DataInfo("tabular", 10, (64,))
+    model = create_model("examples.custom_model.softplus_mlp:make_model", info)
+    tr, va = digits_images.splits["train"], digits_images.splits["valid"]
+    x = model.prepare(tr.values.reshape(len(tr), -1))
+    model.fit(x, torch.as_tensor(tr.labels))
+    xv = model.prepare(va.values.reshape(len(va), -1))
+    assert evaluate(model, xv, torch.as_tensor(va.labels)).accuracy > 0.9
+    table = FastIF(model, x, torch.as_tensor(tr.labels), k=20, solver="exact",
+                   lissa=LissaSettings(damping=0.01)).influence(xv[:4], torch.as_tensor(va.labels[:4]))
+    assert len(table) == 80
+
+
+def test_user_model_errors(tmp_path, monkeypatch):
+    info = DataInfo("tabular", 2, (3,))
+    with pytest.raises(ModelLoadError, match="cannot import module 'no_such_pkg.mod'"):
+        create_model("no_such_pkg.mod:make", info)
+    with pytest.raises(ModelLoadError, match="has no callable 'nothing'"):
+        create_model("examples.custom_model.softplus_mlp:nothing", info)
+    with pytest.raises(ModelLoadError, match="the factory raised ValueError: .*not image inputs"):
+        create_model("examples.custom_model.softplus_mlp:make_model", DataInfo("image", 2, (1, 8, 8)))
+    (tmp_path / "bad_factory.py").write_text("def make(info):\n    return 42\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModelLoadError, match="returned int, not a fastif_engine.TrainableAdapter"):
+        create_model("bad_factory:make", info)
