@@ -6,6 +6,7 @@ Gradients are produced chunk by chunk so that an ``N × P`` matrix is never held
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -64,15 +65,24 @@ class FlatParams:
         return torch.cat(parts, dim=-1)
 
 
+# torch.func keeps its transform stack in process-global state: two threads inside vmap/grad/jvp
+# at once corrupt each other ("level <= current_level INTERNAL ASSERT"). Every transform call in
+# the engine holds this lock, so a thread pool is safe; processes run truly in parallel.
+TRANSFORM_LOCK = threading.RLock()
+
+
 def loss_function(adapter: ModelAdapter) -> Callable[[dict, Inputs, torch.Tensor], torch.Tensor]:
     """``f(params, inputs, labels) -> per-example loss [n]``, functional in the differentiated params.
 
-    Parameters not in ``params`` (frozen layers) and buffers come from the module itself.
+    Parameters not in ``params`` (frozen layers) enter detached, so no autograd graph is built
+    through them; buffers come from the module itself.
     """
     model = adapter.model
+    tracked = set(adapter.parameter_names())
+    frozen = {n: p.detach() for n, p in model.named_parameters() if n not in tracked}
 
     def f(params: dict[str, torch.Tensor], inputs: Inputs, labels: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(model, params, (inputs,), strict=False)
+        logits = functional_call(model, (params, frozen), (inputs,), strict=False)
         return adapter.loss(logits, labels)
 
     return f
@@ -108,7 +118,8 @@ def per_sample_gradients(
         rows = torch.as_tensor(index[part], dtype=torch.long)
         x = adapter.trim_batch(to_device(take(inputs, rows), device))
         y = labels[rows].to(device)
-        g = flat.flatten(batched(params, x, y), batch_dims=1)
+        with TRANSFORM_LOCK:
+            g = flat.flatten(batched(params, x, y), batch_dims=1)
         if not torch.isfinite(g).all():
             bad = int(rows[(~torch.isfinite(g).all(dim=1)).nonzero()[0]])
             raise NonFiniteGradientError(f"the loss gradient of row {bad} is NaN or infinite")

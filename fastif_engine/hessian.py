@@ -12,7 +12,7 @@ from torch.func import grad, jvp, vmap
 
 from .adapter import ModelAdapter
 from .batching import Inputs, chunk_slices, n_rows, take, to_device
-from .gradients import FlatParams, loss_function
+from .gradients import TRANSFORM_LOCK, FlatParams, loss_function
 
 
 def hvp_on_batch(adapter: ModelAdapter, flat: FlatParams, inputs: Inputs, labels: torch.Tensor,
@@ -28,7 +28,8 @@ def hvp_on_batch(adapter: ModelAdapter, flat: FlatParams, inputs: Inputs, labels
         _, hv = jvp(grad_of_mean_loss, (params,), (flat.unflatten(v),))
         return flat.flatten(hv)
 
-    out = vmap(one)(vectors)
+    with TRANSFORM_LOCK:
+        out = vmap(one)(vectors)
     if include_l2 and adapter.l2:
         out = out + adapter.l2 * flat.l2_mask * vectors
     return out

@@ -50,7 +50,7 @@ class ExactSolver(InverseHVPSolver):
     """Explicit (H + λI)⁻¹ from the full-data Hessian; refuses more than ``max_params`` parameters."""
 
     def __init__(self, adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *,
-                 ridge: float = 0.0, max_params: int = 8192, flat: FlatParams | None = None):
+                 ridge: float = 0.0, max_params: int = 10_000, flat: FlatParams | None = None):
         self.flat = flat or FlatParams.of(adapter)
         if self.flat.size > max_params:
             raise SolverSetupError(

@@ -1,18 +1,80 @@
-"""The ``fastif`` command line.
+"""The ``fastif`` command line (the stable contract in DESIGN.md).
 
+    fastif clean   --train T --valid V [--test X] --out DIR --model NAME [options]
+    fastif explain --run DIR --test-id ID [--top 10]
+    fastif demo    [--out DIR]
     fastif datasets export NAME --out DIR [--noise 0.1 --seed 0]
 
 Exit codes: 0 success; 2 bad input or settings (one clear message, no traceback unless
-``--debug``); 1 any other failure.
+``--debug``); 1 a failure while running (the message says what failed).
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import time
 import traceback
+from pathlib import Path
 
+import flows  # noqa: F401  (pins the embedded-server settings before prefect is imported)
 from fastif_engine import __version__
 from fastif_engine.errors import FastIFError
+
+DEMO_SETTINGS = dict(k=300, depth=100, repeats=2, batch_size=4, seeds=2, flag_fraction=0.1)
+
+
+class _NoTracebacks(logging.Filter):
+    """Keep Prefect's failure messages but drop their tracebacks (shown with --debug)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _add_clean_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--train"), g.add_argument("--valid"), g.add_argument("--test")
+    g.add_argument("--out", help="output folder (flags.parquet, influence.parquet, metrics.json, report)")
+    g.add_argument("--config", help="YAML file with any of these settings (flags win)")
+    g.add_argument("--label-column"), g.add_argument("--id-column")
+    g.add_argument("--text-column"), g.add_argument("--image-column")
+    g.add_argument("--feature-columns", type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
+                   help="comma-separated numeric columns")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="tabular-logreg, tabular-mlp, image-cnn, text-minilm or package.module:callable")
+    g.add_argument("--model-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="keyword option for the model (YAML value), repeatable")
+    g.add_argument("--seed", type=int)
+    g = p.add_argument_group("influence (positive = harmful)")
+    g.add_argument("--k", type=int, help="nearest training rows scored per error (default 1000)")
+    g.add_argument("--index", choices=["flat", "ivf", "hnsw"])
+    g.add_argument("--solver", choices=["lissa", "exact"])
+    g.add_argument("--depth", type=int, help="LiSSA depth J (default 1000)")
+    g.add_argument("--repeats", type=int, help="LiSSA repeats T, spread over workers (default 1)")
+    g.add_argument("--batch-size", type=int, help="LiSSA minibatch B (default 1)")
+    g.add_argument("--damping", type=float, help="LiSSA damping d (default 0.01); ridge λ = d × scale")
+    g.add_argument("--scale", type=float, help="LiSSA scale (default: estimated from the curvature)")
+    g.add_argument("--tolerance", type=float, help="stop a LiSSA repeat early below this relative change")
+    g.add_argument("--self-influence", choices=["auto", "on", "off"])
+    g = p.add_argument_group("flags and retraining")
+    g.add_argument("--flag-fraction", type=float, help="flag this fraction of training rows (default 0.1)")
+    g.add_argument("--flag-top", type=int, help="flag the N most harmful rows")
+    g.add_argument("--flag-threshold", type=float, help="flag every row with harm score above this")
+    g.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=None,
+                   help="retrain without the flags (and a random control) and report the accuracy change")
+    g.add_argument("--seeds", type=int, help="retrain seeds (default 3)")
+    g = p.add_argument_group("execution")
+    g.add_argument("--runner", choices=["thread", "process", "dask"])
+    g.add_argument("--dask-address")
+    g.add_argument("--workers", type=int, help="parallel workers (default 2)")
+    g.add_argument("--tests-per-batch", type=int), g.add_argument("--chunk-size", type=int)
+
+
+CLEAN_KEYS = ("train", "valid", "test", "out", "label_column", "id_column", "text_column", "image_column",
+              "feature_columns", "model", "seed", "k", "index", "solver", "depth", "repeats", "batch_size",
+              "damping", "scale", "tolerance", "self_influence", "flag_fraction", "flag_top", "flag_threshold",
+              "retrain", "seeds", "runner", "dask_address", "workers", "tests_per_batch", "chunk_size")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastif {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    clean = commands.add_parser("clean", help="flag the training rows that cause validation errors")
+    _add_clean_options(clean)
+    clean.set_defaults(handler=_clean)
+
+    explain = commands.add_parser("explain", help="most harmful and most helpful training rows for one error")
+    explain.add_argument("--run", required=True, help="the --out folder of a clean run")
+    explain.add_argument("--test-id", required=True, help="id of a misclassified validation row")
+    explain.add_argument("--top", type=int, default=10)
+    explain.set_defaults(handler=_explain)
+
+    demo = commands.add_parser("demo", help="rotten-tomatoes with 10%% label noise, cleaned with text-minilm")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--max-train", type=int, default=2500, help="training rows used (default 2500)")
+    demo.set_defaults(handler=_demo)
 
     datasets = commands.add_parser("datasets", help="export the bundled real datasets")
     ds_commands = datasets.add_subparsers(dest="datasets_command", metavar="ACTION", required=True)
@@ -37,13 +114,112 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _model_options(pairs: list[str] | None) -> dict | None:
+    if not pairs:
+        return None
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise FastIFError(f"--model-option {pair!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _preflight(cfg) -> None:
+    """Validate data and model before Prefect starts: bad input fails fast, and nothing is written."""
+    from fastif_engine.data import Columns, load_dataset
+    from fastif_engine.models import BUILTIN_MODELS, DataInfo, ModelLoadError, create_model
+
+    columns = Columns(label=cfg.label_column, id=cfg.id_column, text=cfg.text_column,
+                      features=tuple(cfg.feature_columns) if cfg.feature_columns else None, image=cfg.image_column)
+    ds = load_dataset({"train": cfg.train, "valid": cfg.valid, "test": cfg.test}, columns)
+    info = DataInfo(ds.modality, ds.n_classes, ds.input_shape)
+    if cfg.model in BUILTIN_MODELS:
+        if BUILTIN_MODELS[cfg.model] != ds.modality:
+            raise ModelLoadError(f"model {cfg.model} needs {BUILTIN_MODELS[cfg.model]} inputs, but the data has "
+                                 f"{ds.modality} inputs")
+    else:
+        create_model(cfg.model, info, **cfg.model_options)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise FastIFError(f"--out {cfg.out}: exists and is not a folder")
+
+
+def _run_clean(cfg) -> dict:
+    from .clean import run_clean
+    from .runtime import api_server_for
+
+    _preflight(cfg)
+    with api_server_for(cfg.runner):
+        return run_clean(cfg)
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    overrides = {k: getattr(args, k) for k in CLEAN_KEYS}
+    overrides["model_options"] = _model_options(args.model_option)
+    cfg = load_config(args.config, overrides)
+    t0 = time.perf_counter()
+    metrics = _run_clean(cfg)
+    _print_summary(cfg, metrics, time.perf_counter() - t0)
+    return 0
+
+
+def _print_summary(cfg, metrics: dict, seconds: float) -> None:
+    c = metrics["counts"]
+    print(f"\n{c['errors']} of {c['valid']} validation rows misclassified; {c['distinct_candidates']} training "
+          f"rows scored; {c['flagged']} of {c['train']} flagged (positive harm = harmful).")
+    retrain = metrics["accuracy"]["retrain"]
+    if retrain:
+        s = retrain["summary"]
+        print(f"{retrain['eval_split']} accuracy over {retrain['seeds']} seeds: original {s['original']['mean']:.4f} "
+              f"± {s['original']['std']:.4f} → cleaned {s['cleaned']['mean']:.4f} ± {s['cleaned']['std']:.4f} "
+              f"({s['cleaned']['mean'] - s['original']['mean']:+.4f}); random removal {s['random']['mean']:.4f} "
+              f"± {s['random']['std']:.4f}")
+    print(f"report: {Path(cfg.out) / 'report.html'} (finished in {seconds:.0f} s)")
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .explain import explain
+
+    print(explain(args.run, args.test_id, args.top))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from fastif_engine.datasets import export
+
+    from .config import CleanConfig
+
+    t0 = time.perf_counter()
+    data = Path(args.out) / "data"
+    paths = export("rotten-tomatoes", data, noise=0.1, seed=0, max_train=args.max_train)
+    print(f"exported rotten-tomatoes with 10% of training labels flipped to {data}")
+    cfg = CleanConfig(train=str(paths["train"]), valid=str(paths["valid"]), test=str(paths["test"]),
+                      out=args.out, model="text-minilm", retrain=True,
+                      **DEMO_SETTINGS)
+    metrics = _run_clean(cfg)
+    _print_summary(cfg, metrics, time.perf_counter() - t0)
+    flags = __import__("pandas").read_parquet(Path(args.out) / "flags.parquet")
+    if "noisy" in flags.columns and flags["noisy"].any():
+        found = flags.loc[flags["flagged"], "noisy"].sum()
+        print(f"flipped labels among the flags: {found} of {int(flags['noisy'].sum())} "
+              f"({found / flags['noisy'].sum():.0%}; flagging {flags['flagged'].mean():.0%} of rows at random "
+              f"would find {flags['flagged'].mean():.0%})")
+    return 0
+
+
 def _datasets_export(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from fastif_engine.datasets import export
 
     paths = export(args.name, args.out, noise=args.noise, seed=args.seed, noise_mode=args.noise_mode,
                    max_train=args.max_train)
-    import pandas as pd
-
     for split, path in paths.items():
         frame = pd.read_parquet(path, columns=["label"] + (["noisy"] if split == "train" else []))
         extra = f", {int(frame['noisy'].sum())} labels flipped" if split == "train" else ""
@@ -57,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if not args.debug:
+        for name in ("prefect.task_runs", "prefect.flow_runs", "prefect.flows", "prefect.tasks"):
+            logging.getLogger(name).addFilter(_NoTracebacks())
     try:
         return args.handler(args)
     except (FastIFError, ValueError, FileNotFoundError) as exc:
@@ -64,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"fastif: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a failure while running: one line, the details with --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"fastif: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,202 @@
+"""The run report: what a person reads after a cleaning run (markdown and self-contained HTML).
+
+Sections: the accuracy change (with spread over seeds and the random-removal control), how harm
+scores are distributed, and the top flagged training rows shown as content (text snippet, image
+thumbnail or feature values) with given vs predicted label, score and the errors they harm.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import numpy as np
+
+SIGN_NOTE = ("Scores: I(z, z_test) = −∇L(z_test)ᵀ(H + λI)⁻¹∇L(z); **positive = harmful** (removing the "
+             "row should lower the error's loss), negative = helpful. harm_score sums I over the "
+             "validation errors that have the row among their k nearest training rows.")
+
+
+def _figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_harm_distribution(harm: np.ndarray, flagged: np.ndarray) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    scored = harm != 0
+    bins = np.histogram_bin_edges(harm[scored] if scored.any() else harm, bins=50)
+    ax.hist(harm[scored & ~flagged], bins=bins, color="#8fa8c8", label="not flagged")
+    ax.hist(harm[flagged], bins=bins, color="#d9534f", label="flagged")
+    ax.set_yscale("log")
+    ax.set_xlabel("harm score (positive = harmful)")
+    ax.set_ylabel("training rows")
+    ax.set_title(f"Harm scores of the {int(scored.sum())} rows retrieved as candidates")
+    ax.legend()
+    return _figure_png(fig)
+
+
+def plot_accuracy(summary: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ("original", "cleaned", "random") if n in summary]
+    means = [summary[n]["mean"] for n in names]
+    stds = [summary[n]["std"] for n in names]
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    ax.bar(names, means, yerr=stds, capsize=6, color=["#8fa8c8", "#5cb85c", "#bbbbbb"][: len(names)])
+    for i, v in enumerate(summary[n]["values"] for n in names):
+        ax.scatter([i] * len(v), v, color="black", s=10, zorder=3)
+    lo = min(min(summary[n]["values"]) for n in names)
+    hi = max(max(summary[n]["values"]) for n in names)
+    pad = max(0.01, (hi - lo) * 0.6)
+    ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
+    ax.set_ylabel("accuracy")
+    ax.set_title("Retrained accuracy: mean ± std over seeds (dots: seeds)")
+    return _figure_png(fig)
+
+
+def thumbnail(image: np.ndarray, size: int = 84) -> bytes:
+    from PIL import Image
+
+    img = np.asarray(image, dtype=np.float64).squeeze()
+    lo, hi = float(img.min()), float(img.max())
+    scaled = ((img - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(img)).astype(np.uint8)
+    pil = Image.fromarray(scaled).resize((size, size), Image.NEAREST)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _accuracy_lines(metrics: dict) -> list[str]:
+    acc = metrics.get("accuracy", {})
+    lines = []
+    if "before" in acc:
+        lines.append(f"- Model as trained: validation accuracy **{acc['before']['valid']:.4f}**"
+                     + (f", {acc['before']['eval_split']} accuracy **{acc['before']['eval']:.4f}**"
+                        if "eval" in acc["before"] else ""))
+    retrain = acc.get("retrain")
+    if retrain:
+        split = retrain["eval_split"]
+        lines.append(f"- Retrained with {retrain['seeds']} seeds, evaluated on {split}:")
+        for name, label in (("original", "all rows"), ("cleaned", f"without the {metrics['counts']['flagged']} "
+                                                       "flagged rows"), ("random", "without as many random rows")):
+            s = retrain["summary"].get(name)
+            if s:
+                lines.append(f"  - {label}: **{s['mean']:.4f} ± {s['std']:.4f}**")
+        d = retrain["summary"]["cleaned"]["mean"] - retrain["summary"]["original"]["mean"]
+        r = retrain["summary"]["random"]["mean"] - retrain["summary"]["original"]["mean"]
+        lines.append(f"- Change from cleaning: **{d:+.4f}** (random removal: {r:+.4f})")
+    else:
+        lines.append("- No retraining in this run (use `--retrain` to measure the effect of removing the flags).")
+    return lines
+
+
+def render(metrics: dict, top_rows: list[dict], plots: dict[str, bytes]) -> tuple[str, str, dict[str, bytes]]:
+    """Return (markdown, html, assets): markdown refers to ``report_assets/NAME.png`` files."""
+    counts = metrics["counts"]
+    cfg = metrics["config"]
+    head = [
+        "# fastif cleaning report", "",
+        f"Model `{cfg['model']}` on `{cfg['train']}` ({counts['train']} training rows); "
+        f"{counts['errors']} of {counts['valid']} validation examples misclassified; "
+        f"k = {cfg['k']} neighbours each ({counts['distinct_candidates']} distinct training rows scored); "
+        f"**{counts['flagged']} rows flagged**.", "",
+        "## Accuracy", "", *_accuracy_lines(metrics), "",
+    ]
+    if counts["errors"] == 0:
+        head += ["**The model made no mistakes on the validation set: there is nothing to explain, and no "
+                 "row is flagged.**", ""]
+    solver = metrics.get("solver", {})
+    head += ["## Harm scores", "", SIGN_NOTE, "",
+             f"Solver: {solver.get('name', '?')}, ridge λ = {solver.get('ridge', float('nan')):.4g}"
+             + (f", scale {solver['scale']:.4g}" if solver.get("scale") else "") + ".", ""]
+    assets = {}
+    md = list(head)
+    for name, png in plots.items():
+        assets[f"{name}.png"] = png
+        md += [f"![{name}](report_assets/{name}.png)", ""]
+    md += ["## Top flagged training rows", ""]
+    if not top_rows:
+        md += ["No row was flagged.", ""]
+    else:
+        md += ["| rank | train id | content | given | predicted | harm score | errors harmed | harms most |",
+               "|---|---|---|---|---|---|---|---|"]
+        for row in top_rows:
+            if "image_png" in row:
+                assets[f"row_{row['rank']}.png"] = row["image_png"]
+                content = f"![row {row['train_id']}](report_assets/row_{row['rank']}.png)"
+            else:
+                content = row["content"].replace("|", "\\|").replace("\n", " ")
+            md.append(f"| {row['rank']} | {row['train_id']} | {content} | {row['given']} | {row['predicted']} | "
+                      f"{row['harm_score']:.4g} | {row['n_errors_harmed']} | {row['harms']} |")
+        md.append("")
+    md += ["## Run", "", "| stage | seconds |", "|---|---|"]
+    md += [f"| {k} | {v:.1f} |" for k, v in metrics.get("timings", {}).items()]
+    md += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in metrics.get('versions', {}).items())}", ""]
+    markdown = "\n".join(md)
+    return markdown, _html(markdown, assets), assets
+
+
+def _html(markdown: str, assets: dict[str, bytes]) -> str:
+    """A small markdown → HTML conversion for exactly what :func:`render` writes; images inlined."""
+    out, in_list, table = [], False, []
+
+    def inline(text: str) -> str:
+        import re
+
+        esc = html.escape(text, quote=False)
+        esc = re.sub(r"!\[([^\]]*)\]\(report_assets/([^)]+)\)",
+                     lambda m: f'<img alt="{m.group(1)}" src="data:image/png;base64,'
+                               f'{base64.b64encode(assets[m.group(2)]).decode()}">', esc)
+        esc = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", esc)
+        return re.sub(r"`([^`]+)`", r"<code>\1</code>", esc)
+
+    def flush_table():
+        if not table:
+            return
+        rows = [r.strip().strip("|").split(" | ") for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
+        cells = lambda tag, r: "".join(f"<{tag}>{inline(c.strip().replace(chr(92) + '|', '|'))}</{tag}>" for c in r)
+        out.append("<table><thead><tr>" + cells("th", rows[0]) + "</tr></thead><tbody>"
+                   + "".join("<tr>" + cells("td", r) + "</tr>" for r in rows[1:]) + "</tbody></table>")
+        table.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if line.startswith("- ") or line.startswith("  - "):
+            if not in_list:
+                out.append("<ul>")
+                in_list = True
+            out.append(f"<li>{inline(line.strip()[2:])}</li>")
+            continue
+        if in_list:
+            out.append("</ul>")
+            in_list = False
+        if line.startswith("# "):
+            out.append(f"<h1>{inline(line[2:])}</h1>")
+        elif line.startswith("## "):
+            out.append(f"<h2>{inline(line[3:])}</h2>")
+        elif line.strip():
+            out.append(f"<p>{inline(line)}</p>")
+    flush_table()
+    if in_list:
+        out.append("</ul>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "vertical-align:top;text-align:left}th{background:#f3f3f3}td{max-width:420px}code{background:#f3f3f3}")
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>fastif cleaning report</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")

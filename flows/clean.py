@@ -1,0 +1,303 @@
+"""The ``clean_dataset`` flow: which training rows cause the model's validation errors?
+
+load + validate → prepare inputs → train → features → FAISS index → find errors → resolve
+solver → s_test (batches × repeats, in parallel) → kNN candidates → influence (candidate parts,
+in parallel) → rank + flag (+ self-influence) → retrain (optional) → report.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import flow, get_run_logger
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
+from prefect.futures import as_completed
+
+import fastif_engine
+from fastif_engine.knn import faiss_build
+from fastif_engine.ranking import harm_scores, rank_and_flag
+from fastif_engine.report import plot_accuracy, plot_harm_distribution, render, thumbnail
+from fastif_engine.retrain import VARIANTS, summarise
+from fastif_engine.store import file_fingerprint, fingerprint, write_bytes, write_json, write_npy, \
+    write_parquet, write_text
+
+from . import tasks
+from .config import CleanConfig
+from .runtime import task_runner, threads_per_worker
+
+OUTPUTS = ("flags.parquet", "influence.parquet", "metrics.json", "report.md", "report.html")
+CACHE_DIR = ".fastif-cache"
+
+
+def _safe_fingerprint(location: str | None) -> str | None:
+    """Content hash, or a marker for a file that cannot be read (validation then says why)."""
+    if location is None:
+        return None
+    try:
+        return file_fingerprint(location)
+    except Exception:
+        return f"unreadable:{location}"
+
+
+class _Timer:
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _progress(futures, description: str):
+    """Wait for ``futures``, logging and updating a Prefect progress artifact as each finishes."""
+    logger = get_run_logger()
+    total = len(futures)
+    artifact = create_progress_artifact(progress=0.0, description=description)
+    results = {}
+    for done, fut in enumerate(as_completed(futures), start=1):
+        results[fut] = fut.result()
+        update_progress_artifact(artifact_id=artifact, progress=100.0 * done / total)
+        logger.info("%s: %d/%d done", description, done, total)
+    return [results[f] for f in futures]
+
+
+@flow(name="clean_dataset")
+def clean_dataset(config: CleanConfig) -> dict:
+    """Flag the training rows that harm the model's validation errors; see DESIGN.md's contract."""
+    cfg = config
+    logger = get_run_logger()
+    timer = _Timer()
+    out = Path(cfg.out)
+    cache = str(out / CACHE_DIR)
+    threads = threads_per_worker(cfg.runner, cfg.workers)
+
+    files = [_safe_fingerprint(p) for p in (cfg.train, cfg.valid, cfg.test)]
+    data_key = fingerprint("data", files, cfg.label_column, cfg.id_column, cfg.text_column,
+                           cfg.feature_columns, cfg.image_column)
+    prep_key = fingerprint("prep", data_key, cfg.model, cfg.model_options)
+    model_key = fingerprint("model", prep_key, cfg.seed)
+    solver_key = fingerprint("solver", model_key, cfg.solver, cfg.damping, cfg.scale, cfg.batch_size, cfg.seed)
+    stest_key = fingerprint("stest", solver_key, cfg.depth, cfg.tolerance, cfg.tests_per_batch)
+    common = dict(cfg=cfg, cache=cache)
+
+    with timer.stage("load + validate"):
+        dataset_path = tasks.load_and_validate(key=data_key, **common)
+    with timer.stage("prepare inputs"):
+        inputs_path = tasks.prepare_inputs(key=prep_key, dataset_path=dataset_path, **common)
+    with timer.stage("train model"):
+        model_path = tasks.train_model(key=model_key, dataset_path=dataset_path, inputs_path=inputs_path, **common)
+    loaded = dict(dataset_path=dataset_path, inputs_path=inputs_path, model_path=model_path)
+    with timer.stage("extract features"):
+        features_path = tasks.features_stage(key=model_key, **loaded, **common)
+    with timer.stage("build index"):
+        index_key = fingerprint("index", model_key, cfg.index)
+        index_path = tasks.build_index(key=index_key, features_path=features_path, **common)
+    with timer.stage("find errors"):
+        errors_path = tasks.find_errors(key=model_key, **loaded, **common)
+    predictions = json.loads(Path(errors_path).read_text())
+    errors = np.asarray(predictions["errors"], dtype=np.int64)
+    ds = tasks._dataset(dataset_path)
+    n_train = len(ds.splits["train"])
+
+    solver_info: dict = {"name": cfg.solver}
+    influence = pd.DataFrame({"test_pos": np.zeros(0, np.int64), "train_index": np.zeros(0, np.int64),
+                              "influence": np.zeros(0)})
+    n_candidates = 0
+    if len(errors) or cfg.self_influence != "off":
+        with timer.stage("resolve solver"):
+            solver_path = tasks.resolve_solver(key=solver_key, **loaded, **common)
+        solver_info = json.loads(Path(solver_path).read_text())
+    if len(errors):
+        repeats = cfg.repeats if cfg.solver == "lissa" else 1
+        batches = math.ceil(len(errors) / cfg.tests_per_batch)
+        with timer.stage("s_test"):
+            futures = [tasks.s_test_batch.submit(key=stest_key, **loaded, errors_path=errors_path,
+                                                 solver_path=solver_path, batch=b, repeat=r, threads=threads,
+                                                 **common)
+                       for b in range(batches) for r in range(repeats)]
+            paths = _progress(futures, f"s_test for {len(errors)} errors ({batches} batches × {repeats} repeats)")
+            stest_path = tasks.StageCache(cache).path("stest", f"{stest_key}-x{repeats}", "npy")
+            if not stest_path.exists():
+                blocks = [np.mean([np.load(paths[b * repeats + r]) for r in range(repeats)], axis=0)
+                          for b in range(batches)]
+                write_npy(stest_path, np.concatenate(blocks).astype(np.float32))
+        with timer.stage("kNN candidates"):
+            cand_key = fingerprint("cand", index_key, cfg.k)
+            cand_path = tasks.search_neighbours(key=cand_key, features_path=features_path, index_path=index_path,
+                                                errors_path=errors_path, **common)
+            cand = np.load(cand_path)
+        with timer.stage("influence"):
+            parts = max(1, min(cfg.workers, len(np.unique(cand))))
+            inf_key = fingerprint("influence", stest_key, repeats, cand_key)
+            futures = [tasks.influence_part.submit(key=inf_key, **loaded, stest_path=str(stest_path),
+                                                   candidates_path=str(cand_path), part=p, parts=parts,
+                                                   threads=threads, **common) for p in range(parts)]
+            part_paths = _progress(futures, f"influence over {len(np.unique(cand))} distinct candidates")
+            influence = pd.concat([pd.read_parquet(p) for p in part_paths], ignore_index=True)
+            influence = influence.sort_values(["test_pos", "train_index"], kind="stable").reset_index(drop=True)
+            n_candidates = int(influence["train_index"].nunique())
+    else:
+        logger.info("no misclassified validation examples: nothing to explain, nothing flagged")
+
+    with timer.stage("rank + flag"):
+        scores = rank_and_flag(harm_scores(influence, n_train), cfg.flag_rule())
+        self_inf = None
+        want_self = cfg.self_influence == "on" or (cfg.self_influence == "auto" and
+                                                    solver_info.get("parameters", 1e9) <= tasks.EXACT_LIMIT)
+        if want_self:
+            si_key = fingerprint("selfinf", solver_key, cfg.depth)
+            self_inf = np.load(tasks.self_influence_stage(key=si_key, **loaded, solver_path=solver_path,
+                                                          threads=threads, **common))
+    flags = _flags_table(ds, scores, predictions, self_inf)
+    influence_table = _influence_table(ds, influence, errors)
+
+    retrain = None
+    if cfg.retrain:
+        with timer.stage("retrain"):
+            flagged = scores["flagged"].to_numpy()
+            flag_key = fingerprint("retrain", prep_key, np.flatnonzero(flagged).tolist())
+            flagged_path = tasks.StageCache(cache).path("flagged", flag_key, "npy")
+            if not flagged_path.exists():
+                write_npy(flagged_path, flagged)
+            futures = [tasks.retrain_one.submit(key=flag_key, dataset_path=dataset_path, inputs_path=inputs_path,
+                                                flagged_path=str(flagged_path), variant=v, seed=cfg.seed + s,
+                                                threads=threads, **common)
+                       for s in range(cfg.seeds) for v in VARIANTS]
+            results = [json.loads(Path(p).read_text())
+                       for p in _progress(futures, f"retrain {len(VARIANTS)} variants × {cfg.seeds} seeds")]
+            retrain = {"seeds": cfg.seeds, "eval_split": results[0]["eval_split"],
+                       "summary": {k: v.as_dict() for k, v in summarise(results).items()},
+                       "loss": {k: v.as_dict() for k, v in summarise(results, "loss").items()},
+                       "runs": results}
+
+    metrics = _metrics(cfg, ds, predictions, errors, flags, n_candidates, solver_info, retrain, timer.timings)
+    with timer.stage("report"):
+        _write_outputs(out, cfg, ds, flags, influence_table, metrics)
+    logger.info("wrote %s to %s", ", ".join(OUTPUTS), out)
+    return metrics
+
+
+def _class_names(ds, codes) -> list[str]:
+    return [str(ds.classes[int(c)]) for c in codes]
+
+
+def _flags_table(ds, scores: pd.DataFrame, predictions: dict, self_inf) -> pd.DataFrame:
+    train = ds.splits["train"]
+    table = pd.DataFrame({
+        "train_id": train.ids,
+        "label": _class_names(ds, train.labels),
+        "predicted": _class_names(ds, predictions["train"]["predictions"]),
+        "harm_score": scores["harm_score"].to_numpy(),
+        "self_influence": self_inf if self_inf is not None else np.full(len(train), np.nan),
+        "n_errors_harmed": scores["n_errors_harmed"].to_numpy(),
+        "rank": scores["rank"].to_numpy(),
+        "flagged": scores["flagged"].to_numpy(),
+    })
+    for col in train.extra.columns:  # truth columns of an exported noisy dataset, for scoring
+        table[col] = train.extra[col].astype(str).to_numpy() if col == "true_label" else train.extra[col].to_numpy()
+    return table
+
+
+def _influence_table(ds, influence: pd.DataFrame, errors: np.ndarray) -> pd.DataFrame:
+    valid_ids = ds.splits["valid"].ids
+    train_ids = ds.splits["train"].ids
+    table = pd.DataFrame({
+        "test_id": valid_ids[errors[influence["test_pos"].to_numpy()]] if len(influence) else valid_ids[:0],
+        "train_id": train_ids[influence["train_index"].to_numpy()],
+        "influence": influence["influence"].to_numpy(),
+    })
+    table["rank"] = (table.groupby("test_id", sort=False)["influence"]
+                     .rank(ascending=False, method="first").astype(np.int64)) if len(table) else np.zeros(0, np.int64)
+    return table
+
+
+def _metrics(cfg, ds, predictions, errors, flags, n_candidates, solver_info, retrain, timings) -> dict:
+    import faiss
+    import prefect
+    import torch
+
+    before = {"valid": predictions["valid"]["accuracy"]}
+    if "test" in predictions:
+        before.update(eval=predictions["test"]["accuracy"], eval_split="test")
+    return {
+        "accuracy": {"before": before, "per_class_valid": predictions["valid"]["per_class_accuracy"],
+                     "retrain": retrain},
+        "counts": {"train": int(len(flags)), "valid": int(len(ds.splits["valid"])),
+                   "test": int(len(ds.splits["test"])) if "test" in ds.splits else 0,
+                   "errors": int(len(errors)), "distinct_candidates": n_candidates,
+                   "flagged": int(flags["flagged"].sum()),
+                   "harmful": int((flags["harm_score"] > 0).sum())},
+        "solver": solver_info,
+        "sign_convention": "influence = -grad L(test)^T (H + ridge I)^-1 grad L(train); positive = harmful",
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "config": json.loads(cfg.model_dump_json()),
+        "versions": {"fastif": fastif_engine.__version__, "python": platform.python_version(),
+                     "torch": torch.__version__, "faiss": faiss_build(), "prefect": prefect.__version__},
+    }
+
+
+def _top_rows(ds, flags: pd.DataFrame, influence: pd.DataFrame, n: int = 20) -> list[dict]:
+    train = ds.splits["train"]
+    top = flags[flags["flagged"]].sort_values("rank").head(n)
+    pos_of = {tid: i for i, tid in enumerate(train.ids)}
+    rows = []
+    for _, r in top.iterrows():
+        i = pos_of[r["train_id"]]
+        harms = influence[(influence["train_id"] == r["train_id"]) & (influence["influence"] > 0)]
+        harms = harms.sort_values("influence", ascending=False).head(3)
+        row = {"rank": int(r["rank"]), "train_id": r["train_id"], "given": r["label"], "predicted": r["predicted"],
+               "harm_score": float(r["harm_score"]), "n_errors_harmed": int(r["n_errors_harmed"]),
+               "harms": ", ".join(f"{t} ({v:.3g})" for t, v in zip(harms["test_id"], harms["influence"]))}
+        if ds.modality == "image":
+            row["image_png"] = thumbnail(train.values[i])
+        elif ds.modality == "text":
+            text = train.values[i]
+            row["content"] = text if len(text) <= 160 else text[:157] + "…"
+        else:
+            vals = train.values[i]
+            shown = ", ".join(f"{c}={v:.3g}" for c, v in zip(ds.input_columns[:6], vals[:6]))
+            row["content"] = shown + (", …" if len(vals) > 6 else "")
+        rows.append(row)
+    return rows
+
+
+def _write_outputs(out: Path, cfg, ds, flags, influence, metrics) -> None:
+    """Every contract file lands by rename: a crash here leaves the previous outputs intact."""
+    plots = {}
+    if (flags["harm_score"] != 0).any():
+        plots["harm_scores"] = plot_harm_distribution(flags["harm_score"].to_numpy(), flags["flagged"].to_numpy())
+    if metrics["accuracy"]["retrain"]:
+        plots["accuracy"] = plot_accuracy(metrics["accuracy"]["retrain"]["summary"])
+    markdown, html, assets = render(metrics, _top_rows(ds, flags, influence), plots)
+    for name, png in assets.items():
+        write_bytes(out / "report_assets" / name, png)
+    write_parquet(out / "flags.parquet", flags)
+    write_parquet(out / "influence.parquet", influence)
+    write_json(out / "metrics.json", metrics)
+    write_text(out / "report.md", markdown)
+    write_text(out / "report.html", html)
+    create_markdown_artifact(markdown=_artifact_markdown(markdown), key="fastif-report",
+                             description=f"fastif cleaning report for {cfg.train}")
+    top = flags[flags["flagged"]].sort_values("rank").head(50)
+    create_table_artifact(table=json.loads(top.drop(columns=["self_influence"]).to_json(orient="records")),
+                          key="fastif-flags", description="top flagged training rows (positive harm = harmful)")
+
+
+def _artifact_markdown(markdown: str) -> str:
+    """Prefect's UI cannot see local PNGs: drop image references from the artifact copy."""
+    return "\n".join(line for line in markdown.splitlines() if not line.startswith("!["))
+
+
+def run_clean(cfg: CleanConfig) -> dict:
+    """Run the flow with the task runner ``cfg.runner`` asks for."""
+    runner = task_runner(cfg.runner, cfg.workers, cfg.dask_address)
+    return clean_dataset.with_options(task_runner=runner)(cfg)

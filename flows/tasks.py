@@ -1,0 +1,320 @@
+"""One Prefect task per pipeline stage, each a thin wrapper over fastif_engine functions.
+
+Tasks hand each other paths, never arrays. Every stage writes its output to the run's stage
+cache under a name that contains a content key (file fingerprints + the settings that matter),
+atomically; a stage whose output already exists is not recomputed (see ``StageCache``).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from fastif_engine.api import extract_features
+from fastif_engine.batching import take
+from fastif_engine.data import Columns, Dataset, load_dataset
+from fastif_engine.gradients import FlatParams, gradient_matrix
+from fastif_engine.influence import influence_on_candidates, self_influence
+from fastif_engine.knn import FaissIndex
+from fastif_engine.models import DataInfo, create_model
+from fastif_engine.retrain import retrain_and_evaluate
+from fastif_engine.solvers import ExactSolver, LissaSettings, LissaSolver, auto_scale
+from fastif_engine.store import atomic_path, write_json, write_npy, write_parquet
+from fastif_engine.training import evaluate
+
+from .config import CleanConfig
+from .runtime import set_worker_threads
+
+_LOCK = threading.Lock()
+EXACT_LIMIT = 10_000  # parameters: above this, self-influence needs LiSSA per row (slow)
+
+
+class StageCache:
+    """``<out>/.fastif-cache/<stage>-<key>.<ext>``: present means done (files land by rename)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def path(self, stage: str, key: str, ext: str) -> Path:
+        return self.root / f"{stage}-{key}.{ext}"
+
+
+def _reused(path: Path, stage: str) -> bool:
+    if path.exists():
+        get_run_logger().info("%s: inputs unchanged, reusing %s", stage, path.name)
+        return True
+    return False
+
+
+def _stage_task(name: str, **options):
+    return task(name=name, cache_policy=NO_CACHE, **options)
+
+
+# ---- loading shared state inside a worker (threads share these; processes load once each) ----
+
+@lru_cache(maxsize=4)
+def _dataset(path: str) -> Dataset:
+    return torch.load(path, weights_only=False)
+
+
+@lru_cache(maxsize=4)
+def _inputs(path: str) -> dict:
+    return torch.load(path, weights_only=False)
+
+
+@lru_cache(maxsize=2)
+def _base_model(model: str, options_json: str, info: DataInfo):
+    return create_model(model, info, **json.loads(options_json))
+
+
+def data_info(ds: Dataset) -> DataInfo:
+    return DataInfo(ds.modality, ds.n_classes, ds.input_shape)
+
+
+def load_adapter(cfg: CleanConfig, dataset_path: str, state_path: str | None):
+    """A private copy of the model per task: functional_call swaps parameters in place, so
+    threads must never share one module."""
+    info = data_info(_dataset(dataset_path))
+    with _LOCK:
+        base = _base_model(cfg.model, json.dumps(cfg.model_options, sort_keys=True), info)
+        adapter = copy.deepcopy(base)
+    if state_path:
+        adapter.model.load_state_dict(torch.load(state_path, weights_only=True))
+        adapter.model.eval()
+    return adapter
+
+
+def lissa_settings(cfg: CleanConfig, scale: float, repeats: int | None = None) -> LissaSettings:
+    return LissaSettings(depth=cfg.depth, repeats=repeats or cfg.repeats, batch_size=cfg.batch_size,
+                         damping=cfg.damping, scale=scale, tolerance=cfg.tolerance, seed=cfg.seed)
+
+
+def _split_tensors(inputs_path: str, split: str):
+    blob = _inputs(inputs_path)
+    return blob[split], torch.as_tensor(blob["labels"][split])
+
+
+# ---- stages ----
+
+@_stage_task("load + validate")
+def load_and_validate(cfg: CleanConfig, cache: str, key: str) -> str:
+    """Read and check every split; nothing else runs if this fails."""
+    path = StageCache(cache).path("dataset", key, "pt")
+    if _reused(path, "load + validate"):
+        return str(path)
+    columns = Columns(label=cfg.label_column, id=cfg.id_column, text=cfg.text_column,
+                      features=tuple(cfg.feature_columns) if cfg.feature_columns else None,
+                      image=cfg.image_column)
+    ds = load_dataset({"train": cfg.train, "valid": cfg.valid, "test": cfg.test}, columns)
+    info = data_info(ds)
+    create_model(cfg.model, info, **cfg.model_options) if ":" in cfg.model else None  # fail fast
+    with atomic_path(path) as tmp:
+        torch.save(ds, tmp)
+    get_run_logger().info("load + validate: %s", ", ".join(f"{k} {len(s)} rows" for k, s in ds.splits.items()))
+    return str(path)
+
+
+@_stage_task("prepare inputs")
+def prepare_inputs(cfg: CleanConfig, cache: str, key: str, dataset_path: str) -> str:
+    """Model-specific inputs for every split (for text-minilm: the frozen layers' output, once)."""
+    path = StageCache(cache).path("inputs", key, "pt")
+    if _reused(path, "prepare inputs"):
+        return str(path)
+    ds = _dataset(dataset_path)
+    adapter = load_adapter(cfg, dataset_path, None)
+    blob = {"labels": {}}
+    for name, split in ds.splits.items():
+        blob[name] = adapter.prepare(split.values)
+        blob["labels"][name] = split.labels
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
+    return str(path)
+
+
+@_stage_task("train model")
+def train_model(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str) -> str:
+    path = StageCache(cache).path("model", key, "pt")
+    if _reused(path, "train model"):
+        return str(path)
+    adapter = load_adapter(cfg, dataset_path, None)
+    x, y = _split_tensors(inputs_path, "train")
+    t0 = time.perf_counter()
+    adapter.fit(x, y, seed=cfg.seed)
+    with atomic_path(path) as tmp:
+        torch.save(adapter.model.state_dict(), tmp)
+    get_run_logger().info("train model: %s fitted on %d rows in %.1f s", cfg.model, len(y), time.perf_counter() - t0)
+    return str(path)
+
+
+@_stage_task("extract features")
+def features_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
+                   model_path: str) -> str:
+    path = StageCache(cache).path("features", key, "npz")
+    if _reused(path, "extract features"):
+        return str(path)
+    adapter = load_adapter(cfg, dataset_path, model_path)
+    blob = _inputs(inputs_path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, train=extract_features(adapter, blob["train"]), valid=extract_features(adapter, blob["valid"]))
+    return str(path)
+
+
+@_stage_task("build index")
+def build_index(cfg: CleanConfig, cache: str, key: str, features_path: str) -> str:
+    path = StageCache(cache).path("index", key, "faiss")
+    if _reused(path, "build index"):
+        return str(path)
+    feats = np.load(features_path)["train"]
+    FaissIndex(cfg.index, seed=cfg.seed).build(feats).save(path)
+    return str(path)
+
+
+@_stage_task("kNN candidates")
+def search_neighbours(cfg: CleanConfig, cache: str, key: str, features_path: str, index_path: str,
+                      errors_path: str) -> str:
+    """The k nearest training rows (feature space) of every misclassified validation row."""
+    path = StageCache(cache).path("candidates", key, "npy")
+    if _reused(path, "kNN candidates"):
+        return str(path)
+    errors = np.asarray(json.loads(Path(errors_path).read_text())["errors"], dtype=np.int64)
+    _, cand = FaissIndex.load(index_path).search(np.load(features_path)["valid"][errors], cfg.k)
+    write_npy(path, cand)
+    return str(path)
+
+
+@_stage_task("find errors")
+def find_errors(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
+                model_path: str) -> str:
+    """Predict on validation (and test); the misclassified validation rows are the errors."""
+    path = StageCache(cache).path("errors", key, "json")
+    if _reused(path, "find errors"):
+        return str(path)
+    adapter = load_adapter(cfg, dataset_path, model_path)
+    blob = _inputs(inputs_path)
+    out = {}
+    for split in [s for s in ("valid", "test", "train") if s in blob]:
+        ev = evaluate(adapter, blob[split], torch.as_tensor(blob["labels"][split]))
+        out[split] = {**ev.summary(), "predictions": ev.predictions.tolist()}
+    wrong = np.flatnonzero(np.asarray(out["valid"]["predictions"]) != blob["labels"]["valid"])
+    out["errors"] = wrong.tolist()
+    write_json(path, out)
+    get_run_logger().info("find errors: %d of %d validation rows misclassified (accuracy %.4f)",
+                          len(wrong), len(blob["labels"]["valid"]), out["valid"]["accuracy"])
+    return str(path)
+
+
+@_stage_task("resolve solver")
+def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
+                   model_path: str) -> str:
+    """Fix the LiSSA scale once (estimated if unset) so every worker uses the same ridge."""
+    path = StageCache(cache).path("solver", key, "json")
+    if _reused(path, "resolve solver"):
+        return str(path)
+    adapter = load_adapter(cfg, dataset_path, model_path)
+    x, y = _split_tensors(inputs_path, "train")
+    flat = FlatParams.of(adapter)
+    scale, estimated = cfg.scale, False
+    if scale is None:
+        scale, estimated = auto_scale(adapter, flat, x, y, cfg.batch_size, cfg.seed), True
+    info = {"name": cfg.solver, "scale": scale, "scale_estimated": estimated, "damping": cfg.damping,
+            "ridge": cfg.damping * scale, "parameters": flat.size, "depth": cfg.depth,
+            "repeats": cfg.repeats, "batch_size": cfg.batch_size}
+    write_json(path, info)
+    get_run_logger().info("resolve solver: %s over %d parameters, scale %.4g%s, ridge λ = %.4g", cfg.solver,
+                          flat.size, scale, " (estimated)" if estimated else "", info["ridge"])
+    return str(path)
+
+
+@_stage_task("s_test", retries=1, retry_delay_seconds=1)
+def s_test_batch(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
+                 model_path: str, errors_path: str, solver_path: str, batch: int, repeat: int,
+                 threads: int) -> str:
+    """s_test for one batch of errors and one LiSSA repeat (the exact solver: repeat 0 only)."""
+    path = StageCache(cache).path("stest", f"{key}-b{batch}-r{repeat}", "npy")
+    if path.exists():
+        return str(path)
+    set_worker_threads(threads)
+    adapter = load_adapter(cfg, dataset_path, model_path)
+    solver_info = json.loads(Path(solver_path).read_text())
+    errors = np.asarray(json.loads(Path(errors_path).read_text())["errors"])
+    rows = errors[batch * cfg.tests_per_batch:(batch + 1) * cfg.tests_per_batch]
+    xv, yv = _split_tensors(inputs_path, "valid")
+    x, y = _split_tensors(inputs_path, "train")
+    flat = FlatParams.of(adapter)
+    v = gradient_matrix(adapter, take(xv, torch.as_tensor(rows)), yv[rows], chunk_size=cfg.chunk_size, flat=flat)
+    if cfg.solver == "exact":
+        s = ExactSolver(adapter, x, y, ridge=solver_info["ridge"], flat=flat).solve(v)
+    else:
+        s = LissaSolver(adapter, x, y, lissa_settings(cfg, solver_info["scale"]), flat=flat).solve_repeat(v, repeat)
+    write_npy(path, s.float().cpu().numpy())
+    return str(path)
+
+
+@_stage_task("influence", retries=1, retry_delay_seconds=1)
+def influence_part(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
+                   model_path: str, stest_path: str, candidates_path: str, part: int, parts: int,
+                   threads: int) -> str:
+    """Scores for the candidates in this part (distinct training rows split across workers)."""
+    path = StageCache(cache).path("influence", f"{key}-p{part}of{parts}", "parquet")
+    if path.exists():
+        return str(path)
+    set_worker_threads(threads)
+    adapter = load_adapter(cfg, dataset_path, model_path)
+    x, y = _split_tensors(inputs_path, "train")
+    cand = np.load(candidates_path)
+    union = np.unique(cand)
+    mine = union[part::parts]
+    lists = [row[np.isin(row, mine)] for row in cand]
+    s = torch.from_numpy(np.load(stest_path)).to(adapter.dtype)
+    res = influence_on_candidates(adapter, x, y, s, lists, chunk_size=cfg.chunk_size)
+    write_parquet(path, pd.DataFrame({"test_pos": res.test_pos, "train_index": res.train_index,
+                                      "influence": res.influence}))
+    return str(path)
+
+
+@_stage_task("self-influence")
+def self_influence_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
+                         model_path: str, solver_path: str, threads: int) -> str:
+    path = StageCache(cache).path("selfinf", key, "npy")
+    if _reused(path, "self-influence"):
+        return str(path)
+    set_worker_threads(threads)
+    adapter = load_adapter(cfg, dataset_path, model_path)
+    x, y = _split_tensors(inputs_path, "train")
+    info = json.loads(Path(solver_path).read_text())
+    flat = FlatParams.of(adapter)
+    if flat.size <= EXACT_LIMIT:
+        solver = ExactSolver(adapter, x, y, ridge=info["ridge"], flat=flat)
+    else:
+        solver = LissaSolver(adapter, x, y, lissa_settings(cfg, info["scale"], repeats=1), flat=flat)
+    scores = self_influence(adapter, x, y, solver, chunk_size=cfg.chunk_size, flat=flat)
+    write_npy(path, scores)
+    return str(path)
+
+
+@_stage_task("retrain", retries=1, retry_delay_seconds=1)
+def retrain_one(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
+                flagged_path: str, variant: str, seed: int, threads: int) -> str:
+    path = StageCache(cache).path("retrain", f"{key}-{variant}-s{seed}", "json")
+    if path.exists():
+        return str(path)
+    set_worker_threads(threads)
+    adapter = load_adapter(cfg, dataset_path, None)
+    blob = _inputs(inputs_path)
+    eval_split = "test" if "test" in blob else "valid"
+    flagged = np.load(flagged_path)
+    result = retrain_and_evaluate(adapter, blob["train"], torch.as_tensor(blob["labels"]["train"]),
+                                  blob[eval_split], torch.as_tensor(blob["labels"][eval_split]),
+                                  flagged, variant, seed)
+    write_json(path, {**result, "eval_split": eval_split})
+    return str(path)

@@ -1,0 +1,238 @@
+"""End-to-end through the real Prefect flow and the real command line, on small real data."""
+import json
+import os
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_breast_cancer
+
+from fastif_engine.datasets import add_label_noise
+from flows.cli import main
+
+FLAG_COLUMNS = ["train_id", "label", "predicted", "harm_score", "self_influence", "n_errors_harmed", "rank",
+                "flagged"]
+FAST = ["--depth", "200", "--repeats", "2", "--batch-size", "8", "--k", "100"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    """One Prefect test server for every flow run in this module (~10 s to start)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+
+
+@pytest.fixture(scope="module")
+def tabular(tmp_path_factory):
+    """Real tabular data: breast cancer, 10% of training labels flipped, id column kept."""
+    out = tmp_path_factory.mktemp("bc")
+    x, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    frame = x.rename(columns=lambda c: c.replace(" ", "_")).assign(label=np.where(y == 1, "benign", "malignant"))
+    frame.insert(0, "id", [f"bc{i}" for i in range(len(frame))])
+    order = np.random.default_rng(0).permutation(len(frame))
+    parts = {"train": order[:340], "valid": order[340:455], "test": order[455:]}
+    paths = {}
+    for name, rows in parts.items():
+        part = frame.iloc[rows].reset_index(drop=True)
+        if name == "train":
+            part = add_label_noise(part, 0.1, np.random.default_rng(1))
+        paths[name] = out / f"{name}.parquet"
+        part.to_parquet(paths[name], index=False)
+    return paths
+
+
+def clean(paths, out, *extra, model="tabular-mlp"):
+    return main(["clean", "--train", str(paths["train"]), "--valid", str(paths["valid"]), "--test",
+                 str(paths["test"]), "--out", str(out), "--model", model, *FAST, *extra])
+
+
+@pytest.fixture(scope="module")
+def tabular_run(tabular, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    assert clean(tabular, out, "--retrain", "--seeds", "2", "--flag-fraction", "0.1") == 0
+    return out
+
+
+def test_clean_writes_the_contract(tabular_run, tabular):
+    flags = pd.read_parquet(tabular_run / "flags.parquet")
+    assert list(flags.columns[:8]) == FLAG_COLUMNS
+    train = pd.read_parquet(tabular["train"])
+    assert len(flags) == len(train) and list(flags["train_id"]) == list(train["id"])
+    assert flags["flagged"].sum() == round(0.1 * len(train))
+    assert set(flags["label"]) <= {"benign", "malignant"}
+    assert sorted(flags["rank"]) == list(range(1, len(flags) + 1))
+    assert (flags.loc[flags["flagged"], "harm_score"] > 0).all()
+    assert flags["self_influence"].notna().all() and (flags["self_influence"] >= 0).all()
+
+    influence = pd.read_parquet(tabular_run / "influence.parquet")
+    assert list(influence.columns) == ["test_id", "train_id", "influence", "rank"]
+    metrics = json.loads((tabular_run / "metrics.json").read_text())
+    assert influence["test_id"].nunique() == metrics["counts"]["errors"] > 0
+    assert len(influence) == metrics["counts"]["errors"] * 100
+    # harm_score is the per-row sum of the long table
+    summed = influence.groupby("train_id")["influence"].sum()
+    np.testing.assert_allclose(flags.set_index("train_id").loc[summed.index, "harm_score"], summed, rtol=1e-9)
+
+    retrain = metrics["accuracy"]["retrain"]
+    assert retrain["seeds"] == 2 and retrain["eval_split"] == "test"
+    assert set(retrain["summary"]) == {"original", "cleaned", "random"}
+    assert metrics["config"]["model"] == "tabular-mlp" and "faiss" in metrics["versions"]
+    assert metrics["solver"]["ridge"] == pytest.approx(metrics["solver"]["damping"] * metrics["solver"]["scale"])
+    for name in ("report.md", "report.html"):
+        assert (tabular_run / name).stat().st_size > 1000
+    assert not list(tabular_run.glob("*.tmp")) and not list(tabular_run.glob(".*.tmp"))
+
+
+class _Report(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.headings, self.images, self.rows, self._tag, self.cells = [], [], 0, None, []
+
+    def handle_starttag(self, tag, attrs):
+        self._tag = tag
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        if tag == "tr":
+            self.rows += 1
+
+    def handle_endtag(self, tag):
+        self._tag = None
+
+    def handle_data(self, data):
+        if not data.strip():
+            return
+        if self._tag in ("h1", "h2"):
+            self.headings.append(data.strip())
+        if self._tag == "td":
+            self.cells.append(data.strip())
+
+
+def test_report_html_is_readable(tabular_run):
+    report = _Report()
+    report.feed((tabular_run / "report.html").read_text())
+    assert report.headings[:2] == ["fastif cleaning report", "Accuracy"]
+    assert "Top flagged training rows" in report.headings
+    assert len(report.images) == 2 and all(src.startswith("data:image/png;base64,") for src in report.images)
+    assert report.rows >= 21  # header + 20 top rows (+ the timing table)
+    assert any(c.startswith("mean_radius=") for c in report.cells)  # rows shown by their content
+    text = (tabular_run / "report.html").read_text()
+    assert "positive = harmful" in text and "random" in text
+
+
+def test_explain_prints_harmful_and_helpful_rows(tabular_run, capsys):
+    influence = pd.read_parquet(tabular_run / "influence.parquet")
+    test_id = influence["test_id"].iloc[0]
+    assert main(["explain", "--run", str(tabular_run), "--test-id", str(test_id), "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"Validation example {test_id}" in out and "Most harmful" in out and "Most helpful" in out
+    assert out.count("  train bc") == 6 and "mean_radius=" in out
+    assert main(["explain", "--run", str(tabular_run), "--test-id", "nope"]) == 2
+    assert "not one of the" in capsys.readouterr().err
+
+
+def test_rerun_reuses_unchanged_stages(tabular, tmp_path, capfd):
+    out = tmp_path / "out"
+    assert clean(tabular, out) == 0
+    cache = out / ".fastif-cache"
+    before = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    flags_before = pd.read_parquet(out / "flags.parquet")
+    # a copy with the same content under another name and a new mtime: still the same inputs
+    moved = {k: tmp_path / f"copy_{k}.parquet" for k in tabular}
+    for k in tabular:
+        shutil.copy(tabular[k], moved[k])
+    capfd.readouterr()
+    assert clean(moved, out) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir() if p.name in before} == before
+    logs = capfd.readouterr()
+    assert (logs.out + logs.err).count("inputs unchanged, reusing") >= 7
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "flags.parquet"), flags_before)
+    # one changed label: the data fingerprint changes, so the model is trained again
+    train = pd.read_parquet(moved["train"])
+    train.loc[0, "label"] = "benign" if train.loc[0, "label"] == "malignant" else "malignant"
+    train.to_parquet(moved["train"], index=False)
+    assert clean(moved, out) == 0
+    assert len(list(cache.glob("model-*.pt"))) == 2
+
+
+def test_process_runner_gives_the_same_flags(tabular, tmp_path):
+    a, b = tmp_path / "thread", tmp_path / "process"
+    assert clean(tabular, a, "--runner", "thread") == 0
+    assert clean(tabular, b, "--runner", "process") == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(a / "flags.parquet"), pd.read_parquet(b / "flags.parquet"))
+
+
+def test_exact_and_lissa_agree(tabular, tmp_path):
+    """Issue #2 through the CLI: the same run with each solver, influence Pearson ≥ 0.99."""
+    common = ["--depth", "1000", "--repeats", "4", "--batch-size", "16", "--self-influence", "off"]
+    assert clean(tabular, tmp_path / "exact", "--solver", "exact", *common, model="tabular-logreg") == 0
+    assert clean(tabular, tmp_path / "lissa", "--solver", "lissa", *common, model="tabular-logreg") == 0
+    e = pd.read_parquet(tmp_path / "exact" / "influence.parquet")
+    lis = pd.read_parquet(tmp_path / "lissa" / "influence.parquet")
+    merged = e.merge(lis, on=["test_id", "train_id"])
+    assert len(merged) == len(e) > 0
+    assert np.corrcoef(merged["influence_x"], merged["influence_y"])[0, 1] >= 0.99
+
+
+def test_tiny_scale_fails_with_a_clear_message(tabular, tmp_path, capsys):
+    assert clean(tabular, tmp_path / "out", "--scale", "1e-6") == 2  # settings at fault
+    err = capsys.readouterr().err
+    assert "diverged" in err and "scale" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "flags.parquet").exists()
+
+
+def test_missing_label_column_writes_nothing(tabular, tmp_path, capsys):
+    train = pd.read_parquet(tabular["train"]).drop(columns="label")
+    train.to_parquet(tmp_path / "train.parquet", index=False)
+    paths = {**tabular, "train": tmp_path / "train.parquet"}
+    assert clean(paths, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "missing column 'label'" in err and str(tmp_path / "train.parquet") in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_yaml_config_and_unknown_keys(tabular, tmp_path, capsys):
+    cfg = tmp_path / "clean.yaml"
+    cfg.write_text(f"train: {tabular['train']}\nvalid: {tabular['valid']}\nmodel: tabular-logreg\nk: 50\n"
+                   f"depth: 100\nbatch_size: 8\nflag_top: 7\nout: {tmp_path / 'out'}\n")
+    assert main(["clean", "--config", str(cfg)]) == 0
+    flags = pd.read_parquet(tmp_path / "out" / "flags.parquet")
+    assert flags["flagged"].sum() == 7
+    cfg.write_text(cfg.read_text() + "kk: 3\nsolver: newton\n")
+    assert main(["clean", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "'kk': unknown key" in err and "'solver'" in err
+
+
+def test_image_cnn_on_digits(tmp_path):
+    assert main(["datasets", "export", "digits", "--out", str(tmp_path / "data"), "--noise", "0.1"]) == 0
+    data = tmp_path / "data"
+    out = tmp_path / "out"
+    assert main(["clean", "--train", str(data / "train.parquet"), "--valid", str(data / "valid.parquet"),
+                 "--out", str(out), "--model", "image-cnn", "--model-option", "settings={}", *FAST]) == 2
+    assert main(["clean", "--train", str(data / "train.parquet"), "--valid", str(data / "valid.parquet"),
+                 "--out", str(out), "--model", "image-cnn", *FAST]) == 0
+    flags = pd.read_parquet(out / "flags.parquet")
+    assert len(flags) == 1079 and flags["flagged"].sum() > 0
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+
+
+def test_text_minilm_on_rotten_tomatoes(tmp_path):
+    data = tmp_path / "data"
+    assert main(["datasets", "export", "rotten-tomatoes", "--out", str(data), "--noise", "0.1",
+                 "--max-train", "300"]) == 0
+    out = tmp_path / "out"
+    assert main(["clean", "--train", str(data / "train.parquet"), "--valid", str(data / "valid.parquet"),
+                 "--out", str(out), "--model", "text-minilm", "--model-option", "top_layers=1",
+                 "--depth", "20", "--batch-size", "2", "--k", "50"]) == 0
+    flags = pd.read_parquet(out / "flags.parquet")
+    assert len(flags) == 300 and flags["flagged"].sum() > 0
+    report = (out / "report.md").read_text()
+    top = flags[flags["flagged"]].sort_values("rank").iloc[0]
+    assert f"| 1 | {top['train_id']} |" in report  # shown with its text snippet
