@@ -59,12 +59,15 @@ class FastIF:
         v = gradient_matrix(self.adapter, test_inputs, test_labels, flat=self.flat)
         return self.solver.solve(v, progress)
 
-    def neighbours(self, test_inputs: Inputs) -> np.ndarray:
-        """``[m, k]`` candidate training rows (nearest first), or None when ``k`` is None."""
+    def neighbours(self, test_inputs: Inputs) -> list[np.ndarray] | None:
+        """Candidate training rows per test row (nearest first), or None when ``k`` is None.
+
+        An approximate index may find fewer than k (FAISS pads with −1): those are dropped.
+        """
         if self.k is None:
             return None
         _, idx = self.index.search(extract_features(self.adapter, test_inputs), self.k)
-        return idx
+        return [row[row >= 0] for row in idx]
 
     def influence(self, test_inputs: Inputs, test_labels: torch.Tensor,
                   progress: ProgressFn | None = None) -> pd.DataFrame:

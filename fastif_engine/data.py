@@ -33,7 +33,7 @@ class Columns:
     """Which columns hold what. ``None`` for inputs means: detect (text, then image, then numeric)."""
 
     label: str = "label"
-    id: str = "id"
+    id: str | None = None  # None: the "id" column if there is one, else the row number
     text: str | None = None
     features: tuple[str, ...] | None = None
     image: str | None = None
@@ -132,6 +132,9 @@ def load_dataset(paths: dict[str, str | None], columns: Columns = Columns()) -> 
         shapes = {n: s.values.shape[1:] for n, s in splits.items()}
         if len(set(shapes.values())) > 1:
             raise DataError(f"images differ in size between splits: {shapes}")
+        if splits["train"].values.max() > 1.0:  # 0–255 pixels; one decision, from train, for all splits
+            for split in splits.values():
+                split.values /= 255.0
     return Dataset(modality, classes, tuple(inputs), splits)
 
 
@@ -149,7 +152,7 @@ def _detect_inputs(frame: pd.DataFrame, columns: Columns, source: str) -> tuple[
         return "text", ("text",)
     if "image" in frame.columns:
         return "image", ("image",)
-    skip = {columns.label, columns.id, *TRUTH_COLUMNS}
+    skip = {columns.label, columns.id or "id", *TRUTH_COLUMNS}
     features = tuple(c for c in frame.columns if c not in skip)
     if not features:
         raise DataError(f"train file {source}: no input columns (expected 'text', 'image' or "
@@ -171,9 +174,14 @@ def _check_labels(labels: pd.Series, split: str, source: str, column: str) -> No
         raise DataError(f"{split} file {source}: column '{column}' is empty in rows {_rows(missing)}")
 
 
-def _ids(frame: pd.DataFrame, column: str, split: str, source: str) -> np.ndarray:
-    if column not in frame.columns:
-        return np.arange(len(frame))
+def _ids(frame: pd.DataFrame, column: str | None, split: str, source: str) -> np.ndarray:
+    if column is None:
+        if "id" not in frame.columns:
+            return np.arange(len(frame))
+        column = "id"
+    elif column not in frame.columns:
+        raise DataError(f"{split} file {source}: missing id column '{column}' (columns present: "
+                        f"{', '.join(map(str, frame.columns[:20]))})")
     ids = frame[column]
     if ids.isna().any():
         raise DataError(f"{split} file {source}: column '{column}' is empty in rows {_rows(ids.isna())}")
@@ -233,10 +241,7 @@ def _read_images(frame: pd.DataFrame, col: str, split: str, source: str) -> np.n
         raise DataError(f"{split} file {source}: column '{col}' has images of inconsistent size: most are "
                         f"{common[0]}×{common[1]}, rows {_rows(odd)} are not "
                         f"(e.g. {shapes[int(odd.argmax())][0]}×{shapes[int(odd.argmax())][1]})")
-    stacked = np.stack(images).astype(np.float32)
-    if stacked.max() > 1.0:
-        stacked /= 255.0
-    return stacked[:, None, :, :]
+    return np.stack(images).astype(np.float32)[:, None, :, :]
 
 
 def _decode_image(value) -> np.ndarray | None:

@@ -73,7 +73,7 @@ def influence_on_candidates(
     sorted_pos = union_pos[order]
     influence = np.empty(len(train_index), dtype=np.float64)
 
-    s_t = s_tests.T.contiguous()  # [P, m]
+    s_t = s_tests.T.contiguous().to(adapter.device)  # [P, m], where the gradients are
     total = -(-len(union) // chunk_size)
     for done, (part, grads) in enumerate(
             per_sample_gradients(adapter, train_inputs, train_labels, chunk_size=chunk_size,

@@ -14,6 +14,7 @@ import faiss
 import numpy as np
 
 from .errors import IndexNotBuiltError
+from .store import atomic_path, write_text
 
 log = logging.getLogger("fastif")
 
@@ -75,7 +76,10 @@ class FaissIndex:
         return self
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(distances, indices)``, each ``[q, min(k, ntotal)]``, nearest first (squared L2)."""
+        """``(distances, indices)``, each ``[q, min(k, ntotal)]``, nearest first (squared L2).
+
+        ``ivf`` and ``hnsw`` may find fewer than k rows: missing slots hold index −1.
+        """
         if self._index is None:
             raise IndexNotBuiltError("search() before build() or load()")
         q = _as_f32(queries)
@@ -91,12 +95,11 @@ class FaissIndex:
             raise IndexNotBuiltError("save() before build()")
         path = Path(path)
         index = faiss.index_gpu_to_cpu(self._index) if self.use_gpu and self.kind != "hnsw" else self._index
-        tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(index, str(tmp))
-        tmp.replace(path)
         meta = {"kind": self.kind, "nlist": self.nlist, "nprobe": self.nprobe, "hnsw_m": self.hnsw_m,
                 "ef_search": self.ef_search, "seed": self.seed, "dim": self.dim}
-        _atomic_text(path.with_name(path.name + ".json"), json.dumps(meta))
+        write_text(path.with_name(path.name + ".json"), json.dumps(meta))  # first: the index file means done
+        with atomic_path(path) as tmp:
+            faiss.write_index(index, str(tmp))
 
     @classmethod
     def load(cls, path: str | Path, use_gpu: bool | None = None) -> "FaissIndex":
@@ -131,8 +134,3 @@ def _as_f32(x: np.ndarray) -> np.ndarray:
         raise ValueError("features contain NaN or infinite values")
     return x
 
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -46,11 +46,14 @@ class InverseHVPSolver(ABC):
         """``[m, P]`` test gradients → ``[m, P]`` inverse-Hessian-vector products."""
 
 
+EXACT_MAX_PARAMS = 10_000  # a 10k × 10k Hessian is 400 MB in float32
+
+
 class ExactSolver(InverseHVPSolver):
     """Explicit (H + λI)⁻¹ from the full-data Hessian; refuses more than ``max_params`` parameters."""
 
     def __init__(self, adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *,
-                 ridge: float = 0.0, max_params: int = 10_000, flat: FlatParams | None = None):
+                 ridge: float = 0.0, max_params: int = EXACT_MAX_PARAMS, flat: FlatParams | None = None):
         self.flat = flat or FlatParams.of(adapter)
         if self.flat.size > max_params:
             raise SolverSetupError(
@@ -63,16 +66,18 @@ class ExactSolver(InverseHVPSolver):
         self._cholesky, info = torch.linalg.cholesky_ex(damped)
         if int(info) != 0:
             low = float(torch.linalg.eigvalsh(self.hessian)[0])
+            needed = max(-low, 0.0) + 1e-6 * max(1.0, abs(low))
             raise SolverSetupError(
                 f"H + λI is not positive definite (λ = {self._ridge:g}, smallest Hessian eigenvalue "
-                f"{low:.3g}): raise the ridge (damping × scale) above {-low:.3g}.")
+                f"{low:.3g}): raise the ridge (damping × scale) above {needed:.3g}.")
 
     @property
     def ridge(self) -> float:
         return self._ridge
 
     def solve(self, vectors: torch.Tensor, progress: ProgressFn | None = None) -> torch.Tensor:
-        out = torch.cholesky_solve(vectors.T.to(self._cholesky.dtype), self._cholesky).T
+        rhs = vectors.T.to(device=self._cholesky.device, dtype=self._cholesky.dtype)
+        out = torch.cholesky_solve(rhs, self._cholesky).T
         if progress:
             progress(1, 1)
         return out
@@ -158,9 +163,8 @@ class LissaSolver(InverseHVPSolver):
                 raise LissaDivergenceError(
                     f"LiSSA diverged at step {j} of {st.depth} (‖h‖ = {float(norms.max()):.3g}, "
                     f"expected ≤ {float(bound.max()):.3g}): the scale {s:g} is too small for the "
-                    f"Hessian's curvature. Raise --scale (try {10 * s:g}) or leave it unset to have it "
-                    f"estimated; raising --damping also stabilises it (effective ridge λ = "
-                    f"damping × scale = {d * s:g}).")
+                    f"Hessian's curvature. Raise --scale (try {10 * s:g}); raising --damping also "
+                    f"stabilises it (effective ridge λ = damping × scale = {d * s:g}).")
             if st.tolerance is not None:
                 change = ((h - h_checkpoint).norm(dim=1) / norms.clamp_min(1e-30)).max()
                 if float(change) < st.tolerance:

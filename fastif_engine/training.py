@@ -5,6 +5,8 @@ Objective (the one the Hessian in :mod:`fastif_engine.hessian` describes):
 """
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +24,32 @@ class TrainSettings:
     lr: float = 1e-3
     batch_size: int = 64
     seed: int = 0
+
+    def __post_init__(self):
+        if self.optimizer not in ("adam", "lbfgs"):
+            raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {self.optimizer!r}")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
+
+
+_SEED_LOCK = threading.RLock()
+
+
+@contextmanager
+def seeded(seed: int):
+    """Run global-RNG work (weight init, dropout) for one model at a time, from ``seed``.
+
+    torch's default generator is process-global: two models built or trained at once in a
+    thread pool would draw from each other's stream, and the same seed would give different
+    weights. Inside this block nothing else can use it, and its state is restored after.
+    """
+    with _SEED_LOCK, torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+        torch.manual_seed(seed)
+        yield
 
 
 def objective(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor) -> torch.Tensor:
@@ -59,7 +87,7 @@ def train(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, settings:
                 return loss
 
             opt.step(closure)
-        elif settings.optimizer == "adam":
+        else:
             opt = torch.optim.Adam(params, lr=settings.lr)
             n = n_rows(inputs)
             for epoch in range(settings.epochs):
@@ -71,8 +99,6 @@ def train(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, settings:
                     _check(loss, epoch)
                     loss.backward()
                     opt.step()
-        else:
-            raise ValueError(f"unknown optimizer {settings.optimizer!r} (adam or lbfgs)")
     finally:
         model.eval()
 

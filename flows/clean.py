@@ -116,6 +116,9 @@ def clean_dataset(config: CleanConfig) -> dict:
         with timer.stage("resolve solver"):
             solver_path = tasks.resolve_solver(key=solver_key, **loaded, **common)
         solver_info = json.loads(Path(solver_path).read_text())
+        if cfg.solver == "lissa":
+            solver_info.update(depth=cfg.depth, repeats=cfg.repeats, batch_size=cfg.batch_size,
+                               tolerance=cfg.tolerance)
     if len(errors):
         repeats = cfg.repeats if cfg.solver == "lissa" else 1
         batches = math.ceil(len(errors) / cfg.tests_per_batch)
@@ -136,12 +139,13 @@ def clean_dataset(config: CleanConfig) -> dict:
                                                 errors_path=errors_path, **common)
             cand = np.load(cand_path)
         with timer.stage("influence"):
-            parts = max(1, min(cfg.workers, len(np.unique(cand))))
+            n_distinct = len(np.unique(cand[cand >= 0]))
+            parts = max(1, min(cfg.workers, n_distinct))
             inf_key = fingerprint("influence", stest_key, repeats, cand_key)
             futures = [tasks.influence_part.submit(key=inf_key, **loaded, stest_path=str(stest_path),
                                                    candidates_path=str(cand_path), part=p, parts=parts,
                                                    threads=threads, **common) for p in range(parts)]
-            part_paths = _progress(futures, f"influence over {len(np.unique(cand))} distinct candidates")
+            part_paths = _progress(futures, f"influence over {n_distinct} distinct candidates")
             influence = pd.concat([pd.read_parquet(p) for p in part_paths], ignore_index=True)
             influence = influence.sort_values(["test_pos", "train_index"], kind="stable").reset_index(drop=True)
             n_candidates = int(influence["train_index"].nunique())
@@ -152,11 +156,12 @@ def clean_dataset(config: CleanConfig) -> dict:
         scores = rank_and_flag(harm_scores(influence, n_train), cfg.flag_rule())
         self_inf = None
         want_self = cfg.self_influence == "on" or (cfg.self_influence == "auto" and
-                                                    solver_info.get("parameters", 1e9) <= tasks.EXACT_LIMIT)
+                                                    solver_info.get("parameters", 1e9) <= tasks.SELF_INFLUENCE_AUTO_LIMIT)
         if want_self:
-            si_key = fingerprint("selfinf", solver_key, cfg.depth)
-            self_inf = np.load(tasks.self_influence_stage(key=si_key, **loaded, solver_path=solver_path,
-                                                          threads=threads, **common))
+            si_key = fingerprint("selfinf", solver_key, cfg.depth, cfg.tolerance)
+            si_path = tasks.self_influence_stage(key=si_key, **loaded, solver_path=solver_path, threads=threads,
+                                                 **common)
+            self_inf = np.load(si_path) if si_path else None
     flags = _flags_table(ds, scores, predictions, self_inf)
     influence_table = _influence_table(ds, influence, errors)
 
@@ -271,7 +276,8 @@ def _top_rows(ds, flags: pd.DataFrame, influence: pd.DataFrame, n: int = 20) -> 
 
 
 def _write_outputs(out: Path, cfg, ds, flags, influence, metrics) -> None:
-    """Every contract file lands by rename: a crash here leaves the previous outputs intact."""
+    """Each contract file lands by its own rename, after all of them are rendered: a crash
+    leaves every file either the previous version or the new one, never half-written."""
     plots = {}
     if (flags["harm_score"] != 0).any():
         plots["harm_scores"] = plot_harm_distribution(flags["harm_score"].to_numpy(), flags["flagged"].to_numpy())

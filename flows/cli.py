@@ -21,7 +21,7 @@ import flows  # noqa: F401  (pins the embedded-server settings before prefect is
 from fastif_engine import __version__
 from fastif_engine.errors import FastIFError
 
-DEMO_SETTINGS = dict(k=300, depth=100, repeats=2, batch_size=4, seeds=2, flag_fraction=0.1)
+DEMO_SETTINGS = dict(k=200, depth=100, repeats=1, batch_size=1, damping=0.05, seeds=2, flag_fraction=0.1)
 
 
 class _NoTracebacks(logging.Filter):
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="rotten-tomatoes with 10%% label noise, cleaned with text-minilm")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--max-train", type=int, default=2500, help="training rows used (default 2500)")
+    demo.add_argument("--max-train", type=int, default=2000, help="training rows used (default 2000)")
     demo.set_defaults(handler=_demo)
 
     datasets = commands.add_parser("datasets", help="export the bundled real datasets")
@@ -131,7 +131,7 @@ def _model_options(pairs: list[str] | None) -> dict | None:
 def _preflight(cfg) -> None:
     """Validate data and model before Prefect starts: bad input fails fast, and nothing is written."""
     from fastif_engine.data import Columns, load_dataset
-    from fastif_engine.models import BUILTIN_MODELS, DataInfo, ModelLoadError, create_model
+    from fastif_engine.models import BUILTIN_MODELS, DataInfo, ModelLoadError, builtin_options, create_model
 
     columns = Columns(label=cfg.label_column, id=cfg.id_column, text=cfg.text_column,
                       features=tuple(cfg.feature_columns) if cfg.feature_columns else None, image=cfg.image_column)
@@ -141,8 +141,16 @@ def _preflight(cfg) -> None:
         if BUILTIN_MODELS[cfg.model] != ds.modality:
             raise ModelLoadError(f"model {cfg.model} needs {BUILTIN_MODELS[cfg.model]} inputs, but the data has "
                                  f"{ds.modality} inputs")
-    else:
-        create_model(cfg.model, info, **cfg.model_options)
+        builtin_options(cfg.model, cfg.model_options)
+    if cfg.solver == "exact" or cfg.model not in BUILTIN_MODELS:
+        from fastif_engine.gradients import FlatParams
+        from fastif_engine.solvers import EXACT_MAX_PARAMS
+
+        model = create_model(cfg.model, info, **cfg.model_options)
+        n_params = FlatParams.of(model).size
+        if cfg.solver == "exact" and n_params > EXACT_MAX_PARAMS:
+            raise FastIFError(f"--solver exact: model {cfg.model} differentiates {n_params:,} parameters, more than "
+                              f"the exact solver's {EXACT_MAX_PARAMS:,}; use --solver lissa")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise FastIFError(f"--out {cfg.out}: exists and is not a folder")

@@ -28,7 +28,7 @@ class CleanConfig(BaseModel):
     model: str = Field(description="built-in model name or package.module:callable")
     model_options: dict = Field(default_factory=dict, description="keyword options for the model")
     label_column: str = "label"
-    id_column: str = "id"
+    id_column: Optional[str] = Field(None, description="id column (default: 'id' if present, else row numbers)")
     text_column: Optional[str] = None
     feature_columns: Optional[list[str]] = None
     image_column: Optional[str] = None
@@ -42,7 +42,8 @@ class CleanConfig(BaseModel):
     damping: float = Field(0.01, ge=0.0, lt=1.0)
     scale: Optional[float] = Field(None, gt=0.0, description="LiSSA scale; unset = estimated")
     tolerance: Optional[float] = Field(None, gt=0.0)
-    self_influence: Literal["auto", "on", "off"] = "auto"
+    self_influence: Literal["auto", "on", "off"] = Field(
+        "auto", description="second score per training row; auto: only for ≤ 4,096 differentiated parameters")
 
     flag_fraction: Optional[float] = Field(None, ge=0.0, le=1.0)
     flag_top: Optional[int] = Field(None, ge=0)

@@ -33,14 +33,15 @@ def _content(frame: pd.DataFrame, row: int, cfg: dict) -> list[str]:
         return ["    " + (text if len(text) <= 200 else text[:197] + "…")]
     if cfg.get("image_column") or "image" in frame.columns:
         return _ascii_image(rec[cfg.get("image_column") or "image"])
-    skip = {cfg.get("label_column", "label"), cfg.get("id_column", "id"), "true_label", "noisy"}
+    skip = {cfg.get("label_column") or "label", cfg.get("id_column") or "id", "true_label", "noisy"}
     cols = [c for c in (cfg.get("feature_columns") or frame.columns) if c not in skip]
     return ["    " + ", ".join(f"{c}={rec[c]}" for c in cols[:8]) + (", …" if len(cols) > 8 else "")]
 
 
-def _positions(frame: pd.DataFrame | None, id_column: str) -> dict:
+def _positions(frame: pd.DataFrame | None, id_column: str | None) -> dict:
     if frame is None:
         return {}
+    id_column = id_column or "id"
     ids = frame[id_column] if id_column in frame.columns else pd.Series(range(len(frame)))
     return {str(v): i for i, v in enumerate(ids)}
 

@@ -23,11 +23,12 @@ from fastif_engine.api import extract_features
 from fastif_engine.batching import take
 from fastif_engine.data import Columns, Dataset, load_dataset
 from fastif_engine.gradients import FlatParams, gradient_matrix
+from fastif_engine.errors import LissaDivergenceError, SolverSetupError
 from fastif_engine.influence import influence_on_candidates, self_influence
 from fastif_engine.knn import FaissIndex
 from fastif_engine.models import DataInfo, create_model
 from fastif_engine.retrain import retrain_and_evaluate
-from fastif_engine.solvers import ExactSolver, LissaSettings, LissaSolver, auto_scale
+from fastif_engine.solvers import EXACT_MAX_PARAMS, ExactSolver, LissaSettings, LissaSolver, auto_scale
 from fastif_engine.store import atomic_path, write_json, write_npy, write_parquet
 from fastif_engine.training import evaluate
 
@@ -35,7 +36,9 @@ from .config import CleanConfig
 from .runtime import set_worker_threads
 
 _LOCK = threading.Lock()
-EXACT_LIMIT = 10_000  # parameters: above this, self-influence needs LiSSA per row (slow)
+# Self-influence needs (H + λI)⁻¹ for every training row: with an explicit Hessian that is one
+# factorisation, cheap up to a few thousand parameters; "auto" computes it only then.
+SELF_INFLUENCE_AUTO_LIMIT = 4096
 
 
 class StageCache:
@@ -227,8 +230,7 @@ def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
     if scale is None:
         scale, estimated = auto_scale(adapter, flat, x, y, cfg.batch_size, cfg.seed), True
     info = {"name": cfg.solver, "scale": scale, "scale_estimated": estimated, "damping": cfg.damping,
-            "ridge": cfg.damping * scale, "parameters": flat.size, "depth": cfg.depth,
-            "repeats": cfg.repeats, "batch_size": cfg.batch_size}
+            "ridge": cfg.damping * scale, "parameters": flat.size}
     write_json(path, info)
     get_run_logger().info("resolve solver: %s over %d parameters, scale %.4g%s, ridge λ = %.4g", cfg.solver,
                           flat.size, scale, " (estimated)" if estimated else "", info["ridge"])
@@ -272,7 +274,7 @@ def influence_part(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
     adapter = load_adapter(cfg, dataset_path, model_path)
     x, y = _split_tensors(inputs_path, "train")
     cand = np.load(candidates_path)
-    union = np.unique(cand)
+    union = np.unique(cand[cand >= 0])  # an approximate index pads short results with -1
     mine = union[part::parts]
     lists = [row[np.isin(row, mine)] for row in cand]
     s = torch.from_numpy(np.load(stest_path)).to(adapter.dtype)
@@ -284,7 +286,9 @@ def influence_part(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
 
 @_stage_task("self-influence")
 def self_influence_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
-                         model_path: str, solver_path: str, threads: int) -> str:
+                         model_path: str, solver_path: str, threads: int) -> str | None:
+    """∇L(z)ᵀ(H + λI)⁻¹∇L(z) per training row. Under ``auto`` an indefinite Hessian (the model
+    is not at a minimum) skips this second score with a warning instead of failing the run."""
     path = StageCache(cache).path("selfinf", key, "npy")
     if _reused(path, "self-influence"):
         return str(path)
@@ -293,11 +297,17 @@ def self_influence_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: s
     x, y = _split_tensors(inputs_path, "train")
     info = json.loads(Path(solver_path).read_text())
     flat = FlatParams.of(adapter)
-    if flat.size <= EXACT_LIMIT:
-        solver = ExactSolver(adapter, x, y, ridge=info["ridge"], flat=flat)
-    else:
-        solver = LissaSolver(adapter, x, y, lissa_settings(cfg, info["scale"], repeats=1), flat=flat)
-    scores = self_influence(adapter, x, y, solver, chunk_size=cfg.chunk_size, flat=flat)
+    try:
+        if flat.size <= EXACT_MAX_PARAMS:
+            solver = ExactSolver(adapter, x, y, ridge=info["ridge"], flat=flat)
+        else:
+            solver = LissaSolver(adapter, x, y, lissa_settings(cfg, info["scale"], repeats=1), flat=flat)
+        scores = self_influence(adapter, x, y, solver, chunk_size=cfg.chunk_size, flat=flat)
+    except (SolverSetupError, LissaDivergenceError) as exc:
+        if cfg.self_influence == "on":
+            raise
+        get_run_logger().warning("self-influence skipped: %s", exc)
+        return None
     write_npy(path, scores)
     return str(path)
 

@@ -45,3 +45,14 @@ def test_quickstart_example_finds_flipped_labels():
     result = runpy.run_path(str(ROOT / "examples" / "quickstart.py"))["main"]()
     assert result["n_errors"] > 10
     assert result["recall_top10"] > 0.3  # random ranking finds 10%
+
+
+def test_approximate_index_with_short_results(logreg, digits):
+    """IVF probing one cell finds fewer than k rows for some queries (FAISS pads with -1)."""
+    x, y = digits["train"]
+    index = FaissIndex("ivf", nlist=32, nprobe=1).build(extract_features(logreg, x))
+    fi = FastIF(logreg, x, y, k=200, index=index, solver=ExactSolver(logreg, x, y, ridge=0.05))
+    lists = fi.neighbours(digits["test"][0][:10])
+    assert min(len(c) for c in lists) < 200 and all((c >= 0).all() for c in lists)
+    table = fi.influence(digits["test"][0][:10], digits["test"][1][:10])
+    assert len(table) == sum(len(c) for c in lists)

@@ -144,3 +144,10 @@ def test_single_class_and_empty_text(tmp_path):
     expect_error(tmp_path, {"train": tabular().assign(label="cat"), "valid": tabular()}, "single class")
     text = pd.DataFrame({"text": ["good", None, "bad", "ok"], "label": [1, 0, 1, 0]})
     expect_error(tmp_path, {"train": text, "valid": text}, "column 'text'", "rows 1")
+
+
+def test_named_id_column_must_exist(tmp_path):
+    expect_error(tmp_path, {"train": tabular(), "valid": tabular()}, "missing id column 'key'",
+                 columns=Columns(id="key"))
+    ds = load_dataset(write(tmp_path, {"train": tabular().drop(columns="id"), "valid": tabular()}))
+    assert list(ds.splits["train"].ids) == list(range(6))  # no id column: row numbers

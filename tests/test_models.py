@@ -10,7 +10,7 @@ from fastif_engine.datasets import export
 from fastif_engine.gradients import FlatParams, gradient_matrix
 from fastif_engine.hessian import hvp_on_batch
 from fastif_engine.models import DataInfo, ModelLoadError, create_model
-from fastif_engine.training import TrainSettings, evaluate
+from fastif_engine.training import evaluate
 from tests.test_gradients import loop_gradients
 
 
@@ -31,7 +31,7 @@ def reviews(tmp_path_factory):
 @pytest.fixture(scope="module")
 def minilm(reviews):
     info = DataInfo(reviews.modality, reviews.n_classes, reviews.input_shape)
-    return create_model("text-minilm", info, settings=TrainSettings(epochs=4, lr=3e-4, batch_size=16))
+    return create_model("text-minilm", info, epochs=4, lr=3e-4, batch_size=16)
 
 
 def info_of(ds):
@@ -52,7 +52,7 @@ def test_image_cnn_trains_and_differentiates_its_top_layers(digits_images):
 
 def test_same_seed_same_model(digits_images):
     tr = digits_images.splits["train"]
-    a = create_model("image-cnn", info_of(digits_images), settings=TrainSettings(epochs=1))
+    a = create_model("image-cnn", info_of(digits_images), epochs=1)
     x, y = a.prepare(tr.values), torch.as_tensor(tr.labels)
     w1 = a.fit(x, y, seed=5).model.head.weight.clone()
     w2 = a.fit(x, y, seed=5).model.head.weight.clone()
@@ -75,7 +75,7 @@ def test_minilm_cached_lower_layers_reproduce_the_full_encoder(minilm, reviews):
         h = full(**enc).last_hidden_state
     m = enc["attention_mask"].unsqueeze(-1).float()
     expected = (h * m).sum(1) / m.sum(1)
-    minilm._net = minilm._build(0)  # pretrained top layer, untrained head
+    minilm._net = minilm._build()  # pretrained top layer, untrained head
     inputs = minilm.prepare(texts)
     torch.testing.assert_close(minilm.features(inputs), expected, rtol=1e-4, atol=1e-4)
     # trimming padding columns changes nothing
@@ -101,6 +101,16 @@ def test_minilm_gradients_through_the_top_layer(minilm, reviews):
     assert len(table) == 30 and np.isfinite(table.influence).all()
     acc = evaluate(minilm, minilm.prepare(va.values), torch.as_tensor(va.labels)).accuracy
     assert acc > 0.6  # 500 training snippets, 4 epochs of one layer + head
+
+
+def test_builtin_options_are_checked():
+    info = DataInfo("image", 10, (1, 8, 8))
+    model = create_model("image-cnn", info, epochs=2, lr=0.01, width=8)
+    assert model.settings.epochs == 2 and model.settings.lr == 0.01 and model.width == 8
+    with pytest.raises(ModelLoadError, match="unknown option 'wings'.*options: .*epochs"):
+        create_model("image-cnn", info, wings=3)
+    with pytest.raises(ModelLoadError, match="epochs must be a whole number"):
+        create_model("image-cnn", info, epochs=0)
 
 
 def test_model_must_fit_the_data():
@@ -135,3 +145,20 @@ def test_user_model_errors(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ModelLoadError, match="returned int, not a fastif_engine.TrainableAdapter"):
         create_model("bad_factory:make", info)
+
+
+def test_same_seed_same_weights_across_threads():
+    """Models built at once in a thread pool must not share the global RNG stream."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    info = DataInfo("tabular", 10, (64,))
+    x, y = torch.randn(64, 64, generator=torch.Generator().manual_seed(0)), torch.arange(64) % 10
+
+    def build(_):
+        model = create_model("tabular-mlp", info, epochs=2)
+        return model.fit(x, y, seed=7).model.head.weight.detach().clone()
+
+    with ThreadPoolExecutor(4) as pool:
+        weights = list(pool.map(build, range(8)))
+    for w in weights[1:]:
+        torch.testing.assert_close(w, weights[0], rtol=0, atol=0)

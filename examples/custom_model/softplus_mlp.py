@@ -14,7 +14,7 @@ from torch import nn
 
 from fastif_engine import TrainableAdapter
 from fastif_engine.models import DataInfo
-from fastif_engine.training import TrainSettings, train
+from fastif_engine.training import TrainSettings, seeded, train
 
 
 class SoftplusNet(nn.Module):
@@ -48,11 +48,11 @@ class SoftplusAdapter(TrainableAdapter):
             return self.net.features(inputs)
 
     def fit(self, inputs, labels, seed=0):
-        torch.manual_seed(seed)
-        self.net = SoftplusNet(self.n_features, self.n_classes).eval()
-        self.net.mean.copy_(inputs.mean(0))
-        self.net.std.copy_(inputs.std(0).clamp_min(1e-6))
-        train(self, inputs, labels, TrainSettings(optimizer="adam", epochs=40, lr=3e-3, seed=seed))
+        with seeded(seed):  # deterministic init even when retrains run in parallel threads
+            self.net = SoftplusNet(self.n_features, self.n_classes).eval()
+            self.net.mean.copy_(inputs.mean(0))
+            self.net.std.copy_(inputs.std(0).clamp_min(1e-6))
+            train(self, inputs, labels, TrainSettings(optimizer="adam", epochs=40, lr=3e-3, seed=seed))
         return self
 
 

@@ -7,13 +7,20 @@ and returning a :class:`~fastif_engine.adapter.TrainableAdapter`.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import inspect
 from dataclasses import dataclass
 
 from ..adapter import TrainableAdapter
 from ..errors import FastIFError
+from ..training import TrainSettings
 from .image import CNNAdapter
 from .tabular import LogisticRegressionAdapter, MLPAdapter
+
+# Options of every built-in that change its training recipe rather than its architecture.
+RECIPE_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainSettings) if f.name != "seed")
+_DATA_ARGUMENTS = {"self", "n_features", "n_classes", "side", "settings", "dtype", "path"}
 
 BUILTIN_MODELS = {
     "tabular-logreg": "tabular",
@@ -36,24 +43,58 @@ class DataInfo:
     input_shape: tuple[int, ...]  # (F,) tabular, (1, H, W) image, () text
 
 
+def _builtin_class(name: str):
+    if name == "tabular-logreg":
+        return LogisticRegressionAdapter
+    if name == "tabular-mlp":
+        return MLPAdapter
+    if name == "image-cnn":
+        return CNNAdapter
+    from .text import MiniLMAdapter  # transformers is slow to import: only when asked
+
+    return MiniLMAdapter
+
+
+def builtin_options(name: str, options: dict) -> dict:
+    """Check a built-in's options; recipe options (epochs, lr, …) become its ``settings``.
+
+    Raises ModelLoadError naming an unknown option, or a recipe value that is out of range.
+    """
+    cls = _builtin_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    allowed = sorted((set(params) - _DATA_ARGUMENTS) | set(RECIPE_OPTIONS))
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        raise ModelLoadError(f"model {name}: unknown option{'s' if len(unknown) > 1 else ''} "
+                             f"{', '.join(repr(k) for k in unknown)} (options: {', '.join(allowed)})")
+    kwargs = {k: v for k, v in options.items() if k not in RECIPE_OPTIONS}
+    recipe = {k: v for k, v in options.items() if k in RECIPE_OPTIONS}
+    if recipe:
+        try:
+            kwargs["settings"] = dataclasses.replace(params["settings"].default, **recipe)
+        except (TypeError, ValueError) as exc:
+            raise ModelLoadError(f"model {name}: {exc}") from None
+    return kwargs
+
+
 def create_model(name: str, info: DataInfo, **options) -> TrainableAdapter:
     if name in BUILTIN_MODELS:
         needs = BUILTIN_MODELS[name]
         if info.modality != needs:
             raise ModelLoadError(f"model {name} needs {needs} inputs, but the data has {info.modality} "
                                  f"inputs; pick a {info.modality} model or other columns")
-        if name == "tabular-logreg":
-            return LogisticRegressionAdapter(info.input_shape[0], info.n_classes, **options)
-        if name == "tabular-mlp":
-            return MLPAdapter(info.input_shape[0], info.n_classes, **options)
-        if name == "image-cnn":
-            _, h, w = info.input_shape
-            if h != w:
-                raise ModelLoadError(f"image-cnn needs square images, got {h}×{w}")
-            return CNNAdapter(h, info.n_classes, **options)
-        from .text import MiniLMAdapter  # transformers is slow to import: only when asked
-
-        return MiniLMAdapter(info.n_classes, **options)
+        kwargs = builtin_options(name, options)
+        try:
+            if name in ("tabular-logreg", "tabular-mlp"):
+                return _builtin_class(name)(info.input_shape[0], info.n_classes, **kwargs)
+            if name == "image-cnn":
+                _, h, w = info.input_shape
+                if h != w:
+                    raise ModelLoadError(f"image-cnn needs square images, got {h}×{w}")
+                return CNNAdapter(h, info.n_classes, **kwargs)
+            return _builtin_class(name)(info.n_classes, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ModelLoadError(f"model {name}: {exc}") from None
     if ":" not in name:
         raise ModelLoadError(f"unknown model {name!r}: use one of {', '.join(BUILTIN_MODELS)} "
                              "or package.module:callable")
@@ -81,5 +122,5 @@ def load_user_model(spec: str, info: DataInfo, **options) -> TrainableAdapter:
     return adapter
 
 
-__all__ = ["BUILTIN_MODELS", "CNNAdapter", "DataInfo", "LogisticRegressionAdapter", "MLPAdapter",
+__all__ = ["BUILTIN_MODELS", "RECIPE_OPTIONS", "builtin_options", "CNNAdapter", "DataInfo", "LogisticRegressionAdapter", "MLPAdapter",
            "ModelLoadError", "create_model", "load_user_model"]

@@ -7,11 +7,13 @@ head sees). Influence is taken over the top layers — the penultimate ``fc`` an
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from ..adapter import TrainableAdapter
-from ..training import TrainSettings, train
+from ..training import TrainSettings, seeded, train
 
 
 class _CNN(nn.Module):
@@ -44,10 +46,10 @@ class CNNAdapter(TrainableAdapter):
             raise ValueError("influence_layers must be 'top' or 'all'")
         self.side, self.n_classes, self.width, self.hidden = side, n_classes, width, hidden
         self.influence_layers, self.l2, self.settings = influence_layers, l2, settings
-        self._net = self._build(settings.seed)
+        with seeded(settings.seed):
+            self._net = self._build()
 
-    def _build(self, seed: int) -> _CNN:
-        torch.manual_seed(seed)
+    def _build(self) -> _CNN:
         return _CNN(self.side, self.n_classes, self.width, self.hidden).eval()
 
     @property
@@ -63,8 +65,9 @@ class CNNAdapter(TrainableAdapter):
             return self._net.features(inputs)
 
     def fit(self, inputs: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> "CNNAdapter":
-        self._net = self._build(seed)
-        self._net.mean.fill_(float(inputs.mean()))
-        self._net.std.fill_(float(inputs.std().clamp_min(1e-6)))
-        train(self, inputs, labels, TrainSettings(**{**self.settings.__dict__, "seed": seed}))
+        with seeded(seed):
+            self._net = self._build()
+            self._net.mean.fill_(float(inputs.mean()))
+            self._net.std.fill_(float(inputs.std().clamp_min(1e-6)))
+            train(self, inputs, labels, dataclasses.replace(self.settings, seed=seed))
         return self

@@ -5,11 +5,13 @@ set's mean and std (kept as buffers, so retrains and saved models agree).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from ..adapter import TrainableAdapter
-from ..training import TrainSettings, train
+from ..training import TrainSettings, seeded, train
 
 
 class Standardize(nn.Module):
@@ -52,10 +54,10 @@ class _TabularAdapter(TrainableAdapter):
                  dtype: torch.dtype = torch.float32):
         self.n_features, self.n_classes, self.l2 = n_features, n_classes, l2
         self.settings, self._dtype = settings, dtype
-        self._net = self._build(settings.seed)
+        with seeded(settings.seed):
+            self._net = self._build()
 
-    def _build(self, seed: int) -> _TabularNet:
-        torch.manual_seed(seed)
+    def _build(self) -> _TabularNet:
         return _TabularNet(self.n_features, self.n_classes, self.hidden).to(self._dtype).eval()
 
     @property
@@ -69,10 +71,10 @@ class _TabularAdapter(TrainableAdapter):
     def fit(self, inputs: torch.Tensor, labels: torch.Tensor, seed: int | None = None) -> "_TabularAdapter":
         """Re-initialise (seeded) and train on ``(inputs, labels)`` with this model's recipe."""
         seed = self.settings.seed if seed is None else seed
-        self._net = self._build(seed)
-        self._net.scale.fit(inputs.to(self._dtype))
-        train(self, inputs.to(self._dtype), labels,
-              TrainSettings(**{**self.settings.__dict__, "seed": seed}))
+        with seeded(seed):
+            self._net = self._build()
+            self._net.scale.fit(inputs.to(self._dtype))
+            train(self, inputs.to(self._dtype), labels, dataclasses.replace(self.settings, seed=seed))
         return self
 
 

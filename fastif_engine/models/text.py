@@ -11,6 +11,7 @@ from a model hub). Features = the mean-pooled last hidden state, which feeds the
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 
 import numpy as np
@@ -19,7 +20,7 @@ from torch import nn
 
 from ..adapter import TrainableAdapter
 from ..batching import chunk_slices
-from ..training import TrainSettings, train
+from ..training import TrainSettings, seeded, train
 
 
 def encoder_path() -> str:
@@ -82,10 +83,10 @@ class MiniLMAdapter(TrainableAdapter):
         for p in list(self._embeddings.parameters()) + list(self._frozen_layers.parameters()):
             p.requires_grad_(False)
         self._pretrained_top = [copy.deepcopy(layer) for layer in encoder.encoder.layer[n_layers - top_layers:]]
-        self._net = self._build(settings.seed)
+        with seeded(settings.seed):
+            self._net = self._build()
 
-    def _build(self, seed: int) -> _TopLayers:
-        torch.manual_seed(seed)
+    def _build(self) -> _TopLayers:
         layers = [copy.deepcopy(layer) for layer in self._pretrained_top]
         return _TopLayers(layers, self.dim, self.n_classes).eval()
 
@@ -130,6 +131,7 @@ class MiniLMAdapter(TrainableAdapter):
 
     def fit(self, inputs: dict, labels: torch.Tensor, seed: int = 0) -> "MiniLMAdapter":
         """Restart from the pretrained top layers and a freshly seeded head, then fine-tune."""
-        self._net = self._build(seed)
-        train(self, inputs, labels, TrainSettings(**{**self.settings.__dict__, "seed": seed}))
+        with seeded(seed):
+            self._net = self._build()
+            train(self, inputs, labels, dataclasses.replace(self.settings, seed=seed))
         return self
