@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
+import shutil
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -276,21 +279,35 @@ def _top_rows(ds, flags: pd.DataFrame, influence: pd.DataFrame, n: int = 20) -> 
 
 
 def _write_outputs(out: Path, cfg, ds, flags, influence, metrics) -> None:
-    """Each contract file lands by its own rename, after all of them are rendered: a crash
-    leaves every file either the previous version or the new one, never half-written."""
+    """Render and write every output into a staging folder first, then move them into place.
+
+    A failure while rendering or writing (a bad value, a full disk) leaves the previous run's
+    outputs untouched; the final moves are single renames on the same filesystem.
+    """
     plots = {}
     if (flags["harm_score"] != 0).any():
         plots["harm_scores"] = plot_harm_distribution(flags["harm_score"].to_numpy(), flags["flagged"].to_numpy())
     if metrics["accuracy"]["retrain"]:
         plots["accuracy"] = plot_accuracy(metrics["accuracy"]["retrain"]["summary"])
     markdown, html, assets = render(metrics, _top_rows(ds, flags, influence), plots)
-    for name, png in assets.items():
-        write_bytes(out / "report_assets" / name, png)
-    write_parquet(out / "flags.parquet", flags)
-    write_parquet(out / "influence.parquet", influence)
-    write_json(out / "metrics.json", metrics)
-    write_text(out / "report.md", markdown)
-    write_text(out / "report.html", html)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".fastif-staging-", dir=out))
+    try:
+        for name, png in assets.items():
+            write_bytes(staging / "report_assets" / name, png)
+        write_parquet(staging / "flags.parquet", flags)
+        write_parquet(staging / "influence.parquet", influence)
+        write_json(staging / "metrics.json", metrics)
+        write_text(staging / "report.md", markdown)
+        write_text(staging / "report.html", html)
+        if (out / "report_assets").exists():
+            os.replace(out / "report_assets", staging / "previous_assets")
+        if (staging / "report_assets").exists():
+            os.replace(staging / "report_assets", out / "report_assets")
+        for name in OUTPUTS:
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     create_markdown_artifact(markdown=_artifact_markdown(markdown), key="fastif-report",
                              description=f"fastif cleaning report for {cfg.train}")
     top = flags[flags["flagged"]].sort_values("rank").head(50)

@@ -114,17 +114,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _scalar(text: str):
+    """``3`` → 3, ``1e-3`` → 0.001 (which YAML 1.1 would keep as a string), else YAML."""
+    import yaml
+
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
 def _model_options(pairs: list[str] | None) -> dict | None:
     if not pairs:
         return None
-    import yaml
-
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise FastIFError(f"--model-option {pair!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = _scalar(value)
     return out
 
 

@@ -55,6 +55,17 @@ def _builtin_class(name: str):
     return MiniLMAdapter
 
 
+def _number(value):
+    """YAML 1.1 reads ``1e-3`` as a string: accept numeric strings for the numeric options."""
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
+
+
 def builtin_options(name: str, options: dict) -> dict:
     """Check a built-in's options; recipe options (epochs, lr, …) become its ``settings``.
 
@@ -68,7 +79,7 @@ def builtin_options(name: str, options: dict) -> dict:
         raise ModelLoadError(f"model {name}: unknown option{'s' if len(unknown) > 1 else ''} "
                              f"{', '.join(repr(k) for k in unknown)} (options: {', '.join(allowed)})")
     kwargs = {k: v for k, v in options.items() if k not in RECIPE_OPTIONS}
-    recipe = {k: v for k, v in options.items() if k in RECIPE_OPTIONS}
+    recipe = {k: _number(v) for k, v in options.items() if k in RECIPE_OPTIONS}
     if recipe:
         try:
             kwargs["settings"] = dataclasses.replace(params["settings"].default, **recipe)
