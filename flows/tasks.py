@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import threading
 import time
 from functools import lru_cache
@@ -56,6 +57,16 @@ def _reused(path: Path, stage: str) -> bool:
         get_run_logger().info("%s: inputs unchanged, reusing %s", stage, path.name)
         return True
     return False
+
+
+def _fault_point(stage: str) -> None:
+    """Fault injection for the reliability tests: ``FASTIF_KILL_ONCE=<stage>:<marker file>``
+    kills the worker process the first time ``stage`` runs (the marker file records it)."""
+    spec = os.environ.get("FASTIF_KILL_ONCE", "")
+    name, _, marker = spec.partition(":")
+    if name == stage and marker and not os.path.exists(marker):
+        Path(marker).write_text(f"killed in {stage}\n")
+        os._exit(137)
 
 
 def _stage_task(name: str, **options):
@@ -246,6 +257,7 @@ def s_test_batch(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inpu
     if path.exists():
         return str(path)
     set_worker_threads(threads)
+    _fault_point("s_test")
     adapter = load_adapter(cfg, dataset_path, model_path)
     solver_info = json.loads(Path(solver_path).read_text())
     errors = np.asarray(json.loads(Path(errors_path).read_text())["errors"])

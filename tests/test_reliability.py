@@ -50,3 +50,53 @@ def test_diverging_training_is_reported(tabular, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "training loss became" in err and "lower the learning rate" in err
     assert not (tmp_path / "out" / "flags.parquet").exists()
+
+
+def test_killed_worker_fails_cleanly_and_the_rerun_resumes(tabular, tmp_path, monkeypatch, capsys):
+    """A process-pool worker dies inside s_test: the run fails with one message, and the next
+    run reuses every stage before s_test and gives the flags of an uninterrupted run."""
+    reference = tmp_path / "reference"
+    assert clean(tabular, reference, "--runner", "process") == 0
+    out = tmp_path / "out"
+    monkeypatch.setenv("FASTIF_KILL_ONCE", f"s_test:{tmp_path / 'killed'}")
+    assert clean(tabular, out, "--runner", "process") == 1
+    assert "fastif: failed:" in capsys.readouterr().err
+    assert (tmp_path / "killed").exists() and not (out / "flags.parquet").exists()
+    model = next((out / ".fastif-cache").glob("model-*.pt"))
+    trained_at = model.stat().st_mtime_ns
+    assert clean(tabular, out, "--runner", "process") == 0
+    assert model.stat().st_mtime_ns == trained_at  # resumed: the model was not trained again
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "flags.parquet"),
+                                  pd.read_parquet(reference / "flags.parquet"))
+
+
+def test_two_runs_at_once_do_not_interfere(tabular, tmp_path):
+    """Two CLI processes at the same time, each with its own embedded Prefect server (random
+    ports) and output folder, sharing one PREFECT_HOME as two runs on one machine would."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    cmd = [sys.executable, "-m", "flows.cli", "clean", "--train", str(tabular["train"]), "--valid",
+           str(tabular["valid"]), "--model", "tabular-mlp", *FAST]
+    procs = [subprocess.Popen(cmd + ["--out", str(tmp_path / name)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for name in ("a", "b")]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "flags.parquet"),
+                                  pd.read_parquet(tmp_path / "b" / "flags.parquet"))
+
+
+def test_killed_dask_worker_is_replaced_and_the_task_rerun(tabular, tmp_path, monkeypatch):
+    """On a Dask LocalCluster the nanny restarts a killed worker and the scheduler reruns its task."""
+    pytest.importorskip("prefect_dask")
+    reference = tmp_path / "reference"
+    assert clean(tabular, reference, "--runner", "thread") == 0
+    monkeypatch.setenv("FASTIF_KILL_ONCE", f"s_test:{tmp_path / 'killed'}")
+    out = tmp_path / "out"
+    assert clean(tabular, out, "--runner", "dask", "--workers", "2") == 0
+    assert (tmp_path / "killed").exists()
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "flags.parquet"),
+                                  pd.read_parquet(reference / "flags.parquet"))
