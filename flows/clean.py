@@ -88,7 +88,8 @@ def clean_dataset(config: CleanConfig) -> dict:
                            cfg.feature_columns, cfg.image_column)
     prep_key = fingerprint("prep", data_key, cfg.model, cfg.model_options)
     model_key = fingerprint("model", prep_key, cfg.seed)
-    solver_key = fingerprint("solver", model_key, cfg.solver, cfg.damping, cfg.scale, cfg.batch_size, cfg.seed)
+    solver_key = fingerprint("solver", model_key, cfg.solver, cfg.damping, cfg.scale, cfg.batch_size, cfg.seed,
+                             cfg.scale_sweep and cfg.depth)
     stest_key = fingerprint("stest", solver_key, cfg.depth, cfg.tolerance, cfg.tests_per_batch)
     common = dict(cfg=cfg, cache=cache)
 

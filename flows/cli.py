@@ -56,6 +56,8 @@ def _add_clean_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--damping", type=float, help="LiSSA damping d (default 0.01); ridge λ = d × scale")
     g.add_argument("--scale", type=float, help="LiSSA scale (default: estimated from the curvature)")
     g.add_argument("--tolerance", type=float, help="stop a LiSSA repeat early below this relative change")
+    g.add_argument("--scale-sweep", action="store_true", default=None,
+                   help="if LiSSA diverges, retry with 10× the scale, logged (off: the scale is never changed)")
     g.add_argument("--self-influence", choices=["auto", "on", "off"])
     g = p.add_argument_group("flags and retraining")
     g.add_argument("--flag-fraction", type=float, help="flag this fraction of training rows (default 0.1)")
@@ -73,7 +75,7 @@ def _add_clean_options(p: argparse.ArgumentParser) -> None:
 
 CLEAN_KEYS = ("train", "valid", "test", "out", "label_column", "id_column", "text_column", "image_column",
               "feature_columns", "model", "seed", "k", "index", "solver", "depth", "repeats", "batch_size",
-              "damping", "scale", "tolerance", "self_influence", "flag_fraction", "flag_top", "flag_threshold",
+              "damping", "scale", "tolerance", "scale_sweep", "self_influence", "flag_fraction", "flag_top", "flag_threshold",
               "retrain", "seeds", "runner", "dask_address", "workers", "tests_per_batch", "chunk_size")
 
 

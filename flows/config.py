@@ -42,6 +42,7 @@ class CleanConfig(BaseModel):
     damping: float = Field(0.01, ge=0.0, lt=1.0)
     scale: Optional[float] = Field(None, gt=0.0, description="LiSSA scale; unset = estimated")
     tolerance: Optional[float] = Field(None, gt=0.0)
+    scale_sweep: bool = Field(False, description="on LiSSA divergence, retry with 10× the scale (logged)")
     self_influence: Literal["auto", "on", "off"] = Field(
         "auto", description="second score per training row; auto: only for ≤ 4,096 differentiated parameters")
 

@@ -7,6 +7,7 @@ atomically; a stage whose output already exists is not recomputed (see ``StageCa
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import threading
@@ -240,12 +241,38 @@ def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
     scale, estimated = cfg.scale, False
     if scale is None:
         scale, estimated = auto_scale(adapter, flat, x, y, cfg.batch_size, cfg.seed), True
+    sweep = []
+    if cfg.scale_sweep and cfg.solver == "lissa":
+        scale, sweep = _sweep_scale(cfg, adapter, flat, x, y, scale)
     info = {"name": cfg.solver, "scale": scale, "scale_estimated": estimated, "damping": cfg.damping,
-            "ridge": cfg.damping * scale, "parameters": flat.size}
+            "ridge": cfg.damping * scale, "parameters": flat.size, "scale_sweep": sweep}
     write_json(path, info)
     get_run_logger().info("resolve solver: %s over %d parameters, scale %.4g%s, ridge λ = %.4g", cfg.solver,
                           flat.size, scale, " (estimated)" if estimated else "", info["ridge"])
     return str(path)
+
+
+def _sweep_scale(cfg: CleanConfig, adapter, flat: FlatParams, x, y, scale: float, tries: int = 6):
+    """Probe LiSSA (≤ 200 steps, on a few training gradients) at scale, 10×scale, … until it stays
+    bounded. Only with ``scale_sweep``: a scale the user gave is otherwise never changed."""
+    logger = get_run_logger()
+    probe = gradient_matrix(adapter, take(x, torch.arange(min(4, len(y)))), y[:4], flat=flat)
+    tried = []
+    for _ in range(tries):
+        settings = dataclasses.replace(lissa_settings(cfg, scale, repeats=1), depth=min(cfg.depth, 200),
+                                       tolerance=None)
+        try:
+            LissaSolver(adapter, x, y, settings, flat=flat).solve_repeat(probe, 0)
+            tried.append({"scale": scale, "diverged": False})
+            logger.info("scale sweep: LiSSA stays bounded at scale %.4g", scale)
+            return scale, tried
+        except LissaDivergenceError:
+            tried.append({"scale": scale, "diverged": True})
+            logger.warning("scale sweep: LiSSA diverged at scale %.4g; trying %.4g", scale, 10 * scale)
+            scale *= 10
+    scales = ", ".join(f"{t['scale']:g}" for t in tried)
+    raise LissaDivergenceError(f"LiSSA diverged at every scale tried ({scales}); raise --damping or check "
+                               "the model for a loss that is not smooth")
 
 
 @_stage_task("s_test", retries=1, retry_delay_seconds=1)

@@ -195,6 +195,14 @@ def test_tiny_scale_fails_with_a_clear_message(tabular, tmp_path, capsys):
     assert not (tmp_path / "out" / "flags.parquet").exists()
 
 
+def test_scale_sweep_recovers_and_logs_every_try(tabular, tmp_path):
+    assert clean(tabular, tmp_path / "out", "--scale", "1e-3", "--scale-sweep") == 0
+    solver = json.loads((tmp_path / "out" / "metrics.json").read_text())["solver"]
+    tried = solver["scale_sweep"]
+    assert tried[0] == {"scale": 1e-3, "diverged": True} and tried[-1]["diverged"] is False
+    assert solver["scale"] == pytest.approx(tried[-1]["scale"]) and solver["scale"] > 1e-3
+
+
 def test_missing_label_column_writes_nothing(tabular, tmp_path, capsys):
     train = pd.read_parquet(tabular["train"]).drop(columns="label")
     train.to_parquet(tmp_path / "train.parquet", index=False)
