@@ -14,7 +14,6 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
 
 from fastif_engine.data import load_dataset
 from fastif_engine.datasets import export

@@ -230,7 +230,6 @@ def _influence_table(ds, influence: pd.DataFrame, errors: np.ndarray) -> pd.Data
 
 
 def _metrics(cfg, ds, predictions, errors, flags, n_candidates, solver_info, retrain, timings) -> dict:
-    import faiss
     import prefect
     import torch
 

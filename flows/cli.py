@@ -224,7 +224,9 @@ def _demo(args: argparse.Namespace) -> int:
                       **DEMO_SETTINGS)
     metrics = _run_clean(cfg)
     _print_summary(cfg, metrics, time.perf_counter() - t0)
-    flags = __import__("pandas").read_parquet(Path(args.out) / "flags.parquet")
+    import pandas as pd
+
+    flags = pd.read_parquet(Path(args.out) / "flags.parquet")
     if "noisy" in flags.columns and flags["noisy"].any():
         found = flags.loc[flags["flagged"], "noisy"].sum()
         print(f"flipped labels among the flags: {found} of {int(flags['noisy'].sum())} "

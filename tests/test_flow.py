@@ -1,9 +1,7 @@
 """End-to-end through the real Prefect flow and the real command line, on small real data."""
 import json
-import os
 import shutil
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

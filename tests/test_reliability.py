@@ -1,6 +1,5 @@
 """Faults and edge cases through the real flow: crashes while writing, no errors to explain,
 a diverging training run."""
-import numpy as np
 import pandas as pd
 import pytest
 from sklearn.datasets import load_iris
