@@ -80,12 +80,13 @@ def explain(run: str, test_id: str, top: int = 10) -> str:
                          mine.sort_values("influence", ascending=False).head(top)),
                         ("Most helpful", mine.sort_values("influence").head(top))):
         lines += ["", title + ":"]
-        for _, r in part.iterrows():
-            tid = str(r["train_id"])
+        # zip, not iterrows: iterrows would turn integer ids into floats beside the float scores
+        for train_id, score in zip(part["train_id"], part["influence"]):
+            tid = str(train_id)
             flag = flags.loc[tid] if tid in flags.index else None
             label = f"label {flag['label']!r}, predicted {flag['predicted']!r}" if flag is not None else ""
             mark = "  [flagged]" if flag is not None and bool(flag["flagged"]) else ""
-            lines.append(f"  {r['influence']:+.4g}  train {tid}  {label}{mark}")
+            lines.append(f"  {score:+.4g}  train {tid}  {label}{mark}")
             if tid in tpos:
                 lines += _content(frames["train"], tpos[tid], cfg)
     return "\n".join(lines)

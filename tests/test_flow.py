@@ -236,6 +236,12 @@ def test_image_cnn_on_digits(tmp_path, capsys):
     flags = pd.read_parquet(out / "flags.parquet")
     assert len(flags) == 1079 and flags["flagged"].sum() > 0
     assert "data:image/png;base64," in (out / "report.html").read_text()
+    # integer ids: explain shows each training row's labels and its image as ASCII art
+    test_id = pd.read_parquet(out / "influence.parquet")["test_id"].iloc[0]
+    capsys.readouterr()
+    assert main(["explain", "--run", str(out), "--test-id", str(test_id), "--top", "2"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.count(", predicted '") == 4 and ".0  " not in shown and "@" in shown
 
 
 def test_text_minilm_on_rotten_tomatoes(tmp_path):
