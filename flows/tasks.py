@@ -131,7 +131,8 @@ def load_and_validate(cfg: CleanConfig, cache: str, key: str) -> str:
                       image=cfg.image_column)
     ds = load_dataset({"train": cfg.train, "valid": cfg.valid, "test": cfg.test}, columns)
     info = data_info(ds)
-    create_model(cfg.model, info, **cfg.model_options) if ":" in cfg.model else None  # fail fast
+    if ":" in cfg.model:  # a user model that cannot be built fails here, before any other work
+        create_model(cfg.model, info, **cfg.model_options)
     with atomic_path(path) as tmp:
         torch.save(ds, tmp)
     get_run_logger().info("load + validate: %s", ", ".join(f"{k} {len(s)} rows" for k, s in ds.splits.items()))
