@@ -82,3 +82,41 @@ def top_eigenvalue(adapter: ModelAdapter, flat: FlatParams, inputs: Inputs, labe
         eig = (hv * v).sum(dim=1)
         v = hv / hv.norm(dim=1, keepdim=True).clamp_min(1e-30)
     return float(eig.abs().max())
+
+
+def lanczos_eigenpairs(matvec, size: int, *, iterations: int, dtype: torch.dtype,
+                       device: torch.device | str = "cpu", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs of a symmetric operator from ``iterations`` Lanczos steps (full reorthogonalisation).
+
+    ``matvec`` maps a ``[1, size]`` block to ``[1, size]``. Returns Ritz values ``[r]`` (descending)
+    and Ritz vectors ``[r, size]``, r ≤ iterations. The largest eigenvalues converge first; with
+    ``iterations = size`` the decomposition is exact up to round-off.
+    """
+    iterations = min(iterations, size)
+    gen = torch.Generator().manual_seed(seed)
+    basis = torch.zeros(iterations, size, dtype=dtype, device=device)
+    q = torch.randn(size, generator=gen, dtype=dtype).to(device)
+    q /= q.norm()
+    alphas, betas = [], []
+    for j in range(iterations):
+        basis[j] = q
+        w = matvec(q[None])[0]
+        alphas.append(float(w @ q))
+        done = basis[:j + 1]
+        for _ in range(2):  # twice is enough to keep the basis orthogonal in floating point
+            w = w - done.T @ (done @ w)
+        beta = float(w.norm())
+        if beta <= 1e-10 * max(1.0, abs(alphas[0])) or j == iterations - 1:
+            break  # invariant subspace found (or budget spent)
+        betas.append(beta)
+        q = w / beta
+    k = len(alphas)
+    tri = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if k > 1:
+        off = torch.tensor(betas[:k - 1], dtype=torch.float64)
+        tri += torch.diag(off, 1) + torch.diag(off, -1)
+    values, vectors = torch.linalg.eigh(tri)
+    order = torch.argsort(values, descending=True)
+    values, vectors = values[order], vectors[:, order]
+    ritz = vectors.T.to(dtype=dtype, device=device) @ basis[:k]
+    return values.to(dtype), ritz

@@ -30,7 +30,8 @@ from fastif_engine.influence import influence_on_candidates, self_influence
 from fastif_engine.knn import FaissIndex
 from fastif_engine.models import DataInfo, create_model
 from fastif_engine.retrain import retrain_and_evaluate
-from fastif_engine.solvers import EXACT_MAX_PARAMS, ExactSolver, LissaSettings, LissaSolver, auto_scale
+from fastif_engine.solvers import (EXACT_MAX_PARAMS, ExactSolver, LissaSettings, LissaSolver, LowRankSolver,
+                                   auto_scale)
 from fastif_engine.store import atomic_path, write_json, write_npy, write_parquet
 from fastif_engine.training import evaluate
 
@@ -41,6 +42,7 @@ _LOCK = threading.Lock()
 # Self-influence needs (H + λI)⁻¹ for every training row: with an explicit Hessian that is one
 # factorisation, cheap up to a few thousand parameters; "auto" computes it only then.
 SELF_INFLUENCE_AUTO_LIMIT = 4096
+SELF_INFLUENCE_RANK = 32  # top Hessian eigenpairs kept above EXACT_MAX_PARAMS parameters
 
 
 class StageCache:
@@ -340,8 +342,11 @@ def self_influence_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: s
     try:
         if flat.size <= EXACT_MAX_PARAMS:
             solver = ExactSolver(adapter, x, y, ridge=info["ridge"], flat=flat)
-        else:
-            solver = LissaSolver(adapter, x, y, lissa_settings(cfg, info["scale"], repeats=1), flat=flat)
+        else:  # one Lanczos factorisation serves every row; a LiSSA chain per row would not scale
+            solver = LowRankSolver(adapter, x, y, ridge=info["ridge"], rank=SELF_INFLUENCE_RANK,
+                                   seed=cfg.seed, chunk_size=cfg.chunk_size, flat=flat)
+            get_run_logger().info("self-influence: rank-%d Hessian over %d parameters (Lanczos)",
+                                  SELF_INFLUENCE_RANK, flat.size)
         scores = self_influence(adapter, x, y, solver, chunk_size=cfg.chunk_size, flat=flat)
     except (SolverSetupError, LissaDivergenceError) as exc:
         if cfg.self_influence == "on":
