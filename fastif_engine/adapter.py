@@ -71,6 +71,14 @@ class ModelAdapter(ABC):
         """
         return inputs
 
+    def row_lengths(self, inputs: Inputs):
+        """Optional per-row size (e.g. tokens) so gradient chunks group rows of similar length.
+
+        ``None`` (the default) keeps rows in their given order; text adapters return lengths,
+        which cuts the padding that :meth:`trim_batch` cannot remove from a mixed chunk.
+        """
+        return None
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -95,6 +103,18 @@ class TrainableAdapter(ModelAdapter):
     The flows need both: ``prepare`` once per split (cached), ``fit`` for the first training
     and again, with the same recipe and another seed, for every retrain.
     """
+
+    placement: torch.device | None = None  # where fit() builds the model; None = CPU
+
+    def to(self, device: torch.device | str) -> "TrainableAdapter":
+        """Move the model to ``device`` and build every later ``fit`` there (e.g. ``"cuda"``)."""
+        self.placement = torch.device(device)
+        self.model.to(self.placement)
+        return self
+
+    def _placed(self, net: nn.Module) -> nn.Module:
+        """A freshly built network, moved to this adapter's device (for ``fit``)."""
+        return net.to(self.placement) if self.placement is not None else net
 
     def prepare(self, values) -> Inputs:
         """Column values of a validated split (text list, ``[n, F]`` or ``[n, 1, H, W]`` floats) → inputs."""

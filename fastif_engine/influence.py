@@ -69,6 +69,7 @@ def influence_on_candidates(
         raise IndexError("candidate index outside the training set (a -1 from a short kNN result?)")
     union = np.unique(train_index)
     union_pos = np.searchsorted(union, train_index)
+    union, union_pos = _by_length(adapter, train_inputs, union, union_pos)
     order = np.argsort(union_pos, kind="stable")
     sorted_pos = union_pos[order]
     influence = np.empty(len(train_index), dtype=np.float64)
@@ -87,6 +88,17 @@ def influence_on_candidates(
     return CandidateInfluence(test_pos, train_index, influence, len(union))
 
 
+def _by_length(adapter: ModelAdapter, inputs: Inputs, rows: np.ndarray, positions: np.ndarray):
+    """Reorder ``rows`` by the adapter's row lengths (if it has them) and remap ``positions`` into it."""
+    lengths = adapter.row_lengths(inputs)
+    if lengths is None:
+        return rows, positions
+    order = np.argsort(np.asarray(lengths)[rows], kind="stable")
+    where = np.empty_like(order)
+    where[order] = np.arange(len(order))
+    return rows[order], where[positions]
+
+
 def self_influence(
     adapter: ModelAdapter,
     inputs: Inputs,
@@ -103,10 +115,11 @@ def self_influence(
     mislabelled or atypical), the convention of Kronfluence and TracIn's self-influence.
     """
     out = np.empty(n_rows(inputs), dtype=np.float64)
+    rows, _ = _by_length(adapter, inputs, np.arange(len(out)), np.arange(0))
     total = -(-len(out) // chunk_size)
     for done, (part, grads) in enumerate(
-            per_sample_gradients(adapter, inputs, labels, chunk_size=chunk_size, flat=flat), start=1):
-        out[part] = (grads * solver.solve(grads).to(grads.dtype)).sum(dim=1).cpu().numpy()
+            per_sample_gradients(adapter, inputs, labels, chunk_size=chunk_size, flat=flat, index=rows), start=1):
+        out[rows[part]] = (grads * solver.solve(grads).to(grads.dtype)).sum(dim=1).cpu().numpy()
         if progress:
             progress(done, total)
     return out

@@ -33,7 +33,7 @@ from fastif_engine.store import file_fingerprint, fingerprint, write_bytes, writ
 
 from . import tasks
 from .config import CleanConfig
-from .runtime import task_runner, threads_per_worker
+from .runtime import gpus_for, task_runner, threads_per_worker, worker_device
 
 OUTPUTS = ("flags.parquet", "influence.parquet", "metrics.json", "report.md", "report.html")
 CACHE_DIR = ".fastif-cache"
@@ -127,10 +127,11 @@ def clean_dataset(config: CleanConfig) -> dict:
         repeats = cfg.repeats if cfg.solver == "lissa" else 1
         batches = math.ceil(len(errors) / cfg.tests_per_batch)
         with timer.stage("s_test"):
-            futures = [tasks.s_test_batch.submit(key=stest_key, **loaded, errors_path=errors_path,
-                                                 solver_path=solver_path, batch=b, repeat=r, threads=threads,
-                                                 **common)
-                       for b in range(batches) for r in range(repeats)]
+            with gpus_for(cfg.runner):
+                futures = [tasks.s_test_batch.submit(key=stest_key, **loaded, errors_path=errors_path,
+                                                     solver_path=solver_path, batch=b, repeat=r, threads=threads,
+                                                     **common)
+                           for b in range(batches) for r in range(repeats)]
             paths = _progress(futures, f"s_test for {len(errors)} errors ({batches} batches × {repeats} repeats)")
             stest_path = tasks.StageCache(cache).path("stest", f"{stest_key}-x{repeats}", "npy")
             if not stest_path.exists():
@@ -146,9 +147,10 @@ def clean_dataset(config: CleanConfig) -> dict:
             n_distinct = len(np.unique(cand[cand >= 0]))
             parts = max(1, min(cfg.workers, n_distinct))
             inf_key = fingerprint("influence", stest_key, repeats, cand_key)
-            futures = [tasks.influence_part.submit(key=inf_key, **loaded, stest_path=str(stest_path),
-                                                   candidates_path=str(cand_path), part=p, parts=parts,
-                                                   threads=threads, **common) for p in range(parts)]
+            with gpus_for(cfg.runner):
+                futures = [tasks.influence_part.submit(key=inf_key, **loaded, stest_path=str(stest_path),
+                                                       candidates_path=str(cand_path), part=p, parts=parts,
+                                                       threads=threads, **common) for p in range(parts)]
             part_paths = _progress(futures, f"influence over {n_distinct} distinct candidates")
             influence = pd.concat([pd.read_parquet(p) for p in part_paths], ignore_index=True)
             influence = influence.sort_values(["test_pos", "train_index"], kind="stable").reset_index(drop=True)
@@ -177,10 +179,11 @@ def clean_dataset(config: CleanConfig) -> dict:
             flagged_path = tasks.StageCache(cache).path("flagged", flag_key, "npy")
             if not flagged_path.exists():
                 write_npy(flagged_path, flagged)
-            futures = [tasks.retrain_one.submit(key=flag_key, dataset_path=dataset_path, inputs_path=inputs_path,
-                                                flagged_path=str(flagged_path), variant=v, seed=cfg.seed + s,
-                                                threads=threads, **common)
-                       for s in range(cfg.seeds) for v in VARIANTS]
+            with gpus_for(cfg.runner):
+                futures = [tasks.retrain_one.submit(key=flag_key, dataset_path=dataset_path, inputs_path=inputs_path,
+                                                    flagged_path=str(flagged_path), variant=v, seed=cfg.seed + s,
+                                                    threads=threads, **common)
+                           for s in range(cfg.seeds) for v in VARIANTS]
             results = [json.loads(Path(p).read_text())
                        for p in _progress(futures, f"retrain {len(VARIANTS)} variants × {cfg.seeds} seeds")]
             retrain = {"seeds": cfg.seeds, "eval_split": results[0]["eval_split"],
@@ -245,6 +248,7 @@ def _metrics(cfg, ds, predictions, errors, flags, n_candidates, solver_info, ret
                    "flagged": int(flags["flagged"].sum()),
                    "harmful": int((flags["harm_score"] > 0).sum())},
         "solver": solver_info,
+        "device": str(worker_device(cfg.device)),  # where the flow's own stages (training) ran
         "sign_convention": "influence = -grad L(test)^T (H + ridge I)^-1 grad L(train); positive = harmful",
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "config": json.loads(cfg.model_dump_json()),
@@ -322,5 +326,5 @@ def _artifact_markdown(markdown: str) -> str:
 
 def run_clean(cfg: CleanConfig) -> dict:
     """Run the flow with the task runner ``cfg.runner`` asks for."""
-    runner = task_runner(cfg.runner, cfg.workers, cfg.dask_address)
+    runner = task_runner(cfg.runner, cfg.workers, cfg.dask_address or cfg.ray_address)
     return clean_dataset.with_options(task_runner=runner)(cfg)

@@ -67,8 +67,10 @@ def _add_clean_options(p: argparse.ArgumentParser) -> None:
                    help="retrain without the flags (and a random control) and report the accuracy change")
     g.add_argument("--seeds", type=int, help="retrain seeds (default 3)")
     g = p.add_argument_group("execution")
-    g.add_argument("--runner", choices=["thread", "process", "dask"])
+    g.add_argument("--runner", choices=["thread", "process", "dask", "ray"])
     g.add_argument("--dask-address")
+    g.add_argument("--ray-address")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"])
     g.add_argument("--workers", type=int, help="parallel workers (default 2)")
     g.add_argument("--tests-per-batch", type=int), g.add_argument("--chunk-size", type=int)
 
@@ -76,7 +78,7 @@ def _add_clean_options(p: argparse.ArgumentParser) -> None:
 CLEAN_KEYS = ("train", "valid", "test", "out", "label_column", "id_column", "text_column", "image_column",
               "feature_columns", "model", "seed", "k", "index", "solver", "depth", "repeats", "batch_size",
               "damping", "scale", "tolerance", "scale_sweep", "self_influence", "flag_fraction", "flag_top", "flag_threshold",
-              "retrain", "seeds", "runner", "dask_address", "workers", "tests_per_batch", "chunk_size")
+              "retrain", "seeds", "runner", "dask_address", "ray_address", "device", "workers", "tests_per_batch", "chunk_size")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,6 +147,15 @@ def _preflight(cfg) -> None:
     from fastif_engine.data import Columns, load_dataset
     from fastif_engine.models import BUILTIN_MODELS, DataInfo, ModelLoadError, builtin_options, create_model
 
+    from .runtime import check_runner_installed
+
+    check_runner_installed(cfg.runner)
+    if cfg.device == "cuda" and cfg.runner in ("thread", "process"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise FastIFError("--device cuda, but torch sees no GPU on this machine (CUDA build and driver "
+                              "needed); use --device auto or cpu")
     columns = Columns(label=cfg.label_column, id=cfg.id_column, text=cfg.text_column,
                       features=tuple(cfg.feature_columns) if cfg.feature_columns else None, image=cfg.image_column)
     ds = load_dataset({"train": cfg.train, "valid": cfg.valid, "test": cfg.test}, columns)

@@ -52,8 +52,10 @@ class CleanConfig(BaseModel):
 
     retrain: bool = False
     seeds: int = Field(3, ge=1)
-    runner: Literal["thread", "process", "dask"] = "thread"
-    dask_address: Optional[str] = None
+    runner: Literal["thread", "process", "dask", "ray"] = "thread"
+    dask_address: Optional[str] = Field(None, description="existing Dask scheduler (tcp://host:8786)")
+    ray_address: Optional[str] = Field(None, description="existing Ray cluster (auto or ray://host:10001)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a GPU when the worker sees one")
     workers: int = Field(2, ge=1)
     tests_per_batch: int = Field(16, ge=1, description="errors solved together in one s_test task")
     chunk_size: int = Field(64, ge=1, description="rows per per-sample-gradient chunk")
@@ -66,6 +68,8 @@ class CleanConfig(BaseModel):
             raise ValueError("give only one of flag_fraction, flag_top, flag_threshold")
         if self.dask_address and self.runner != "dask":
             raise ValueError("dask_address needs runner: dask")
+        if self.ray_address and self.runner != "ray":
+            raise ValueError("ray_address needs runner: ray")
         return self
 
     def flag_rule(self):

@@ -24,7 +24,8 @@ def set_worker_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def task_runner(runner: str, workers: int, dask_address: str | None = None):
+def task_runner(runner: str, workers: int, address: str | None = None):
+    """The Prefect task runner for ``--runner``; ``address`` joins an existing Dask or Ray cluster."""
     if runner == "thread":
         from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -34,17 +35,79 @@ def task_runner(runner: str, workers: int, dask_address: str | None = None):
 
         return ProcessPoolTaskRunner(max_workers=workers)
     if runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if address:
+            return DaskTaskRunner(address=address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
+                                              "processes": True, "dashboard_address": None})
+    if runner == "ray":
+        from prefect_ray import RayTaskRunner
+
+        # Cluster workers do not inherit this process's environment: hand them the API URL.
+        from prefect.settings import PREFECT_API_URL
+
+        init = {"runtime_env": {"env_vars": {"PREFECT_API_URL": PREFECT_API_URL.value() or ""}}}
+        if not address:
+            init.update(num_cpus=workers, include_dashboard=False)
+        return RayTaskRunner(address=address, init_kwargs=init)
+    raise ValueError(f"unknown runner {runner!r}")
+
+
+RUNNER_EXTRAS = {"dask": ("prefect_dask", "dask"), "ray": ("prefect_ray", "ray")}
+
+
+def check_runner_installed(runner: str) -> None:
+    """A clear error before any work when the runner's optional extra is missing."""
+    if runner in RUNNER_EXTRAS:
+        module, extra = RUNNER_EXTRAS[runner]
         try:
-            from prefect_dask import DaskTaskRunner
+            __import__(module)
         except ImportError:
             from fastif_engine.errors import FastIFError
 
-            raise FastIFError("--runner dask needs prefect-dask: pip install 'fastif[dask]'") from None
-        if dask_address:
-            return DaskTaskRunner(address=dask_address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
-                                              "processes": True, "dashboard_address": None})
-    raise ValueError(f"unknown runner {runner!r}")
+            raise FastIFError(f"--runner {runner} needs {module}: pip install 'fastif[{extra}]'") from None
+
+
+def gpus_for(runner: str):
+    """Per-task GPU request while submitting work: one GPU per Ray task when the cluster has GPUs.
+
+    Never requested on a cluster without GPUs (the task would wait forever). Dask workers are
+    pinned to a GPU by :func:`worker_device` instead of by resource annotations, which hang on
+    clusters whose workers declare no GPU resource.
+    """
+    if runner == "ray":
+        import ray
+
+        if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0:
+            from prefect_ray.context import remote_options
+
+            return remote_options(num_gpus=1)
+    return contextlib.nullcontext()
+
+
+def worker_device(requested: str) -> torch.device:
+    """The torch device for this worker: ``cpu``, ``cuda`` (an error without a GPU) or ``auto``.
+
+    With several GPUs visible, a Dask worker takes GPU (worker number mod count) so that
+    LocalCluster workers spread over the GPUs; Ray and dask-cuda already restrict each worker
+    to one GPU via ``CUDA_VISIBLE_DEVICES``.
+    """
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        from fastif_engine.errors import FastIFError
+
+        raise FastIFError("--device cuda, but torch sees no GPU on this worker (CUDA build and driver needed)")
+    count = torch.cuda.device_count()
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+        number = int(name) if str(name).isdigit() else sum(map(ord, str(name)))
+    except (ImportError, ValueError):
+        number = 0  # not inside a Dask worker
+    return torch.device("cuda", number % count)
 
 
 @contextlib.contextmanager
@@ -71,8 +134,8 @@ def api_server_for(runner: str):
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield
     finally:
-        from prefect.logging.handlers import APILogHandler
+        from prefect.logging.handlers import APILogWorker
 
-        APILogHandler.flush()  # send the run's last logs while the server is still up
+        APILogWorker.drain_all(timeout=5)  # send the run's last logs while the server is still up
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()

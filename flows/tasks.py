@@ -36,7 +36,7 @@ from fastif_engine.store import atomic_path, write_json, write_npy, write_parque
 from fastif_engine.training import evaluate
 
 from .config import CleanConfig
-from .runtime import set_worker_threads
+from .runtime import set_worker_threads, worker_device
 
 _LOCK = threading.Lock()
 # Self-influence needs (H + λI)⁻¹ for every training row: with an explicit Hessian that is one
@@ -104,8 +104,9 @@ def load_adapter(cfg: CleanConfig, dataset_path: str, state_path: str | None):
     with _LOCK:
         base = _base_model(cfg.model, json.dumps(cfg.model_options, sort_keys=True), info)
         adapter = copy.deepcopy(base)
+    adapter.to(worker_device(cfg.device))
     if state_path:
-        adapter.model.load_state_dict(torch.load(state_path, weights_only=True))
+        adapter.model.load_state_dict(torch.load(state_path, weights_only=True, map_location=adapter.placement))
         adapter.model.eval()
     return adapter
 

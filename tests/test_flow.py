@@ -158,22 +158,6 @@ def test_rerun_reuses_unchanged_stages(tabular, tmp_path):
     assert len(list(cache.glob("model-*.pt"))) == 2
 
 
-def test_process_runner_gives_the_same_flags(tabular, tmp_path):
-    a, b = tmp_path / "thread", tmp_path / "process"
-    assert clean(tabular, a, "--runner", "thread") == 0
-    assert clean(tabular, b, "--runner", "process") == 0
-    pd.testing.assert_frame_equal(pd.read_parquet(a / "flags.parquet"), pd.read_parquet(b / "flags.parquet"))
-
-
-def test_dask_runner_gives_the_same_flags(tabular, tmp_path):
-    """A real Dask LocalCluster (2 worker processes) runs the s_test, influence and retrain tasks."""
-    pytest.importorskip("prefect_dask")
-    a, b = tmp_path / "thread", tmp_path / "dask"
-    assert clean(tabular, a, "--runner", "thread") == 0
-    assert clean(tabular, b, "--runner", "dask", "--workers", "2") == 0
-    pd.testing.assert_frame_equal(pd.read_parquet(a / "flags.parquet"), pd.read_parquet(b / "flags.parquet"))
-
-
 def test_exact_and_lissa_agree(tabular, tmp_path):
     """Issue #2 through the CLI: the same run with each solver, influence Pearson ≥ 0.99."""
     common = ["--depth", "1000", "--repeats", "4", "--batch-size", "16", "--self-influence", "off"]

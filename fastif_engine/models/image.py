@@ -66,7 +66,7 @@ class CNNAdapter(TrainableAdapter):
 
     def fit(self, inputs: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> "CNNAdapter":
         with seeded(seed):
-            self._net = self._build()
+            self._net = self._placed(self._build())
             self._net.mean.fill_(float(inputs.mean()))
             self._net.std.fill_(float(inputs.std().clamp_min(1e-6)))
             train(self, inputs, labels, dataclasses.replace(self.settings, seed=seed))

@@ -72,7 +72,7 @@ class _TabularAdapter(TrainableAdapter):
         """Re-initialise (seeded) and train on ``(inputs, labels)`` with this model's recipe."""
         seed = self.settings.seed if seed is None else seed
         with seeded(seed):
-            self._net = self._build()
+            self._net = self._placed(self._build())
             self._net.scale.fit(inputs.to(self._dtype))
             train(self, inputs.to(self._dtype), labels, dataclasses.replace(self.settings, seed=seed))
         return self

@@ -121,6 +121,9 @@ class MiniLMAdapter(TrainableAdapter):
             hidden[rows, :width], mask[rows, :width] = h, enc["attention_mask"]
         return {"hidden": hidden, "mask": mask}
 
+    def row_lengths(self, inputs: dict):
+        return inputs["mask"].sum(1).cpu().numpy()
+
     def trim_batch(self, inputs: dict) -> dict:
         width = int(inputs["mask"].sum(1).max()) if len(inputs["mask"]) else 1
         return {"hidden": inputs["hidden"][:, :width], "mask": inputs["mask"][:, :width]}
@@ -132,6 +135,6 @@ class MiniLMAdapter(TrainableAdapter):
     def fit(self, inputs: dict, labels: torch.Tensor, seed: int = 0) -> "MiniLMAdapter":
         """Restart from the pretrained top layers and a freshly seeded head, then fine-tune."""
         with seeded(seed):
-            self._net = self._build()
+            self._net = self._placed(self._build())
             train(self, inputs, labels, dataclasses.replace(self.settings, seed=seed))
         return self
