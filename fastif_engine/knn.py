@@ -1,8 +1,10 @@
 """Candidate training rows for each test example: k nearest neighbours in feature space (FAISS).
 
 FastIF restricts the influence argmax to the k nearest training rows (L2 on the features the
-classifier head sees). ``flat`` is exact; ``ivf`` and ``hnsw`` trade recall for speed at large N
-(measure it with :func:`recall_at_k`). When faiss sees GPUs the index lives there.
+classifier head sees). ``flat`` is exact; ``ivf``, ``ivfpq`` and ``hnsw`` trade recall for speed
+at large N, and ``ivfpq`` stores ``pq_m`` bytes per row instead of 4 × dims (measure recall with
+:func:`recall_at_k`; docs/BENCHMARKS.md has figures for 1M rows). When faiss sees GPUs the
+index lives there.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from .store import atomic_path, write_text
 
 log = logging.getLogger("fastif")
 
-KINDS = ("flat", "ivf", "hnsw")
+KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+TRAIN_PER_LIST = 64  # k-means training rows per inverted list (a seeded sample beyond that)
 
 
 def gpu_count() -> int:
@@ -37,16 +40,19 @@ class FaissIndex:
 
     Args:
         kind: ``flat`` (exact, default), ``ivf`` (inverted lists; ``nlist`` cells, ``nprobe``
-            searched) or ``hnsw`` (graph; ``hnsw_m`` links per node, ``ef_search``).
+            searched), ``ivfpq`` (the same lists, rows compressed to ``pq_m`` bytes by product
+            quantisation; default: dims / 4, rounded down to a divisor) or ``hnsw`` (graph;
+            ``hnsw_m`` links per node, ``ef_search``).
         use_gpu: ``None`` = on GPU when faiss sees one; ``False`` forces CPU.
     """
 
     def __init__(self, kind: str = "flat", *, nlist: int | None = None, nprobe: int = 16,
-                 hnsw_m: int = 32, ef_search: int = 128, use_gpu: bool | None = None, seed: int = 0):
+                 hnsw_m: int = 32, ef_search: int = 128, pq_m: int | None = None,
+                 use_gpu: bool | None = None, seed: int = 0):
         if kind not in KINDS:
             raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
         self.kind, self.nlist, self.nprobe = kind, nlist, nprobe
-        self.hnsw_m, self.ef_search, self.seed = hnsw_m, ef_search, seed
+        self.hnsw_m, self.ef_search, self.pq_m, self.seed = hnsw_m, ef_search, pq_m, seed
         self.use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
         self._index = None
         self.dim: int | None = None
@@ -60,11 +66,18 @@ class FaissIndex:
         n, self.dim = x.shape
         if self.kind == "flat":
             index = faiss.IndexFlatL2(self.dim)
-        elif self.kind == "ivf":
+        elif self.kind in ("ivf", "ivfpq"):
             nlist = self.nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatL2(self.dim), self.dim, nlist)
+            quantizer = faiss.IndexFlatL2(self.dim)
+            if self.kind == "ivf":
+                index = faiss.IndexIVFFlat(quantizer, self.dim, nlist)
+            else:
+                pq_m = self.pq_m or max(m for m in range(1, max(1, self.dim // 4) + 1) if self.dim % m == 0)
+                index = faiss.IndexIVFPQ(quantizer, self.dim, nlist, pq_m, 8)
             index.cp.seed = self.seed
-            index.train(x)
+            sample = TRAIN_PER_LIST * max(nlist, 256 if self.kind == "ivfpq" else 1)
+            rows = np.random.default_rng(self.seed).choice(n, sample, replace=False) if n > sample else slice(None)
+            index.train(x[rows])
             index.nprobe = min(self.nprobe, nlist)
         else:
             index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m)
@@ -96,7 +109,7 @@ class FaissIndex:
         path = Path(path)
         index = faiss.index_gpu_to_cpu(self._index) if self.use_gpu and self.kind != "hnsw" else self._index
         meta = {"kind": self.kind, "nlist": self.nlist, "nprobe": self.nprobe, "hnsw_m": self.hnsw_m,
-                "ef_search": self.ef_search, "seed": self.seed, "dim": self.dim}
+                "ef_search": self.ef_search, "pq_m": self.pq_m, "seed": self.seed, "dim": self.dim}
         write_text(path.with_name(path.name + ".json"), json.dumps(meta))  # first: the index file means done
         with atomic_path(path) as tmp:
             faiss.write_index(index, str(tmp))

@@ -48,7 +48,7 @@ def _add_clean_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int)
     g = p.add_argument_group("influence (positive = harmful)")
     g.add_argument("--k", type=int, help="nearest training rows scored per error (default 1000)")
-    g.add_argument("--index", choices=["flat", "ivf", "hnsw"])
+    g.add_argument("--index", choices=["flat", "ivf", "ivfpq", "hnsw"])
     g.add_argument("--solver", choices=["lissa", "exact"])
     g.add_argument("--depth", type=int, help="LiSSA depth J (default 1000)")
     g.add_argument("--repeats", type=int, help="LiSSA repeats T, spread over workers (default 1)")

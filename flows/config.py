@@ -34,7 +34,7 @@ class CleanConfig(BaseModel):
     image_column: Optional[str] = None
 
     k: int = Field(1000, ge=1, description="nearest training rows scored per error")
-    index: Literal["flat", "ivf", "hnsw"] = "flat"
+    index: Literal["flat", "ivf", "ivfpq", "hnsw"] = "flat"
     solver: Literal["lissa", "exact"] = "lissa"
     depth: int = Field(1000, ge=1, description="LiSSA recursion depth J")
     repeats: int = Field(1, ge=1, description="LiSSA independent repeats T")
