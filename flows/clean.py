@@ -82,6 +82,7 @@ def clean_dataset(config: CleanConfig) -> dict:
     out = Path(cfg.out)
     cache = str(out / CACHE_DIR)
     threads = threads_per_worker(cfg.runner, cfg.workers)
+    _warn_if_runner_ignored(cfg.runner)
 
     files = [_safe_fingerprint(p) for p in (cfg.train, cfg.valid, cfg.test)]
     data_key = fingerprint("data", files, cfg.label_column, cfg.id_column, cfg.text_column,
@@ -196,6 +197,18 @@ def clean_dataset(config: CleanConfig) -> dict:
         _write_outputs(out, cfg, ds, flags, influence_table, metrics)
     logger.info("wrote %s to %s", ", ".join(OUTPUTS), out)
     return metrics
+
+
+def _warn_if_runner_ignored(runner: str) -> None:
+    """A deployment calls the flow directly, with its default (thread) runner: say so."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    active = type(ctx.task_runner).__name__ if ctx and ctx.task_runner else ""
+    expected = {"thread": "ThreadPool", "process": "ProcessPool", "dask": "Dask", "ray": "Ray"}[runner]
+    if expected not in active:
+        get_run_logger().warning("config asks for runner %r but this run uses %s (a deployment runs the flow "
+                                 "directly); use `fastif clean --runner %s` to get it", runner, active, runner)
 
 
 def _class_names(ds, codes) -> list[str]:
