@@ -170,6 +170,17 @@ def test_exact_and_lissa_agree(tabular, tmp_path):
     assert np.corrcoef(merged["influence_x"], merged["influence_y"])[0, 1] >= 0.99
 
 
+def test_self_influence_of_a_large_model_finds_flipped_labels(tabular, tmp_path):
+    """13k parameters: above the exact solver's limit, so the rank-32 Lanczos inverse is used."""
+    from sklearn.metrics import roc_auc_score
+
+    assert clean(tabular, tmp_path, "--self-influence", "on", "--model-option", "hidden=400") == 0
+    flags = pd.read_parquet(tmp_path / "flags.parquet")
+    flipped = pd.read_parquet(tabular["train"]).set_index("id").loc[flags["train_id"], "noisy"].to_numpy()
+    assert flags["self_influence"].notna().all() and (flags["self_influence"] >= 0).all()
+    assert roc_auc_score(flipped, flags["self_influence"]) >= 0.8
+
+
 def test_tiny_scale_fails_with_a_clear_message(tabular, tmp_path, capsys):
     assert clean(tabular, tmp_path / "out", "--scale", "1e-6") == 2  # settings at fault
     err = capsys.readouterr().err
