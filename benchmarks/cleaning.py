@@ -39,10 +39,11 @@ from fastif_engine.batching import take
 from fastif_engine.data import load_dataset
 from fastif_engine.datasets import export
 from fastif_engine.influence import self_influence
-from fastif_engine.models import DataInfo, create_model
 from fastif_engine.ranking import harm_scores
 from fastif_engine.solvers import EXACT_MAX_PARAMS, ExactSolver, LissaSettings, LowRankSolver
 from fastif_engine.training import evaluate
+
+from _shared import model_for
 
 # dataset → (model, training rows kept, k, solver, LiSSA settings)
 SETUPS = {
@@ -56,14 +57,7 @@ REMOVAL = 0.10  # share of training rows removed before retraining (= the share 
 
 
 def build(model_name: str, ds):
-    flatten = model_name.startswith("tabular") and ds.modality == "image"
-    shape = (int(np.prod(ds.input_shape)),) if flatten else ds.input_shape
-    model = create_model(model_name, DataInfo("tabular" if flatten else ds.modality, ds.n_classes, shape))
-
-    def inputs(split):
-        values = ds.splits[split].values
-        return model.prepare(values.reshape(len(values), -1) if flatten else values)
-
+    model, inputs = model_for(model_name, ds)
     return model, {s: inputs(s) for s in ds.splits}
 
 

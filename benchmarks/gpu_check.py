@@ -46,7 +46,6 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("no GPU visible to torch: nothing to check")
         return
-    from fastif_engine.batching import take
     from fastif_engine.gradients import FlatParams, gradient_matrix
     from fastif_engine.hessian import hvp_on_batch
     from fastif_engine.influence import influence_on_candidates

@@ -27,6 +27,8 @@ import numpy as np
 
 from fastif_engine.knn import FaissIndex, recall_at_k
 
+from _shared import log_log_axes, save_figure
+
 
 def mixture(n: int, dims: int, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     which = rng.integers(0, len(centres), n)
@@ -117,26 +119,17 @@ def flow_study(sizes: list[int], out_root: Path) -> None:
 
 
 def plot(rows, stages, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = log_log_axes((6, 3.6))
     sizes = [r[0] for r in rows]
     ax.plot(sizes, [r[1] for r in rows], "o-", color="black", label="wall (whole command)")
     for stage in stages:
         vals = [r[3]["timings"].get(stage, 0) for r in rows]
         if max(vals) >= 1.0:
             ax.plot(sizes, vals, ".--", label=stage)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
     ax.set_xlabel("training rows")
     ax.set_ylabel("seconds")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 def main() -> None:

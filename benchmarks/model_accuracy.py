@@ -13,13 +13,13 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from fastif_engine.data import load_dataset
 from fastif_engine.datasets import export
-from fastif_engine.models import DataInfo, create_model
 from fastif_engine.training import evaluate
+
+from _shared import model_for
 
 RUNS = [("text-minilm", "rotten-tomatoes"), ("image-cnn", "fashion-mnist"), ("image-cnn", "digits"),
         ("tabular-mlp", "digits"), ("tabular-logreg", "digits")]
@@ -28,13 +28,7 @@ RUNS = [("text-minilm", "rotten-tomatoes"), ("image-cnn", "fashion-mnist"), ("im
 def run(model_name: str, dataset: str, seed: int, workdir: str) -> tuple[float, float, int]:
     paths = export(dataset, f"{workdir}/{dataset}", seed=0)
     ds = load_dataset({k: str(v) for k, v in paths.items()})
-    flatten = model_name.startswith("tabular") and ds.modality == "image"
-    shape = (int(np.prod(ds.input_shape)),) if flatten else ds.input_shape
-    model = create_model(model_name, DataInfo("tabular" if flatten else ds.modality, ds.n_classes, shape))
-
-    def inputs(split):
-        values = ds.splits[split].values
-        return model.prepare(values.reshape(len(values), -1) if flatten else values)
+    model, inputs = model_for(model_name, ds)
 
     t0 = time.perf_counter()
     x = inputs("train")

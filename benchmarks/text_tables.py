@@ -147,7 +147,7 @@ def main() -> None:
         s_f, t_s = timed(lambda: LissaSolver(model, x, y, fast).solve(v))
         _, t_g = timed(lambda: influence_on_candidates(model, x, y, s_f, [cand], chunk_size=16))
         rows[f"kNN k=1,000 + fast s_test (B=1, T={FAST_T}), batched gradients"].append((t_s, t_g))
-    label = f"… same, spread over 2 worker processes (1 thread each)"
+    label = "… same, spread over 2 worker processes (1 thread each)"
     rows[label] = []
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(2, mp_context=ctx, initializer=_init_worker, initargs=(str(args.cache), args.max_train)) as pool:

@@ -1,0 +1,43 @@
+"""Small helpers the benchmark scripts share (run them from the repository root)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fastif_engine.models import DataInfo, create_model
+
+
+def model_for(model_name: str, ds):
+    """A fresh built-in model for dataset ``ds`` and a function split name → prepared inputs.
+
+    Tabular models on image data see the pixels as flat feature columns.
+    """
+    flatten = model_name.startswith("tabular") and ds.modality == "image"
+    shape = (int(np.prod(ds.input_shape)),) if flatten else ds.input_shape
+    model = create_model(model_name, DataInfo("tabular" if flatten else ds.modality, ds.n_classes, shape))
+
+    def inputs(split: str):
+        values = ds.splits[split].values
+        return model.prepare(values.reshape(len(values), -1) if flatten else values)
+
+    return model, inputs
+
+
+def log_log_axes(figsize=(5.5, 3.5)):
+    """A matplotlib figure (headless backend) with one log-log axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=figsize)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    return fig, ax
+
+
+def save_figure(fig, path: Path) -> None:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
