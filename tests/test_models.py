@@ -102,7 +102,7 @@ def test_minilm_gradients_through_the_top_layer(minilm, reviews):
     # candidates are chunked by length (less padding); each score must still land on its own pair
     s = fi.s_test(xv, yv)
     first = table[table.test_pos == 0]
-    rows = torch.as_tensor(first.train_index.to_numpy())
+    rows = torch.as_tensor(first.train_index.to_numpy().copy())
     direct = -(loop_gradients(minilm, take(x, rows), y[rows]) @ s[0])
     np.testing.assert_allclose(first.influence.to_numpy(), direct.numpy(), rtol=5e-3)  # float32, 1.78M terms
     acc = evaluate(minilm, minilm.prepare(va.values), torch.as_tensor(va.labels)).accuracy
