@@ -35,7 +35,8 @@ class FastIF:
     Args:
         adapter: the model (see :class:`~fastif_engine.adapter.ModelAdapter`), already trained.
         train_inputs, train_labels: the training set the model was fit on.
-        solver: ``"lissa"`` (default), ``"exact"`` (small models), or a ready solver object.
+        solver: ``"lissa"`` (default), ``"exact"`` (small models), ``"lowrank"`` (rank-32 Lanczos;
+            cheap repeated solves, e.g. self-influence of every row), or a ready solver object.
         lissa: LiSSA settings; damping × scale is the ridge λ for either solver.
         k: candidates per test example; ``None`` scores every training row (no kNN).
         index: the kNN index (exact FAISS ``flat`` by default).
