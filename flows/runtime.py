@@ -47,7 +47,8 @@ def task_runner(runner: str, workers: int, address: str | None = None):
         # Cluster workers do not inherit this process's environment: hand them the API URL.
         from prefect.settings import PREFECT_API_URL
 
-        init = {"runtime_env": {"env_vars": {"PREFECT_API_URL": PREFECT_API_URL.value() or ""}}}
+        url = PREFECT_API_URL.value()
+        init = {"runtime_env": {"env_vars": {"PREFECT_API_URL": url}}} if url else {}
         if not address:
             init.update(num_cpus=workers, include_dashboard=False)
         return RayTaskRunner(address=address, init_kwargs=init)
