@@ -147,15 +147,11 @@ def _preflight(cfg) -> None:
     from fastif_engine.data import Columns, load_dataset
     from fastif_engine.models import BUILTIN_MODELS, DataInfo, ModelLoadError, builtin_options, create_model
 
-    from .runtime import check_runner_installed
+    from .runtime import check_runner_installed, worker_device
 
     check_runner_installed(cfg.runner)
-    if cfg.device == "cuda" and cfg.runner in ("thread", "process"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise FastIFError("--device cuda, but torch sees no GPU on this machine (CUDA build and driver "
-                              "needed); use --device auto or cpu")
+    if cfg.runner in ("thread", "process"):
+        worker_device(cfg.device)  # local workers: a --device this machine cannot give fails here, before any work
     columns = Columns(label=cfg.label_column, id=cfg.id_column, text=cfg.text_column,
                       features=tuple(cfg.feature_columns) if cfg.feature_columns else None, image=cfg.image_column)
     ds = load_dataset({"train": cfg.train, "valid": cfg.valid, "test": cfg.test}, columns)
