@@ -1,10 +1,13 @@
-"""Rank training rows by the harm they do to the model's errors, and flag the worst.
+"""Rank training rows by a score, and flag the top ones.
+
+The default score is the harm a row does to the model's errors:
 
     harm(z) = Σ_{e ∈ errors with z among its k neighbours} I(z, e)
 
 with I(z, e) = −s_test(e)·∇L(z) (positive = harmful). A row never retrieved as a candidate
-scores 0. ``n_errors_harmed`` counts the errors it harms (I > 0). Rank 1 is the most harmful.
-Only rows with harm > 0 are ever flagged, whatever the budget.
+scores 0. ``n_errors_harmed`` counts the errors it harms (I > 0). Other scores (a row's
+self-influence, its own training loss) rank the same way: rank 1 has the highest score. Only
+rows with a score > 0 are ever flagged, whatever the budget.
 """
 from __future__ import annotations
 
@@ -12,6 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+
+# ``flag_by`` setting → the flags.parquet column it ranks by
+FLAG_SCORES = {"harm": "harm_score", "self-influence": "self_influence", "loss": "train_loss"}
 
 
 @dataclass(frozen=True)
@@ -45,18 +52,22 @@ def harm_scores(influence: pd.DataFrame, n_train: int) -> pd.DataFrame:
     return pd.DataFrame({"harm_score": harm, "n_errors_harmed": harmed, "n_errors_candidate": candidates})
 
 
-def rank_and_flag(scores: pd.DataFrame, rule: FlagRule) -> pd.DataFrame:
-    """Add ``rank`` (1 = most harmful; ties broken by row order) and ``flagged``."""
+def rank_and_flag(scores: pd.DataFrame, rule: FlagRule, by: str = "harm_score") -> pd.DataFrame:
+    """Add ``rank`` (1 = highest ``by`` score; ties broken by row order) and ``flagged``."""
+    if by not in scores.columns:
+        raise KeyError(f"no {by!r} column to rank by (have {', '.join(scores.columns)})")
     out = scores.copy()
-    order = np.lexsort((np.arange(len(out)), -out["harm_score"].to_numpy()))
+    score = out[by].to_numpy(dtype=np.float64)
+    if np.isnan(score).any():
+        raise ValueError(f"{by}: {int(np.isnan(score).sum())} rows have no score; cannot rank by it")
+    order = np.lexsort((np.arange(len(out)), -score))
     rank = np.empty(len(out), dtype=np.int64)
     rank[order] = np.arange(1, len(out) + 1)
     out["rank"] = rank
-    harmful = out["harm_score"].to_numpy() > 0
     if rule.threshold is not None:
-        flagged = out["harm_score"].to_numpy() > max(rule.threshold, 0.0)
+        flagged = score > max(rule.threshold, 0.0)
     else:
         budget = rule.top if rule.top is not None else int(round(rule.fraction * len(out)))
-        flagged = (rank <= budget) & harmful
+        flagged = (rank <= budget) & (score > 0)
     out["flagged"] = flagged
     return out

@@ -1,8 +1,9 @@
 """The run report: what a person reads after a cleaning run (markdown and self-contained HTML).
 
-Sections: the accuracy change (with spread over seeds and the random-removal control), how harm
-scores are distributed, and the top flagged training rows shown as content (text snippet, image
-thumbnail or feature values) with given vs predicted label, score and the errors they harm.
+Sections: the accuracy change (with spread over seeds and the random-removal control), how the
+flag score (harm, self-influence or own loss) and harm are distributed, and the top flagged
+training rows shown as content (text snippet, image thumbnail or feature values) with given vs
+predicted label, scores and the errors they harm.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import html
 import io
 
 import numpy as np
+
+from .ranking import FLAG_SCORES
 
 SIGN_NOTE = ("Scores: I(z, z_test) = −∇L(z_test)ᵀ(H + λI)⁻¹∇L(z); **positive = harmful** (removing the "
              "row should lower the error's loss), negative = helpful. harm_score sums I over the "
@@ -26,21 +29,36 @@ def _figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def plot_harm_distribution(harm: np.ndarray, flagged: np.ndarray) -> bytes:
+# flag_by → (axis label, what the report says about the score)
+SCORE_TEXT = {
+    "harm": ("harm score (positive = harmful)", SIGN_NOTE),
+    "self-influence": ("self-influence", "Rows are flagged by **self-influence** ∇L(z)ᵀ(H + λI)⁻¹∇L(z): how much "
+                       "a row's own loss depends on the row itself. It is high for rows the model can only fit "
+                       "by memorising them, which is how mislabelled rows look; it does not depend on the "
+                       "validation errors."),
+    "loss": ("own training loss", "Rows are flagged by their **own training loss** under the fitted model "
+             "(cross-entropy of the given label): the rows whose given label the model disagrees with most. "
+             "It does not depend on the validation errors."),
+}
+
+
+def plot_score_distribution(values: np.ndarray, flagged: np.ndarray, flag_by: str) -> bytes:
+    """Histogram of one score, flagged rows in red; for harm, only rows retrieved as candidates."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    scored = harm != 0
-    bins = np.histogram_bin_edges(harm[scored] if scored.any() else harm, bins=50)
-    ax.hist(harm[scored & ~flagged], bins=bins, color="#8fa8c8", label="not flagged")
-    ax.hist(harm[flagged], bins=bins, color="#d9534f", label="flagged")
+    scored = values != 0 if flag_by == "harm" else np.isfinite(values)
+    bins = np.histogram_bin_edges(values[scored] if scored.any() else values, bins=50)
+    ax.hist(values[scored & ~flagged], bins=bins, color="#8fa8c8", label="not flagged")
+    ax.hist(values[scored & flagged], bins=bins, color="#d9534f", label="flagged")
     ax.set_yscale("log")
-    ax.set_xlabel("harm score (positive = harmful)")
+    ax.set_xlabel(SCORE_TEXT[flag_by][0])
     ax.set_ylabel("training rows")
-    ax.set_title(f"Harm scores of the {int(scored.sum())} rows retrieved as candidates")
+    rows = "rows retrieved as candidates" if flag_by == "harm" else "training rows"
+    ax.set_title(f"{flag_by.capitalize()} scores of the {int(scored.sum())} {rows}")
     ax.legend()
     return _figure_png(fig)
 
@@ -107,19 +125,23 @@ def render(metrics: dict, top_rows: list[dict], plots: dict[str, bytes]) -> tupl
     """Return (markdown, html, assets): markdown refers to ``report_assets/NAME.png`` files."""
     counts = metrics["counts"]
     cfg = metrics["config"]
+    flag_by = metrics.get("flag_by", "harm")
     head = [
         "# fastif cleaning report", "",
         f"Model `{cfg['model']}` on `{cfg['train']}` ({counts['train']} training rows); "
         f"{counts['errors']} of {counts['valid']} validation examples misclassified; "
         f"k = {cfg['k']} neighbours each ({counts['distinct_candidates']} distinct training rows scored); "
-        f"**{counts['flagged']} rows flagged**.", "",
+        f"**{counts['flagged']} rows flagged** by {flag_by}.", "",
         "## Accuracy", "", *_accuracy_lines(metrics), "",
     ]
     if counts["errors"] == 0:
-        head += ["**The model made no mistakes on the validation set: there is nothing to explain, and no "
-                 "row is flagged.**", ""]
+        head += ["**The model made no mistakes on the validation set: there is nothing to explain"
+                 + (", and no row is flagged.**" if flag_by == "harm" else ".**"), ""]
     solver = metrics.get("solver", {})
-    head += ["## Harm scores", "", SIGN_NOTE, "",
+    head += ["## Scores", ""]
+    if flag_by != "harm":
+        head += [SCORE_TEXT[flag_by][1], ""]
+    head += [SIGN_NOTE, "",
              f"Solver: {solver.get('name', '?')}, ridge λ = {solver.get('ridge', float('nan')):.4g}"
              + (f", scale {solver['scale']:.4g}" if solver.get("scale") else "") + ".", ""]
     assets = {}
@@ -127,20 +149,24 @@ def render(metrics: dict, top_rows: list[dict], plots: dict[str, bytes]) -> tupl
     for name, png in plots.items():
         assets[f"{name}.png"] = png
         md += [f"![{name}](report_assets/{name}.png)", ""]
-    md += ["## Top flagged training rows", ""]
+    md += [f"## Top flagged training rows (by {flag_by})", ""]
+    own = [] if flag_by == "harm" else [flag_by]
     if not top_rows:
         md += ["No row was flagged.", ""]
     else:
-        md += ["| rank | train id | content | given | predicted | harm score | errors harmed | harms most |",
-               "|---|---|---|---|---|---|---|---|"]
+        header = ["rank", "train id", "content", "given", "predicted", *own, "harm score", "errors harmed",
+                  "harms most"]
+        md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in top_rows:
             if "image_png" in row:
                 assets[f"row_{row['rank']}.png"] = row["image_png"]
                 content = f"![row {row['train_id']}](report_assets/row_{row['rank']}.png)"
             else:
                 content = row["content"].replace("|", "\\|").replace("\n", " ")
-            md.append(f"| {row['rank']} | {row['train_id']} | {content} | {row['given']} | {row['predicted']} | "
-                      f"{row['harm_score']:.4g} | {row['n_errors_harmed']} | {row['harms']} |")
+            cells = [row["rank"], row["train_id"], content, row["given"], row["predicted"],
+                     *(f"{row[FLAG_SCORES[name]]:.4g}" for name in own), f"{row['harm_score']:.4g}",
+                     row["n_errors_harmed"], row["harms"]]
+            md.append("| " + " | ".join(str(c) for c in cells) + " |")
         md.append("")
     md += ["## Run", "", "| stage | seconds |", "|---|---|"]
     md += [f"| {k} | {v:.1f} |" for k, v in metrics.get("timings", {}).items()]

@@ -109,6 +109,7 @@ class Evaluation:
     loss: float
     per_class_accuracy: dict[int, float]
     predictions: np.ndarray
+    losses: np.ndarray  # per row, float64; ``loss`` is their mean
 
     def summary(self) -> dict:
         return {"accuracy": self.accuracy, "loss": self.loss,
@@ -118,7 +119,7 @@ class Evaluation:
 @torch.no_grad()
 def evaluate(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *,
              chunk_size: int = 1024) -> Evaluation:
-    """Accuracy, mean loss and per-class accuracy, in chunks."""
+    """Accuracy, per-row and mean loss, and per-class accuracy, in chunks."""
     preds, losses = [], []
     for rows in chunk_slices(n_rows(inputs), chunk_size):
         logits = adapter.model(adapter.trim_batch(to_device(take(inputs, rows), adapter.device)))
@@ -129,7 +130,8 @@ def evaluate(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *,
     y = labels.cpu().numpy()
     correct = pred == y
     per_class = {int(c): float(correct[y == c].mean()) for c in np.unique(y)}
-    return Evaluation(float(correct.mean()), float(torch.cat(losses).mean()), per_class, pred)
+    row_losses = torch.cat(losses).double().numpy()
+    return Evaluation(float(correct.mean()), float(row_losses.mean()), per_class, pred, row_losses)
 
 
 def _check(loss: torch.Tensor, epoch: int) -> None:

@@ -25,8 +25,8 @@ from prefect.futures import as_completed
 
 import fastif_engine
 from fastif_engine.knn import faiss_build
-from fastif_engine.ranking import harm_scores, rank_and_flag
-from fastif_engine.report import plot_accuracy, plot_harm_distribution, render, thumbnail
+from fastif_engine.ranking import FLAG_SCORES, harm_scores, rank_and_flag
+from fastif_engine.report import plot_accuracy, plot_score_distribution, render, thumbnail
 from fastif_engine.retrain import VARIANTS, summarise
 from fastif_engine.store import file_fingerprint, fingerprint, write_bytes, write_json, write_npy, \
     write_parquet, write_text
@@ -157,19 +157,24 @@ def clean_dataset(config: CleanConfig) -> dict:
             influence = influence.sort_values(["test_pos", "train_index"], kind="stable").reset_index(drop=True)
             n_candidates = int(influence["train_index"].nunique())
     else:
-        logger.info("no misclassified validation examples: nothing to explain, nothing flagged")
+        logger.info("no misclassified validation examples: nothing to explain%s",
+                    ", nothing flagged" if cfg.flag_by == "harm" else "")
 
     with timer.stage("rank + flag"):
-        scores = rank_and_flag(harm_scores(influence, n_train), cfg.flag_rule())
         self_inf = None
-        want_self = cfg.self_influence == "on" or (cfg.self_influence == "auto" and
-                                                    solver_info.get("parameters", 1e9) <= tasks.SELF_INFLUENCE_AUTO_LIMIT)
+        want_self = (cfg.self_influence == "on" or cfg.flag_by == "self-influence"
+                     or (cfg.self_influence == "auto"
+                         and solver_info.get("parameters", 1e9) <= tasks.SELF_INFLUENCE_AUTO_LIMIT))
         if want_self:
             si_key = fingerprint("selfinf", solver_key, cfg.depth, cfg.tolerance)
             si_path = tasks.self_influence_stage(key=si_key, **loaded, solver_path=solver_path, threads=threads,
                                                  **common)
             self_inf = np.load(si_path) if si_path else None
-    flags = _flags_table(ds, scores, predictions, self_inf)
+        scores = harm_scores(influence, n_train)
+        scores["self_influence"] = self_inf if self_inf is not None else np.full(n_train, np.nan)
+        scores["train_loss"] = np.asarray(predictions["train"]["losses"], dtype=np.float64)
+        scores = rank_and_flag(scores, cfg.flag_rule(), by=FLAG_SCORES[cfg.flag_by])
+    flags = _flags_table(ds, scores, predictions)
     influence_table = _influence_table(ds, influence, errors)
 
     retrain = None
@@ -215,17 +220,14 @@ def _class_names(ds, codes) -> list[str]:
     return [str(ds.classes[int(c)]) for c in codes]
 
 
-def _flags_table(ds, scores: pd.DataFrame, predictions: dict, self_inf) -> pd.DataFrame:
+def _flags_table(ds, scores: pd.DataFrame, predictions: dict) -> pd.DataFrame:
     train = ds.splits["train"]
     table = pd.DataFrame({
         "train_id": train.ids,
         "label": _class_names(ds, train.labels),
         "predicted": _class_names(ds, predictions["train"]["predictions"]),
-        "harm_score": scores["harm_score"].to_numpy(),
-        "self_influence": self_inf if self_inf is not None else np.full(len(train), np.nan),
-        "n_errors_harmed": scores["n_errors_harmed"].to_numpy(),
-        "rank": scores["rank"].to_numpy(),
-        "flagged": scores["flagged"].to_numpy(),
+        **{col: scores[col].to_numpy() for col in ("harm_score", "self_influence", "n_errors_harmed", "rank",
+                                                   "flagged", "train_loss")},
     })
     for col in train.extra.columns:  # truth columns of an exported noisy dataset, for scoring
         table[col] = train.extra[col].astype(str).to_numpy() if col == "true_label" else train.extra[col].to_numpy()
@@ -260,6 +262,7 @@ def _metrics(cfg, ds, predictions, errors, flags, n_candidates, solver_info, ret
                    "errors": int(len(errors)), "distinct_candidates": n_candidates,
                    "flagged": int(flags["flagged"].sum()),
                    "harmful": int((flags["harm_score"] > 0).sum())},
+        "flag_by": cfg.flag_by,
         "solver": solver_info,
         "device": str(worker_device(cfg.device)),  # where the flow's own stages (training) ran
         "sign_convention": "influence = -grad L(test)^T (H + ridge I)^-1 grad L(train); positive = harmful",
@@ -280,7 +283,8 @@ def _top_rows(ds, flags: pd.DataFrame, influence: pd.DataFrame, n: int = 20) -> 
         harms = influence[(influence["train_id"] == r["train_id"]) & (influence["influence"] > 0)]
         harms = harms.sort_values("influence", ascending=False).head(3)
         row = {"rank": int(r["rank"]), "train_id": r["train_id"], "given": r["label"], "predicted": r["predicted"],
-               "harm_score": float(r["harm_score"]), "n_errors_harmed": int(r["n_errors_harmed"]),
+               "harm_score": float(r["harm_score"]), "self_influence": float(r["self_influence"]),
+               "train_loss": float(r["train_loss"]), "n_errors_harmed": int(r["n_errors_harmed"]),
                "harms": ", ".join(f"{t} ({v:.3g})" for t, v in zip(harms["test_id"], harms["influence"]))}
         if ds.modality == "image":
             row["image_png"] = thumbnail(train.values[i])
@@ -302,8 +306,12 @@ def _write_outputs(out: Path, cfg, ds, flags, influence, metrics) -> None:
     outputs untouched; the final moves are single renames on the same filesystem.
     """
     plots = {}
+    flagged = flags["flagged"].to_numpy()
+    if metrics["flag_by"] != "harm":
+        plots["flag_scores"] = plot_score_distribution(flags[FLAG_SCORES[metrics["flag_by"]]].to_numpy(), flagged,
+                                                       metrics["flag_by"])
     if (flags["harm_score"] != 0).any():
-        plots["harm_scores"] = plot_harm_distribution(flags["harm_score"].to_numpy(), flags["flagged"].to_numpy())
+        plots["harm_scores"] = plot_score_distribution(flags["harm_score"].to_numpy(), flagged, "harm")
     if metrics["accuracy"]["retrain"]:
         plots["accuracy"] = plot_accuracy(metrics["accuracy"]["retrain"]["summary"])
     markdown, html, assets = render(metrics, _top_rows(ds, flags, influence), plots)
@@ -328,8 +336,9 @@ def _write_outputs(out: Path, cfg, ds, flags, influence, metrics) -> None:
     create_markdown_artifact(markdown=_artifact_markdown(markdown), key="fastif-report",
                              description=f"fastif cleaning report for {cfg.train}")
     top = flags[flags["flagged"]].sort_values("rank").head(50)
-    create_table_artifact(table=json.loads(top.drop(columns=["self_influence"]).to_json(orient="records")),
-                          key="fastif-flags", description="top flagged training rows (positive harm = harmful)")
+    create_table_artifact(table=json.loads(top.dropna(axis="columns", how="all").to_json(orient="records")),
+                          key="fastif-flags", description=f"top flagged training rows, by {metrics['flag_by']} "
+                                                          "(positive harm = harmful)")
 
 
 def _artifact_markdown(markdown: str) -> str:

@@ -60,9 +60,12 @@ def _add_clean_options(p: argparse.ArgumentParser) -> None:
                    help="if LiSSA diverges, retry with 10× the scale, logged (off: the scale is never changed)")
     g.add_argument("--self-influence", choices=["auto", "on", "off"])
     g = p.add_argument_group("flags and retraining")
+    g.add_argument("--flag-by", choices=["harm", "self-influence", "loss"],
+                   help="score that ranks and flags rows (default harm: the rows behind the validation errors; "
+                        "self-influence or loss to hunt mislabelled rows, see docs/BENCHMARKS.md)")
     g.add_argument("--flag-fraction", type=float, help="flag this fraction of training rows (default 0.1)")
-    g.add_argument("--flag-top", type=int, help="flag the N most harmful rows")
-    g.add_argument("--flag-threshold", type=float, help="flag every row with harm score above this")
+    g.add_argument("--flag-top", type=int, help="flag the N top-scoring rows")
+    g.add_argument("--flag-threshold", type=float, help="flag every row whose score is above this")
     g.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=None,
                    help="retrain without the flags (and a random control) and report the accuracy change")
     g.add_argument("--seeds", type=int, help="retrain seeds (default 3)")
@@ -77,7 +80,7 @@ def _add_clean_options(p: argparse.ArgumentParser) -> None:
 
 CLEAN_KEYS = ("train", "valid", "test", "out", "label_column", "id_column", "text_column", "image_column",
               "feature_columns", "model", "seed", "k", "index", "solver", "depth", "repeats", "batch_size",
-              "damping", "scale", "tolerance", "scale_sweep", "self_influence", "flag_fraction", "flag_top", "flag_threshold",
+              "damping", "scale", "tolerance", "scale_sweep", "self_influence", "flag_by", "flag_fraction", "flag_top", "flag_threshold",
               "retrain", "seeds", "runner", "dask_address", "ray_address", "device", "workers", "tests_per_batch", "chunk_size")
 
 

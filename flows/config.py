@@ -46,6 +46,9 @@ class CleanConfig(BaseModel):
     self_influence: Literal["auto", "on", "off"] = Field(
         "auto", description="second score per training row; auto: only for ≤ 4,096 differentiated parameters")
 
+    flag_by: Literal["harm", "self-influence", "loss"] = Field(
+        "harm", description="score that ranks and flags rows: harm to the validation errors (explains "
+                            "errors), or self-influence / own training loss (mislabel hunting)")
     flag_fraction: Optional[float] = Field(None, ge=0.0, le=1.0)
     flag_top: Optional[int] = Field(None, ge=0)
     flag_threshold: Optional[float] = None
@@ -66,6 +69,8 @@ class CleanConfig(BaseModel):
         given = [v is not None for v in (self.flag_fraction, self.flag_top, self.flag_threshold)]
         if sum(given) > 1:
             raise ValueError("give only one of flag_fraction, flag_top, flag_threshold")
+        if self.flag_by == "self-influence" and self.self_influence == "off":
+            raise ValueError("flag_by: self-influence needs self_influence on or auto")
         if self.dask_address and self.runner != "dask":
             raise ValueError("dask_address needs runner: dask")
         if self.ray_address and self.runner != "ray":

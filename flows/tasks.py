@@ -214,8 +214,10 @@ def search_neighbours(cfg: CleanConfig, cache: str, key: str, features_path: str
 @_stage_task("find errors")
 def find_errors(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
                 model_path: str) -> str:
-    """Predict on validation (and test); the misclassified validation rows are the errors."""
-    path = StageCache(cache).path("errors", key, "json")
+    """Predict on validation (and test); the misclassified validation rows are the errors.
+
+    Training rows also keep their own loss under the fitted model (``flag_by: loss``)."""
+    path = StageCache(cache).path("predictions", key, "json")
     if _reused(path, "find errors"):
         return str(path)
     adapter = load_adapter(cfg, dataset_path, model_path)
@@ -224,6 +226,8 @@ def find_errors(cfg: CleanConfig, cache: str, key: str, dataset_path: str, input
     for split in [s for s in ("valid", "test", "train") if s in blob]:
         ev = evaluate(adapter, blob[split], torch.as_tensor(blob["labels"][split]))
         out[split] = {**ev.summary(), "predictions": ev.predictions.tolist()}
+        if split == "train":
+            out[split]["losses"] = ev.losses.tolist()
     wrong = np.flatnonzero(np.asarray(out["valid"]["predictions"]) != blob["labels"]["valid"])
     out["errors"] = wrong.tolist()
     write_json(path, out)
@@ -350,7 +354,7 @@ def self_influence_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: s
                                   SELF_INFLUENCE_RANK, flat.size)
         scores = self_influence(adapter, x, y, solver, chunk_size=cfg.chunk_size, flat=flat)
     except (SolverSetupError, LissaDivergenceError) as exc:
-        if cfg.self_influence == "on":
+        if cfg.self_influence == "on" or cfg.flag_by == "self-influence":
             raise
         get_run_logger().warning("self-influence skipped: %s", exc)
         return None

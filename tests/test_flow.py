@@ -116,7 +116,7 @@ def test_report_html_is_readable(tabular_run):
     report = _Report()
     report.feed((tabular_run / "report.html").read_text())
     assert report.headings[:2] == ["fastif cleaning report", "Accuracy"]
-    assert "Top flagged training rows" in report.headings
+    assert "Top flagged training rows (by harm)" in report.headings
     assert len(report.images) == 2 and all(src.startswith("data:image/png;base64,") for src in report.images)
     assert report.rows >= 21  # header + 20 top rows (+ the timing table)
     assert any(c.startswith("mean_radius=") for c in report.cells)  # rows shown by their content
@@ -170,15 +170,38 @@ def test_exact_and_lissa_agree(tabular, tmp_path):
     assert np.corrcoef(merged["influence_x"], merged["influence_y"])[0, 1] >= 0.99
 
 
-def test_self_influence_of_a_large_model_finds_flipped_labels(tabular, tmp_path):
-    """13k parameters: above the exact solver's limit, so the rank-32 Lanczos inverse is used."""
+def _flipped(tabular, flags):
+    return pd.read_parquet(tabular["train"]).set_index("id").loc[flags["train_id"], "noisy"].to_numpy()
+
+
+def test_flag_by_self_influence_of_a_large_model_finds_flipped_labels(tabular, tmp_path):
+    """13k parameters: above the exact solver's limit, so the rank-32 Lanczos inverse is used;
+    --flag-by self-influence turns self-influence on and flags its top 10%."""
     from sklearn.metrics import roc_auc_score
 
-    assert clean(tabular, tmp_path, "--self-influence", "on", "--model-option", "hidden=400") == 0
+    assert clean(tabular, tmp_path, "--flag-by", "self-influence", "--model-option", "hidden=400") == 0
     flags = pd.read_parquet(tmp_path / "flags.parquet")
-    flipped = pd.read_parquet(tabular["train"]).set_index("id").loc[flags["train_id"], "noisy"].to_numpy()
+    flipped = _flipped(tabular, flags)
     assert flags["self_influence"].notna().all() and (flags["self_influence"] >= 0).all()
     assert roc_auc_score(flipped, flags["self_influence"]) >= 0.8
+    top = flags.sort_values("self_influence", ascending=False).head(34)
+    assert flags["flagged"].sum() == 34 and set(top["train_id"]) == set(flags.loc[flags["flagged"], "train_id"])
+    assert flipped[flags["flagged"]].mean() >= 0.5  # 10% of rows are flipped: random flags hold ~0.1
+    assert json.loads((tmp_path / "metrics.json").read_text())["flag_by"] == "self-influence"
+    assert "## Top flagged training rows (by self-influence)" in (tmp_path / "report.md").read_text()
+
+
+def test_flag_by_loss_flags_the_rows_the_model_disagrees_with(tabular, tmp_path):
+    assert clean(tabular, tmp_path, "--flag-by", "loss", "--self-influence", "off", model="tabular-logreg") == 0
+    flags = pd.read_parquet(tmp_path / "flags.parquet")
+    assert flags["self_influence"].isna().all() and (flags["train_loss"] > 0).all()
+    # a row whose given label the model does not predict has a loss above log 2 (two classes)
+    disagree = (flags["label"] != flags["predicted"]).to_numpy()
+    assert (flags.loc[disagree, "train_loss"] > np.log(2)).all() and (flags.loc[~disagree, "train_loss"] < np.log(2)).all()
+    assert flags.loc[flags["flagged"], "rank"].max() == flags["flagged"].sum() == 34
+    assert _flipped(tabular, flags)[flags["flagged"]].mean() >= 0.5
+    report = (tmp_path / "report.md").read_text()
+    assert "own training loss" in report and "report_assets/flag_scores.png" in report
 
 
 def test_tiny_scale_fails_with_a_clear_message(tabular, tmp_path, capsys):

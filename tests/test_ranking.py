@@ -1,0 +1,41 @@
+"""Ranking and flagging rules on small hand-made score tables (exact answers)."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from fastif_engine.ranking import FlagRule, harm_scores, rank_and_flag
+
+
+def test_harm_sums_influence_per_row_and_counts_harmed_errors():
+    influence = pd.DataFrame({"test_pos": [0, 0, 1, 1], "train_index": [2, 0, 2, 3],
+                              "influence": [0.5, -1.0, 0.25, 0.0]})
+    scores = harm_scores(influence, n_train=5)
+    np.testing.assert_allclose(scores["harm_score"], [-1.0, 0.0, 0.75, 0.0, 0.0])
+    assert scores["n_errors_harmed"].tolist() == [0, 0, 2, 0, 0]
+    assert scores["n_errors_candidate"].tolist() == [1, 0, 2, 1, 0]
+
+
+def test_rank_by_another_score_and_flag_its_top():
+    scores = pd.DataFrame({"harm_score": [3.0, 0.0, -1.0, 2.0], "train_loss": [0.1, 2.0, 0.7, 0.7]})
+    out = rank_and_flag(scores, FlagRule(fraction=None, top=2), by="train_loss")
+    assert out["rank"].tolist() == [4, 1, 2, 3]  # the tie at 0.7 goes to the earlier row
+    assert out["flagged"].tolist() == [False, True, True, False]
+    by_harm = rank_and_flag(scores, FlagRule(fraction=None, top=3))
+    assert by_harm["rank"].tolist() == [1, 3, 4, 2]
+    assert by_harm["flagged"].tolist() == [True, False, False, True]  # harm ≤ 0 is never flagged
+
+
+def test_threshold_and_fraction_rules():
+    scores = pd.DataFrame({"self_influence": [0.2, 5.0, 1.5, 0.0, 3.0]})
+    assert rank_and_flag(scores, FlagRule(fraction=None, threshold=1.0), by="self_influence")["flagged"].tolist() \
+        == [False, True, True, False, True]
+    assert rank_and_flag(scores, FlagRule(fraction=0.4), by="self_influence")["flagged"].tolist() \
+        == [False, True, False, False, True]
+
+
+def test_unscored_rows_cannot_be_ranked():
+    scores = pd.DataFrame({"self_influence": [0.2, np.nan]})
+    with pytest.raises(ValueError, match="1 rows have no score"):
+        rank_and_flag(scores, FlagRule(), by="self_influence")
+    with pytest.raises(KeyError, match="no 'train_loss' column"):
+        rank_and_flag(scores, FlagRule(), by="train_loss")
