@@ -1,0 +1,131 @@
+"""`fastif clean --flag-by harm | self-influence | loss`, end to end through the command line.
+
+    python benchmarks/flag_by.py --dataset digits --seeds 0 1 2
+    python benchmarks/flag_by.py --dataset fashion-mnist --max-train 10000 --seeds 0 1 2 --retrain-seeds 2
+    python benchmarks/flag_by.py --summary
+
+Per noise seed: ``fastif datasets export NAME --noise 0.1 --seed S``, then one ``fastif clean
+--retrain --seeds R`` per flag score into the same ``--out`` folder, so the cached stages
+(training, solver, s_test, influence) are shared and only ranking and retraining differ.
+Reported from each run's own outputs: how many of the flagged rows are flipped (flags.parquet
+keeps the export's ``noisy`` column), and the retrained test accuracy without the flags vs
+with all rows vs without as many random rows (metrics.json, mean over the R retrain seeds).
+This is the product path; ``cleaning.py`` scores the same rows with engine calls and adds
+cleanlab.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+SCORES = ("harm", "self-influence", "loss")
+# dataset → the clean settings cleaning.py uses for it
+SETTINGS = {
+    "digits": ["--model", "tabular-logreg", "--solver", "exact", "--k", "200"],
+    "fashion-mnist": ["--model", "image-cnn", "--k", "1000", "--depth", "300"],
+    "rotten-tomatoes": ["--model", "text-minilm", "--k", "200", "--depth", "100", "--damping", "0.05"],
+}
+
+
+def fastif(*args: str) -> None:
+    cmd = [sys.executable, "-m", "flows.cli", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stderr[-2000:]}")
+
+
+def as_feature_columns(data: Path) -> None:
+    """Rewrite exported image splits as one numeric column per pixel (what a tabular user has)."""
+    import numpy as np
+
+    from fastif_engine.data import load_dataset
+
+    paths = {split: str(data / f"{split}.parquet") for split in ("train", "valid", "test")}
+    ds = load_dataset(paths)
+    for split, path in paths.items():
+        frame = pd.read_parquet(path)
+        pixels = ds.splits[split].values.reshape(len(frame), -1).astype(np.float32)
+        table = pd.DataFrame(pixels, columns=[f"px{i}" for i in range(pixels.shape[1])])
+        keep = frame.drop(columns=[c for c in frame.columns if c == "image"])
+        pd.concat([keep.reset_index(drop=True), table], axis=1).to_parquet(path, index=False)
+
+
+def one_seed(dataset: str, seed: int, max_train: int | None, retrain_seeds: int, work: Path) -> list[dict]:
+    data = work / f"data-{seed}"
+    export = ["datasets", "export", dataset, "--out", str(data), "--noise", "0.1", "--seed", str(seed)]
+    fastif(*export, *(["--max-train", str(max_train)] if max_train else []))
+    if SETTINGS[dataset][1].startswith("tabular"):
+        as_feature_columns(data)
+    rows = []
+    for score in SCORES:
+        out = work / f"run-{seed}"
+        t0 = time.perf_counter()
+        fastif("clean", "--train", str(data / "train.parquet"), "--valid", str(data / "valid.parquet"),
+               "--test", str(data / "test.parquet"), "--out", str(out), *SETTINGS[dataset], "--flag-by", score,
+               "--self-influence", "on", "--retrain", "--seeds", str(retrain_seeds), "--seed", str(seed))
+        seconds = time.perf_counter() - t0
+        flags = pd.read_parquet(out / "flags.parquet")
+        acc = json.loads((out / "metrics.json").read_text())["accuracy"]["retrain"]["summary"]
+        flagged = flags["flagged"].to_numpy()
+        rows.append({"dataset": dataset, "seed": seed, "flag_by": score, "retrain_seeds": retrain_seeds,
+                     "train_rows": len(flags),
+                     "flipped": int(flags["noisy"].sum()), "flagged": int(flagged.sum()),
+                     "flipped_in_flags": int(flags.loc[flagged, "noisy"].sum()),
+                     "accuracy": {k: acc[k]["mean"] for k in ("original", "cleaned", "random")},
+                     "seconds": round(seconds, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def summary(results: Path) -> None:
+    for path in sorted(results.glob("flag_by-*.json")):
+        rows = json.loads(path.read_text())
+        r0 = rows[0]
+        seeds = sorted({r["seed"] for r in rows})
+        print(f"\n#### {r0['dataset']}: {r0['train_rows']} training rows, {r0['flipped']} flipped, "
+              f"{len(seeds)} noise seeds × {r0.get('retrain_seeds', 3)} retrain seeds\n")
+        print("| --flag-by | flipped share of the flags | test accuracy without the flags | all rows | "
+              "without as many random rows |\n|---|---|---|---|---|")
+        for score in SCORES:
+            mine = [r for r in rows if r["flag_by"] == score]
+            if not mine:
+                continue
+            cells = [[r["flipped_in_flags"] / max(r["flagged"], 1) for r in mine]]
+            cells += [[r["accuracy"][k] for r in mine] for k in ("cleaned", "original", "random")]
+            print(f"| {score} | " + " | ".join(_ms(c) for c in cells) + " |")
+
+
+def _ms(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", choices=list(SETTINGS), default="digits")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--max-train", type=int, default=None)
+    ap.add_argument("--retrain-seeds", type=int, default=3)
+    ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--summary", action="store_true", help="only print tables from saved results")
+    args = ap.parse_args()
+    if not args.summary:
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for seed in args.seeds:
+                rows += one_seed(args.dataset, seed, args.max_train, args.retrain_seeds, Path(tmp))
+        args.results.mkdir(parents=True, exist_ok=True)
+        (args.results / f"flag_by-{args.dataset}.json").write_text(json.dumps(rows, indent=1))
+    summary(args.results)
+
+
+if __name__ == "__main__":
+    main()
