@@ -2,7 +2,8 @@
 
 load + validate → prepare inputs → train → features → FAISS index → find errors → resolve
 solver → s_test (batches × repeats, in parallel) → kNN candidates → influence (candidate parts,
-in parallel) → rank + flag (+ self-influence) → retrain (optional) → report.
+in parallel) → self-influence (optional) → rank + flag by ``flag_by`` (harm, self-influence or
+the row's own training loss) → retrain (optional) → report.
 """
 from __future__ import annotations
 

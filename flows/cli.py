@@ -80,8 +80,9 @@ def _add_clean_options(p: argparse.ArgumentParser) -> None:
 
 CLEAN_KEYS = ("train", "valid", "test", "out", "label_column", "id_column", "text_column", "image_column",
               "feature_columns", "model", "seed", "k", "index", "solver", "depth", "repeats", "batch_size",
-              "damping", "scale", "tolerance", "scale_sweep", "self_influence", "flag_by", "flag_fraction", "flag_top", "flag_threshold",
-              "retrain", "seeds", "runner", "dask_address", "ray_address", "device", "workers", "tests_per_batch", "chunk_size")
+              "damping", "scale", "tolerance", "scale_sweep", "self_influence", "flag_by", "flag_fraction", "flag_top",
+              "flag_threshold", "retrain", "seeds", "runner", "dask_address", "ray_address", "device", "workers",
+              "tests_per_batch", "chunk_size")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,7 +203,8 @@ def _clean(args: argparse.Namespace) -> int:
 def _print_summary(cfg, metrics: dict, seconds: float) -> None:
     c = metrics["counts"]
     print(f"\n{c['errors']} of {c['valid']} validation rows misclassified; {c['distinct_candidates']} training "
-          f"rows scored; {c['flagged']} of {c['train']} flagged (positive harm = harmful).")
+          f"rows scored; {c['flagged']} of {c['train']} flagged by {metrics['flag_by']}"
+          + (" (positive harm = harmful)." if metrics["flag_by"] == "harm" else "."))
     retrain = metrics["accuracy"]["retrain"]
     if retrain:
         s = retrain["summary"]
@@ -210,7 +212,25 @@ def _print_summary(cfg, metrics: dict, seconds: float) -> None:
               f"± {s['original']['std']:.4f} → cleaned {s['cleaned']['mean']:.4f} ± {s['cleaned']['std']:.4f} "
               f"({s['cleaned']['mean'] - s['original']['mean']:+.4f}); random removal {s['random']['mean']:.4f} "
               f"± {s['random']['std']:.4f}")
+    _print_flipped_found(Path(cfg.out) / "flags.parquet", metrics["flag_by"])
     print(f"report: {Path(cfg.out) / 'report.html'} (finished in {seconds:.0f} s)")
+
+
+def _print_flipped_found(flags_path: Path, flag_by: str) -> None:
+    """For data exported with ``--noise`` (a ``noisy`` column): how many flipped rows the flags hold."""
+    import pandas as pd
+
+    flags = pd.read_parquet(flags_path)
+    if "noisy" not in flags.columns or not flags["noisy"].any():
+        return
+    n_flagged, flipped = int(flags["flagged"].sum()), int(flags["noisy"].sum())
+    found = int(flags.loc[flags["flagged"], "noisy"].sum())
+    line = (f"flipped labels among the flags: {found} of {flipped} ({found / flipped:.0%}; as many random flags "
+            f"would hold {n_flagged / len(flags):.0%})")
+    if flag_by != "loss":
+        by_loss = int(flags.nlargest(n_flagged, "train_loss")["noisy"].sum())
+        line += f"; the {n_flagged} rows with the highest own training loss (--flag-by loss) hold {by_loss}"
+    print(line)
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -234,14 +254,6 @@ def _demo(args: argparse.Namespace) -> int:
                       **DEMO_SETTINGS)
     metrics = _run_clean(cfg)
     _print_summary(cfg, metrics, time.perf_counter() - t0)
-    import pandas as pd
-
-    flags = pd.read_parquet(Path(args.out) / "flags.parquet")
-    if "noisy" in flags.columns and flags["noisy"].any():
-        found = flags.loc[flags["flagged"], "noisy"].sum()
-        print(f"flipped labels among the flags: {found} of {int(flags['noisy'].sum())} "
-              f"({found / flags['noisy'].sum():.0%}; flagging {flags['flagged'].mean():.0%} of rows at random "
-              f"would find {flags['flagged'].mean():.0%})")
     return 0
 
 

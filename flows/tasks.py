@@ -335,7 +335,8 @@ def influence_part(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
 def self_influence_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
                          model_path: str, solver_path: str, threads: int) -> str | None:
     """∇L(z)ᵀ(H + λI)⁻¹∇L(z) per training row. Under ``auto`` an indefinite Hessian (the model
-    is not at a minimum) skips this second score with a warning instead of failing the run."""
+    is not at a minimum) skips this second score with a warning instead of failing the run,
+    unless it is the score that flags rows (``flag_by: self-influence``)."""
     path = StageCache(cache).path("selfinf", key, "npy")
     if _reused(path, "self-influence"):
         return str(path)

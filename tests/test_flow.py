@@ -191,9 +191,11 @@ def test_flag_by_self_influence_of_a_large_model_finds_flipped_labels(tabular, t
     assert "## Top flagged training rows (by self-influence)" in (tmp_path / "report.md").read_text()
 
 
-def test_flag_by_loss_flags_the_rows_the_model_disagrees_with(tabular, tmp_path):
+def test_flag_by_loss_flags_the_rows_the_model_disagrees_with(tabular, tmp_path, capsys):
     assert clean(tabular, tmp_path, "--flag-by", "loss", "--self-influence", "off", model="tabular-logreg") == 0
     flags = pd.read_parquet(tmp_path / "flags.parquet")
+    found = int(_flipped(tabular, flags)[flags["flagged"]].sum())
+    assert f"flipped labels among the flags: {found} of 34 (" in capsys.readouterr().out
     assert flags["self_influence"].isna().all() and (flags["train_loss"] > 0).all()
     # a row whose given label the model does not predict has a loss above log 2 (two classes)
     disagree = (flags["label"] != flags["predicted"]).to_numpy()
