@@ -23,7 +23,7 @@ FLAG_SCORES = {"harm": "harm_score", "self-influence": "self_influence", "loss":
 
 @dataclass(frozen=True)
 class FlagRule:
-    """One of: ``fraction`` of training rows, ``top`` N rows, or every row with harm > ``threshold``."""
+    """One of: ``fraction`` of training rows, ``top`` N rows, or every row scoring > ``threshold``."""
 
     fraction: float | None = 0.1
     top: int | None = None
