@@ -26,13 +26,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from cleaning import SETUPS
+
 SCORES = ("harm", "self-influence", "loss")
-# dataset → the clean settings cleaning.py uses for it
-SETTINGS = {
-    "digits": ["--model", "tabular-logreg", "--solver", "exact", "--k", "200"],
-    "fashion-mnist": ["--model", "image-cnn", "--k", "1000", "--depth", "300"],
-    "rotten-tomatoes": ["--model", "text-minilm", "--k", "200", "--depth", "100", "--damping", "0.05"],
-}
+
+
+def clean_settings(dataset: str) -> list[str]:
+    """The ``fastif clean`` options for the model, k and solver that cleaning.py uses on ``dataset``."""
+    model, _, k, solver, lissa = SETUPS[dataset]
+    return ["--model", model, "--solver", solver, "--k", str(k), "--depth", str(lissa.depth),
+            "--damping", str(lissa.damping)]
 
 
 def fastif(*args: str) -> None:
@@ -54,22 +57,21 @@ def as_feature_columns(data: Path) -> None:
         frame = pd.read_parquet(path)
         pixels = ds.splits[split].values.reshape(len(frame), -1).astype(np.float32)
         table = pd.DataFrame(pixels, columns=[f"px{i}" for i in range(pixels.shape[1])])
-        keep = frame.drop(columns=[c for c in frame.columns if c == "image"])
-        pd.concat([keep.reset_index(drop=True), table], axis=1).to_parquet(path, index=False)
+        pd.concat([frame.drop(columns="image").reset_index(drop=True), table], axis=1).to_parquet(path, index=False)
 
 
 def one_seed(dataset: str, seed: int, max_train: int | None, retrain_seeds: int, work: Path) -> list[dict]:
     data = work / f"data-{seed}"
     export = ["datasets", "export", dataset, "--out", str(data), "--noise", "0.1", "--seed", str(seed)]
     fastif(*export, *(["--max-train", str(max_train)] if max_train else []))
-    if SETTINGS[dataset][1].startswith("tabular"):
+    if SETUPS[dataset][0].startswith("tabular"):
         as_feature_columns(data)
     rows = []
     for score in SCORES:
         out = work / f"run-{seed}"
         t0 = time.perf_counter()
         fastif("clean", "--train", str(data / "train.parquet"), "--valid", str(data / "valid.parquet"),
-               "--test", str(data / "test.parquet"), "--out", str(out), *SETTINGS[dataset], "--flag-by", score,
+               "--test", str(data / "test.parquet"), "--out", str(out), *clean_settings(dataset), "--flag-by", score,
                "--self-influence", "on", "--retrain", "--seeds", str(retrain_seeds), "--seed", str(seed))
         seconds = time.perf_counter() - t0
         flags = pd.read_parquet(out / "flags.parquet")
@@ -110,7 +112,7 @@ def _ms(values: list[float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dataset", choices=list(SETTINGS), default="digits")
+    ap.add_argument("--dataset", choices=list(SETUPS), default="digits")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--max-train", type=int, default=None)
     ap.add_argument("--retrain-seeds", type=int, default=3)

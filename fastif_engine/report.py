@@ -138,11 +138,10 @@ def render(metrics: dict, top_rows: list[dict], plots: dict[str, bytes]) -> tupl
         head += ["**The model made no mistakes on the validation set: there is nothing to explain"
                  + (", and no row is flagged.**" if flag_by == "harm" else ".**"), ""]
     solver = metrics.get("solver", {})
-    head += ["## Scores", ""]
-    if flag_by != "harm":
-        head += [SCORE_TEXT[flag_by][1], ""]
-    head += [SIGN_NOTE, "",
-             f"Solver: {solver.get('name', '?')}, ridge λ = {solver.get('ridge', float('nan')):.4g}"
+    head += ["## Scores", "", SCORE_TEXT[flag_by][1], ""]
+    if flag_by != "harm":  # harm's own note is the sign convention; other scores still show harm
+        head += [SIGN_NOTE, ""]
+    head += [f"Solver: {solver.get('name', '?')}, ridge λ = {solver.get('ridge', float('nan')):.4g}"
              + (f", scale {solver['scale']:.4g}" if solver.get("scale") else "") + ".", ""]
     assets = {}
     md = list(head)
