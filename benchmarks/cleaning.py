@@ -1,24 +1,35 @@
-"""Finding flipped labels: fastif's scores side by side with cleanlab, then remove-and-retrain.
+"""Finding flipped labels and fixing them: fastif's scores side by side with cleanlab.
 
-    python benchmarks/cleaning.py --datasets digits fashion-mnist rotten-tomatoes --seeds 0 1 2
+    python benchmarks/cleaning.py --datasets digits fashion-mnist --noise-modes uniform class-conditional \
+        --seeds 0 1 2
     python benchmarks/cleaning.py --summary          # markdown tables from the saved results
 
-Per dataset and seed: export with 10% of training labels flipped (uniform, that seed), train
-the built-in model on the noisy labels, then score every training row by
+Per dataset, noise kind and seed: export with noisy training labels (``uniform``: 10% of rows to
+a random other class; ``class-conditional``: 30% of half the classes' rows, of one class when
+there are two, labelled as one other class each), train the built-in model on them, then score
+every training row by
 
-* ``harm``      fastif's flag score: influence summed over the misclassified validation rows
-                whose k nearest neighbours include the row (positive = harmful)
-* ``helpful``   the same sum with the sign turned (rows that most *lower* the errors' losses)
+* ``harm``       influence summed over the misclassified validation rows whose k nearest
+                 neighbours include the row (FastIF's per-error scores; positive = harmful)
+* ``harm-norm``  the same with each error's scores divided by its largest |score| (each
+                 error counts once)
+* ``net-harm``   influence on the whole validation loss (errors and correct rows), from 10
+                 fold s_tests (fastif_engine.net_harm); ``net-t`` its fold t-statistic
 * ``self-influence``  ∇L(z)ᵀ(H + λI)⁻¹∇L(z), same ridge λ (exact inverse for small models,
-                rank-32 Lanczos above 10k parameters)
-* ``loss``      the row's own training loss under the fitted model (a one-line baseline)
-* ``cleanlab``  confident learning: 1 − self-confidence of out-of-sample probabilities from
-                3-fold cross-validation with the same model and recipe
+                 rank-32 Lanczos above 10k parameters)
+* ``loss``       the row's own training loss under the fitted model
+* ``combined``   mean percentile rank of net-harm and loss (fastif's default flag score)
+* ``cleanlab``   confident learning: 1 − self-confidence of out-of-sample probabilities from
+                 3-fold cross-validation with the same model and recipe
 
 and report recall of the flipped rows in each score's top 5/10/20% and the AUROC. Then retrain
-with the same recipe on: the true labels, the noisy labels, and the noisy labels minus the top
-10% of each score or minus 10% random rows; test accuracy on the (clean) test split. One JSON
-per (dataset, seed) under ``--results``; the pipeline stages are the engine calls the flow makes.
+with the same recipe (seed = noise seed, so every variant of a seed is paired) on: the true
+labels; the noisy labels; the noisy labels with a score's flags (top 10%, and only rows whose
+net-harm t ≥ 2, as the product flags) removed, or relabelled to what a model trained without
+them predicts for them; without
+as many random rows; without cleanlab's or the own loss's top 10%. Test accuracy on the clean
+test split. One JSON per (dataset, noise, seed) under ``--results``; the stages are the engine
+calls the flow makes.
 """
 from __future__ import annotations
 
@@ -39,19 +50,25 @@ from fastif_engine.batching import take
 from fastif_engine.data import load_dataset
 from fastif_engine.datasets import export
 from fastif_engine.influence import self_influence
-from fastif_engine.ranking import harm_scores
+from fastif_engine.net_harm import net_harm
+from fastif_engine.ranking import harm_scores, rank_fusion
 from fastif_engine.solvers import EXACT_MAX_PARAMS, ExactSolver, LissaSettings, LowRankSolver
 from fastif_engine.training import evaluate
+from fastif_engine.verdict import paired_ci
 
 from _shared import model_for
 
 # dataset → (model, training rows kept, k, solver, LiSSA settings)
 SETUPS = {
     "digits": ("tabular-logreg", None, 200, "exact", LissaSettings(depth=1, damping=0.01)),
-    "fashion-mnist": ("image-cnn", 10_000, 1000, "lissa", LissaSettings(depth=300, damping=0.01)),
-    "rotten-tomatoes": ("text-minilm", 2_000, 200, "lissa", LissaSettings(depth=100, damping=0.05)),
+    "breast-cancer": ("tabular-mlp", None, 200, "exact", LissaSettings(depth=1, damping=0.1)),
+    "fashion-mnist": ("image-cnn", 10_000, 1000, "lissa", LissaSettings(depth=300, batch_size=16, damping=0.01)),
+    "rotten-tomatoes": ("text-minilm", 2_000, 200, "lissa", LissaSettings(depth=100, batch_size=4, damping=0.05)),
 }
-SCORES = ("harm", "helpful", "self-influence", "loss", "cleanlab")
+NOISE = {"uniform": 0.1, "class-conditional": 0.3}  # noise kind → rate
+SCORES = ("harm", "harm-norm", "net-harm", "net-t", "self-influence", "loss", "combined", "cleanlab")
+FLAGGED = ("net-harm", "combined")  # scores whose evidence-floored flags are removed / relabelled
+MIN_EVIDENCE = 2.0  # net-harm t a flag needs (the product's default flag_evidence)
 BUDGETS = (0.05, 0.10, 0.20)
 REMOVAL = 0.10  # share of training rows removed before retraining (= the share flipped)
 
@@ -83,12 +100,13 @@ def row_losses(model, x, y, chunk: int = 512) -> np.ndarray:
     return np.concatenate(out)
 
 
-def run(dataset: str, seed: int, workdir: Path) -> dict:
+def run(dataset: str, mode: str, seed: int, workdir: Path) -> dict:
     from cleanlab.rank import get_label_quality_scores
 
     model_name, max_train, k, solver_name, lissa = SETUPS[dataset]
     lissa = LissaSettings(**{**lissa.__dict__, "seed": seed})
-    paths = export(dataset, workdir / f"{dataset}-{seed}", noise=0.1, seed=seed, max_train=max_train)
+    paths = export(dataset, workdir / f"{dataset}-{mode}-{seed}", noise=NOISE[mode], noise_mode=mode, seed=seed,
+                   max_train=max_train)
     ds = load_dataset({s: str(p) for s, p in paths.items()})
     train = ds.splits["train"]
     flipped = train.extra["noisy"].to_numpy().astype(bool)
@@ -106,7 +124,15 @@ def run(dataset: str, seed: int, workdir: Path) -> dict:
     fi = FastIF(model, x["train"], y["train"], solver=solver_name, lissa=lissa, k=min(k, len(train)))
     table = fi.influence(take(x["valid"], wrong), y["valid"][wrong])
     harm = harm_scores(table, len(train))["harm_score"].to_numpy()
+    peak = table.groupby("test_pos")["influence"].transform(lambda v: v.abs().max()).to_numpy()
+    harm_norm = harm_scores(table.assign(influence=table["influence"] / np.where(peak > 0, peak, 1.0)),
+                            len(train))["harm_score"].to_numpy()
     timings["influence"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    net = net_harm(model, x["train"], y["train"], x["valid"], y["valid"], fi.solver, seed=seed, chunk_size=64,
+                   flat=fi.flat)
+    timings["net-harm"] = time.perf_counter() - t
 
     t = time.perf_counter()
     if fi.flat.size <= EXACT_MAX_PARAMS:
@@ -124,53 +150,85 @@ def run(dataset: str, seed: int, workdir: Path) -> dict:
     cl = 1.0 - get_label_quality_scores(train.labels, probs, method="self_confidence")
     timings["cleanlab"] = time.perf_counter() - t
 
-    scores = {"harm": harm, "helpful": -harm, "self-influence": selfinf, "loss": losses, "cleanlab": cl}
+    scores = {"harm": harm, "harm-norm": harm_norm, "net-harm": net.score, "net-t": net.t,
+              "self-influence": selfinf, "loss": losses, "combined": rank_fusion(net.score, losses),
+              "cleanlab": cl}
     n = len(train)
+    top = {name: np.lexsort((np.arange(n), -s)) for name, s in scores.items()}
     detection = {}
     for name, s in scores.items():
-        order = np.lexsort((np.arange(n), -s))
-        detection[name] = {"auroc": float(roc_auc_score(flipped, s)),
-                           **{f"recall@{int(b * 100)}%": float(flipped[order[:round(b * n)]].sum() / flipped.sum())
+        finite = np.where(np.isfinite(s), s, np.sign(s) * 1e300)
+        detection[name] = {"auroc": float(roc_auc_score(flipped, finite)),
+                           **{f"recall@{int(b * 100)}%": float(flipped[top[name][:round(b * n)]].sum() / flipped.sum())
                               for b in BUDGETS}}
 
     budget = round(REMOVAL * n)
-    removals = {name: np.lexsort((np.arange(n), -scores[name]))[:budget] for name in ("harm", "self-influence", "cleanlab")}
-    removals["random"] = np.random.default_rng(10_000 + seed).choice(n, budget, replace=False)
+    evident = net.t >= MIN_EVIDENCE
+    flags = {name: np.array([i for i in top[name][:budget] if evident[i] and scores[name][i] > 0], dtype=np.int64)
+             for name in FLAGGED}
+    random_rows = np.random.default_rng(10_000 + seed).choice(n, len(flags["combined"]), replace=False)
     accuracy = {}
-    t = time.perf_counter()
-    for variant, labels, drop in ([("true labels", torch.as_tensor(true_codes), None), ("noisy", y["train"], None)]
-                                  + [(f"minus {name}", y["train"], rows) for name, rows in removals.items()]):
+
+    def fit_and_test(variant: str, labels: torch.Tensor, drop: np.ndarray | None = None) -> None:
         keep = torch.as_tensor(np.setdiff1d(np.arange(n), drop) if drop is not None else np.arange(n))
         model.fit(take(x["train"], keep), labels[keep], seed=seed)
         accuracy[variant] = evaluate(model, x["test"], y["test"]).accuracy
+
+    t = time.perf_counter()
+    fit_and_test("true labels", torch.as_tensor(true_codes))
+    fit_and_test("noisy", y["train"])
+    for name, rows in flags.items():
+        fit_and_test(f"minus {name}", y["train"], rows)
+        relabelled = y["train"].clone()  # to the class a model trained without the flags predicts for them
+        relabelled[rows] = model.predict(take(x["train"], torch.as_tensor(rows))).cpu() if len(rows) else relabelled[rows]
+        fit_and_test(f"relabel {name}", relabelled)
+    fit_and_test("minus random", y["train"], random_rows)
+    fit_and_test("minus cleanlab", y["train"], top["cleanlab"][:budget])
+    fit_and_test("minus loss", y["train"], top["loss"][:budget])
     timings["retrain"] = time.perf_counter() - t
-    return {"dataset": dataset, "seed": seed, "model": model_name, "train_rows": n, "flipped": int(flipped.sum()),
-            "valid_errors": int(len(wrong)), "k": k, "solver": solver_name, "ridge": fi.solver.ridge,
+    flagged_sets = {**flags, "random": random_rows, "cleanlab": top["cleanlab"][:budget], "loss": top["loss"][:budget]}
+    return {"dataset": dataset, "noise": mode, "rate": NOISE[mode], "seed": seed, "model": model_name,
+            "train_rows": n, "flipped": int(flipped.sum()), "valid_errors": int(len(wrong)),
+            "test_rows": int(len(y["test"])), "k": k, "solver": solver_name, "ridge": fi.solver.ridge,
+            "lissa": {"depth": lissa.depth, "batch_size": lissa.batch_size} if solver_name == "lissa" else None,
             "parameters": fi.flat.size, "detection": detection, "accuracy": accuracy,
-            "flipped_in_removed": {name: int(flipped[rows].sum()) for name, rows in removals.items()},
+            "flagged": {name: int(len(rows)) for name, rows in flagged_sets.items()},
+            "flipped_in_flagged": {name: int(flipped[rows].sum()) for name, rows in flagged_sets.items()},
             "seconds": timings}
 
 
 def summary(results_dir: Path) -> None:
     results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("cleaning-*.json"))]
+    results = [r for r in results if "noise" in r]
     for dataset in SETUPS:
-        runs = [r for r in results if r["dataset"] == dataset]
-        if not runs:
-            continue
-        r0 = runs[0]
-        print(f"\n#### {dataset}: {r0['model']}, {r0['train_rows']} training rows, {r0['flipped']} flipped, "
-              f"k = {r0['k']}, {r0['solver']} (λ = {r0['ridge']:.3g}), {len(runs)} seeds "
-              f"({', '.join(str(r['seed']) for r in runs)})\n")
-        print("| score | recall top 5% | top 10% | top 20% | AUROC |\n|---|---|---|---|---|")
-        for name in SCORES:
-            cells = [ms([r["detection"][name][f"recall@{int(b * 100)}%"] for r in runs]) for b in BUDGETS]
-            print(f"| {name} | " + " | ".join(cells) + f" | {ms([r['detection'][name]['auroc'] for r in runs])} |")
-        print("\n| training set | test accuracy (mean ± std) | flipped rows removed |\n|---|---|---|")
-        for variant in r0["accuracy"]:
-            removed = variant.removeprefix("minus ")
-            flips = (ms([r["flipped_in_removed"][removed] for r in runs], 1) + f" of {round(REMOVAL * r0['train_rows'])}"
-                     if removed in r0["flipped_in_removed"] else "")
-            print(f"| {variant} | {ms([r['accuracy'][variant] for r in runs])} | {flips} |")
+        for mode in NOISE:
+            runs = [r for r in results if r["dataset"] == dataset and r["noise"] == mode]
+            if runs:
+                _summary_tables(runs)
+
+
+def _summary_tables(runs: list[dict]) -> None:
+    r0 = runs[0]
+    solver = r0["solver"] + (f" J {r0['lissa']['depth']} B {r0['lissa']['batch_size']}" if r0.get("lissa") else "")
+    print(f"\n#### {r0['dataset']}, {r0['noise']} noise {r0['rate']:.0%}: {r0['model']}, {r0['train_rows']} training "
+          f"rows, {ms([r['flipped'] for r in runs], 0)} flipped, {ms([r['valid_errors'] for r in runs], 0)} "
+          f"validation errors, k = {r0['k']}, {solver} (λ = {r0['ridge']:.3g}), {r0['test_rows']} test rows, "
+          f"{len(runs)} seeds ({', '.join(str(r['seed']) for r in runs)})\n")
+    print("| score | recall top 5% | top 10% | top 20% | AUROC |\n|---|---|---|---|---|")
+    for name in SCORES:
+        cells = [ms([r["detection"][name][f"recall@{int(b * 100)}%"] for r in runs]) for b in BUDGETS]
+        print(f"| {name} | " + " | ".join(cells) + f" | {ms([r['detection'][name]['auroc'] for r in runs])} |")
+    print("\n| training set | test accuracy | − noisy: mean [95% CI] | − random: mean [95% CI] "
+          "| rows removed or relabelled (flipped among them) |\n|---|---|---|---|---|")
+    for variant in r0["accuracy"]:
+        rows = variant.split(" ", 1)[-1]
+        acc = [r["accuracy"][variant] for r in runs]
+        vs = {base: paired_ci(acc, [r["accuracy"][base] for r in runs]) for base in ("noisy", "minus random")}
+        cells = [f"{c.mean:+.3f} [{c.low:+.3f}, {c.high:+.3f}]" if c.low == c.low else f"{c.mean:+.3f}"
+                 for c in vs.values()]
+        touched = (f"{ms([r['flagged'][rows] for r in runs], 0)} ({ms([r['flipped_in_flagged'][rows] for r in runs], 0)})"
+                   if rows in r0["flagged"] and variant not in ("true labels", "noisy") else "")
+        print(f"| {variant} | {ms(acc)} | {cells[0]} | {cells[1]} | {touched} |")
 
 
 def ms(values: list[float], digits: int = 3) -> str:
@@ -181,6 +239,7 @@ def ms(values: list[float], digits: int = 3) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--datasets", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    ap.add_argument("--noise-modes", nargs="+", default=list(NOISE), choices=list(NOISE))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--summary", action="store_true", help="only print tables from saved results")
@@ -190,12 +249,15 @@ def main() -> None:
         print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
         with tempfile.TemporaryDirectory() as tmp:
             for dataset in args.datasets:
-                for seed in args.seeds:
-                    t = time.perf_counter()
-                    result = run(dataset, seed, Path(tmp))
-                    (args.results / f"cleaning-{dataset}-{seed}.json").write_text(json.dumps(result, indent=1))
-                    print(f"{dataset} seed {seed}: {time.perf_counter() - t:.0f} s "
-                          + json.dumps({k: round(v["auroc"], 3) for k, v in result["detection"].items()}), flush=True)
+                for mode in args.noise_modes:
+                    for seed in args.seeds:
+                        t = time.perf_counter()
+                        result = run(dataset, mode, seed, Path(tmp))
+                        name = f"cleaning-{dataset}-{mode}-{seed}.json"
+                        (args.results / name).write_text(json.dumps(result, indent=1))
+                        print(f"{dataset} {mode} seed {seed}: {time.perf_counter() - t:.0f} s "
+                              + json.dumps({k: round(v["auroc"], 3) for k, v in result["detection"].items()})
+                              + " " + json.dumps({k: round(v, 3) for k, v in result["accuracy"].items()}), flush=True)
     summary(args.results)
 
 

@@ -5,10 +5,13 @@
 * ``fashion-mnist``: 70,000 28×28 grayscale images, 10 classes, from Debian's
   ``dataset-fashion-mnist`` (the original gzipped IDX files).
 * ``digits``: scikit-learn's bundled 1,797 8×8 digits.
+* ``breast-cancer``: scikit-learn's bundled 569 tumours, 30 numeric features, malignant/benign
+  (a small tabular set: few validation errors, where a flag needs evidence).
 
-``noise`` flips that fraction of the *training* labels (uniformly to another class, or with
-``noise_mode="pairwise"`` each class to one fixed other class — class-conditional noise);
-``true_label`` and ``noisy`` are kept beside them so detection can be scored.
+``noise`` flips *training* labels (``noise_mode``: ``uniform`` to any other class, ``pairwise``
+class c to c + 1, or ``class-conditional``: that share of some classes' rows labelled as one
+other class; see :func:`add_label_noise`); ``true_label`` and ``noisy`` are kept beside them so
+detection can be scored.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import pandas as pd
 
 from .data import DataError
 
-DATASETS = ("rotten-tomatoes", "fashion-mnist", "digits")
+DATASETS = ("rotten-tomatoes", "fashion-mnist", "digits", "breast-cancer")
 FASHION_MNIST_DIR = Path(os.environ.get("FASTIF_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot")
@@ -37,7 +40,8 @@ def export(name: str, out_dir: str | Path, *, noise: float = 0.0, seed: int = 0,
     """
     if not 0.0 <= noise < 1.0:
         raise ValueError(f"noise must be in [0, 1), got {noise}")
-    loaders = {"rotten-tomatoes": _rotten_tomatoes, "fashion-mnist": _fashion_mnist, "digits": _digits}
+    loaders = {"rotten-tomatoes": _rotten_tomatoes, "fashion-mnist": _fashion_mnist, "digits": _digits,
+               "breast-cancer": _breast_cancer}
     if name not in loaders:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     splits = loaders[name](np.random.default_rng(seed))
@@ -60,21 +64,44 @@ def export(name: str, out_dir: str | Path, *, noise: float = 0.0, seed: int = 0,
     return paths
 
 
+NOISE_MODES = ("uniform", "pairwise", "class-conditional")
+
+
 def add_label_noise(frame: pd.DataFrame, fraction: float, rng: np.random.Generator,
                     mode: str = "uniform") -> pd.DataFrame:
-    """Flip ``round(fraction * n)`` labels to a different class; keep ``true_label`` and ``noisy``."""
-    if mode not in ("uniform", "pairwise"):
-        raise ValueError(f"unknown noise mode {mode!r} (uniform or pairwise)")
+    """Flip training labels to a different class; keep ``true_label`` and ``noisy`` beside them.
+
+    * ``uniform``: ``round(fraction * n)`` rows, each to a random other class.
+    * ``pairwise``: ``round(fraction * n)`` rows, class c to c + 1 (every class confused with one other).
+    * ``class-conditional``: only some classes are confused: ``fraction`` of the rows of each of
+      ``max(1, K // 2)`` classes (seeded choice) are labelled as one other class each. With two
+      classes, one class is under-reported: a share of its rows carry the other label.
+    """
+    if mode not in NOISE_MODES:
+        raise ValueError(f"unknown noise mode {mode!r} ({', '.join(NOISE_MODES)})")
     frame = frame.copy()
     labels = frame["label"].to_numpy()
     classes = np.array(sorted(pd.unique(labels).tolist()))
     code = np.searchsorted(classes, labels)
-    flip = rng.choice(len(frame), int(round(fraction * len(frame))), replace=False)
     new = code.copy()
-    if mode == "uniform":
-        new[flip] = (code[flip] + rng.integers(1, len(classes), len(flip))) % len(classes)
+    k = len(classes)
+    if k < 2 and fraction > 0:
+        raise ValueError("label noise needs at least two classes")
+    if mode == "class-conditional":
+        confused = np.sort(rng.choice(k, max(1, k // 2), replace=False)) if fraction > 0 else np.zeros(0, np.int64)
+        parts = []
+        for c in confused:
+            rows = np.flatnonzero(code == c)
+            flip_c = rng.choice(rows, int(round(fraction * len(rows))), replace=False)
+            new[flip_c] = rng.choice(np.delete(np.arange(k), c))
+            parts.append(flip_c)
+        flip = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     else:
-        new[flip] = (code[flip] + 1) % len(classes)
+        flip = rng.choice(len(frame), int(round(fraction * len(frame))), replace=False)
+        if mode == "uniform":
+            new[flip] = (code[flip] + rng.integers(1, k, len(flip))) % k
+        else:
+            new[flip] = (code[flip] + 1) % k
     frame["true_label"] = labels
     frame["noisy"] = np.zeros(len(frame), dtype=bool)
     frame.loc[flip, "noisy"] = True
@@ -113,6 +140,17 @@ def _digits(rng: np.random.Generator) -> dict[str, pd.DataFrame]:
     frame = pd.DataFrame({"id": np.arange(len(y)), "image": [row.astype(np.uint8) for row in x],
                           "label": y.astype(np.int64)})
     return _split(frame, rng, valid=0.2, test=0.2)
+
+
+def _breast_cancer(rng: np.random.Generator) -> dict[str, pd.DataFrame]:
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    names = [n.replace(" ", "_") for n in data.feature_names]
+    frame = pd.DataFrame(data.data, columns=names)
+    frame.insert(0, "id", np.arange(len(frame)))
+    frame["label"] = np.asarray(data.target_names)[data.target].astype(str)
+    return _split(frame, rng, valid=0.15, test=0.15)
 
 
 def _read_idx(path: Path) -> np.ndarray:

@@ -1,13 +1,21 @@
-"""Rank training rows by a score, and flag the top ones.
+"""Rank training rows by a score, and flag the top ones that clear an evidence floor.
 
-The default score is the harm a row does to the model's errors:
+Scores (``flag_by`` → flags.parquet column):
 
-    harm(z) = Σ_{e ∈ errors with z among its k neighbours} I(z, e)
+* ``combined`` (default): the mean percentile rank of ``net-harm`` and ``loss`` — rows that both
+  raise the validation loss and that the model refuses to fit. Chosen by the study in
+  docs/BENCHMARKS.md: it finds flipped labels under random *and* class-conditional noise.
+* ``net-harm``: influence on the whole validation loss (errors and correct rows), see
+  :mod:`fastif_engine.net_harm`.
+* ``harm``: FastIF's harm to the errors,
+  ``harm(z) = Σ_{e ∈ errors with z among its k neighbours} I(z, e)``, I(z, e) = −s_test(e)·∇L(z)
+  (positive = harmful); a row never retrieved as a candidate scores 0. ``n_errors_harmed``
+  counts the errors it harms (I > 0).
+* ``self-influence`` and ``loss``: the row's own ∇Lᵀ(H + λI)⁻¹∇L and training loss.
 
-with I(z, e) = −s_test(e)·∇L(z) (positive = harmful). A row never retrieved as a candidate
-scores 0. ``n_errors_harmed`` counts the errors it harms (I > 0). Other scores (a row's
-self-influence, its own training loss) rank the same way: rank 1 has the highest score. Only
-rows with a score > 0 are ever flagged, whatever the budget.
+Rank 1 has the highest score. Only rows with a score > 0 are ever flagged, and, with an
+evidence column (net harm's fold t-statistic), only rows that clear its floor: the budget
+(fraction, top N) is a ceiling, not a quota.
 """
 from __future__ import annotations
 
@@ -18,7 +26,9 @@ import pandas as pd
 
 
 # ``flag_by`` setting → the flags.parquet column it ranks by
-FLAG_SCORES = {"harm": "harm_score", "self-influence": "self_influence", "loss": "train_loss"}
+FLAG_SCORES = {"combined": "combined_score", "net-harm": "net_harm", "harm": "harm_score",
+               "self-influence": "self_influence", "loss": "train_loss"}
+DEFAULT_FLAG_BY = "combined"
 
 
 @dataclass(frozen=True)
@@ -52,8 +62,22 @@ def harm_scores(influence: pd.DataFrame, n_train: int) -> pd.DataFrame:
     return pd.DataFrame({"harm_score": harm, "n_errors_harmed": harmed, "n_errors_candidate": candidates})
 
 
-def rank_and_flag(scores: pd.DataFrame, rule: FlagRule, by: str = "harm_score") -> pd.DataFrame:
-    """Add ``rank`` (1 = highest ``by`` score; ties broken by row order) and ``flagged``."""
+def rank_fusion(*scores: np.ndarray) -> np.ndarray:
+    """Mean percentile rank of each row under several scores: in (0, 1], 1 = top of every one.
+
+    Ranks, not values, so scores on different scales (a loss, an influence) weigh the same."""
+    from scipy.stats import rankdata
+
+    n = len(scores[0])
+    return np.mean([rankdata(np.asarray(s, dtype=np.float64), method="average") / n for s in scores], axis=0)
+
+
+def rank_and_flag(scores: pd.DataFrame, rule: FlagRule, by: str = "harm_score", *,
+                  evidence: str | None = None, min_evidence: float = 0.0) -> pd.DataFrame:
+    """Add ``rank`` (1 = highest ``by`` score; ties broken by row order) and ``flagged``.
+
+    With ``evidence`` (a column, e.g. net harm's t) a row is flagged only where that column is
+    ≥ ``min_evidence`` too: the budget is then a ceiling, not a quota."""
     if by not in scores.columns:
         raise KeyError(f"no {by!r} column to rank by (have {', '.join(scores.columns)})")
     out = scores.copy()
@@ -64,10 +88,16 @@ def rank_and_flag(scores: pd.DataFrame, rule: FlagRule, by: str = "harm_score") 
     rank = np.empty(len(out), dtype=np.int64)
     rank[order] = np.arange(1, len(out) + 1)
     out["rank"] = rank
-    if rule.threshold is not None:
-        flagged = score > max(rule.threshold, 0.0)
-    else:
-        budget = rule.top if rule.top is not None else int(round(rule.fraction * len(out)))
-        flagged = (rank <= budget) & (score > 0)
+    flagged = within_budget(score, rank, rule)
+    if evidence is not None:
+        flagged &= out[evidence].to_numpy(dtype=np.float64) >= min_evidence
     out["flagged"] = flagged
     return out
+
+
+def within_budget(score: np.ndarray, rank: np.ndarray, rule: FlagRule) -> np.ndarray:
+    """Rows the budget alone would flag: score > 0 and within the fraction / top N (or above the threshold)."""
+    if rule.threshold is not None:
+        return score > max(rule.threshold, 0.0)
+    budget = rule.top if rule.top is not None else int(round(rule.fraction * len(score)))
+    return (rank <= budget) & (score > 0)

@@ -1,9 +1,10 @@
 """The run report: what a person reads after a cleaning run (markdown and self-contained HTML).
 
-Sections: the accuracy change (with spread over seeds and the random-removal control), how the
-flag score (harm, self-influence or own loss) and harm are distributed, and the top flagged
-training rows shown as content (text snippet, image thumbnail or feature values) with given vs
-predicted label, scores and the errors they harm.
+Sections: the verdict of the retrain (helped / no measurable effect / hurt, with 95% CIs), the
+accuracy change (with spread over seeds and the random control), how many rows the budget
+allowed and how many cleared the evidence floor, the flags' class mix, how the flag score and
+harm are distributed, and the top flagged training rows shown as content (text snippet, image
+thumbnail or feature values) with given vs predicted label, scores and the errors they harm.
 """
 from __future__ import annotations
 
@@ -30,7 +31,18 @@ def _figure_png(fig) -> bytes:
 
 
 # flag_by → (axis label, what the report says about the score)
+NET_NOTE = ("**Net harm** is a row's influence on the *whole* validation loss, misclassified and correct rows "
+            "alike: −(Σ∇L(valid))ᵀ(H + λI)⁻¹∇L(z), positive = removing the row should lower the validation loss. "
+            "It is computed from one s_test per validation fold; its t-statistic over the folds says how much "
+            "of the validation set agrees.")
 SCORE_TEXT = {
+    "combined": ("combined score (mean percentile rank)", "Rows are flagged by the **combined** score: the mean "
+                 "percentile rank of the row's net harm on the validation loss and of its own training loss. "
+                 "Rows near the top both raise the validation loss and carry a label the model disagrees with, "
+                 "which is how flipped labels look under random and under systematic (class-conditional) noise "
+                 "alike (docs/BENCHMARKS.md). " + NET_NOTE),
+    "net-harm": ("net harm on the validation loss (positive = harmful)", "Rows are flagged by **net harm**. "
+                 + NET_NOTE),
     "harm": ("harm score (positive = harmful)", SIGN_NOTE),
     "self-influence": ("self-influence", "Rows are flagged by **self-influence** ∇L(z)ᵀ(H + λI)⁻¹∇L(z): how much "
                        "a row's own loss depends on the row itself. It is high for rows the model can only fit "
@@ -106,19 +118,70 @@ def _accuracy_lines(metrics: dict) -> list[str]:
                         if "eval" in acc["before"] else ""))
     retrain = acc.get("retrain")
     if retrain:
-        split = retrain["eval_split"]
-        lines.append(f"- Retrained with {retrain['seeds']} seeds, evaluated on {split}:")
-        for name, label in (("original", "all rows"), ("cleaned", f"without the {metrics['counts']['flagged']} "
-                                                       "flagged rows"), ("random", "without as many random rows")):
+        split, flagged = retrain["eval_split"], metrics["counts"]["flagged"]
+        fixed = (f"with the {flagged} flagged rows relabelled" if retrain.get("fix") == "relabel"
+                 else f"without the {flagged} flagged rows")
+        control = ("with as many random rows relabelled the same way" if retrain.get("fix") == "relabel"
+                   else "without as many random rows")
+        lines.append(f"- Retrained with {retrain['seeds']} seeds, evaluated on {split} ({retrain['eval_rows']} rows; "
+                     f"one accuracy measured there has a standard error of about "
+                     f"{retrain['accuracy_stderr']:.4f}):")
+        for name, label in (("original", "all rows as given"), ("cleaned", fixed), ("random", control)):
             s = retrain["summary"].get(name)
             if s:
                 lines.append(f"  - {label}: **{s['mean']:.4f} ± {s['std']:.4f}**")
-        d = retrain["summary"]["cleaned"]["mean"] - retrain["summary"]["original"]["mean"]
-        r = retrain["summary"]["random"]["mean"] - retrain["summary"]["original"]["mean"]
-        lines.append(f"- Change from cleaning: **{d:+.4f}** (random removal: {r:+.4f})")
+        lines.append(f"- Change from fixing the flags, paired by seed: {_ci(retrain['fixed_minus_original'])} vs the "
+                     f"original, {_ci(retrain['fixed_minus_random'])} vs the random control")
     else:
-        lines.append("- No retraining in this run (use `--retrain` to measure the effect of removing the flags).")
+        lines.append("- No retraining in this run (use `--retrain` to measure the effect of fixing the flags).")
     return lines
+
+
+def _ci(ci: dict) -> str:
+    if ci["low"] != ci["low"]:  # NaN: one seed
+        return f"**{ci['mean']:+.4f}** (one seed: no interval)"
+    return f"**{ci['mean']:+.4f}** (95% CI {ci['low']:+.4f} to {ci['high']:+.4f})"
+
+
+def verdict_line(metrics: dict) -> str | None:
+    """The one line a person reads first: did fixing the flags help?"""
+    retrain = metrics.get("accuracy", {}).get("retrain")
+    if not retrain:
+        return None
+    what = "relabelling" if retrain.get("fix") == "relabel" else "removing"
+    return (f"Verdict: {what} the {metrics['counts']['flagged']} flagged rows {retrain['verdict']} "
+            f"({retrain['eval_split']} accuracy {_ci(retrain['fixed_minus_original']).replace('**', '')}, "
+            f"over {retrain['seeds']} seeds).")
+
+
+def _flagging_lines(metrics: dict) -> list[str]:
+    f = metrics.get("flagging")
+    if not f:
+        return []
+    lines = [f"The budget allowed **{f['within_budget']}** rows with a positive {f['score']} score; "
+             f"**{f['flagged']}** were flagged."]
+    if f["min_evidence"] > 0 and f["below_evidence"]:
+        lines.append(f"{f['below_evidence']} were not: their net harm on the validation loss did not reach the "
+                     f"evidence floor (t ≥ {f['min_evidence']:g} over {f['folds']} validation folds"
+                     + (f"; for {f['net_harm_not_positive']} of them it was not even positive" if
+                        f["net_harm_not_positive"] else "")
+                     + "), so removing them is not expected to help. A budget is a ceiling, not a quota "
+                       "(`--flag-evidence 0` turns the floor off).")
+    mix = metrics.get("class_mix")
+    if mix and f["flagged"]:
+        lines += ["", "| given label | training rows | share | flagged | share of flags |", "|---|---|---|---|---|"]
+        lines += [f"| {_cell(c['label'])} | {c['train']} | {c['train_share']:.1%} | {c['flagged']} | "
+                  f"{c['flagged_share']:.1%} |" for c in mix["classes"]]
+        if mix["distance"] >= 0.3 and f["flagged"] >= 10:
+            lines += ["", f"**The flags are far from the training rows' class mix** (total-variation distance "
+                          f"{mix['distance']:.2f}): fixing them also shifts the class balance, which can change "
+                          "accuracy by itself. That is expected when one class's labels are the noisy ones; "
+                          "otherwise look at the rows before acting."]
+    return lines
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def render(metrics: dict, top_rows: list[dict], plots: dict[str, bytes]) -> tuple[str, str, dict[str, bytes]]:
@@ -126,13 +189,16 @@ def render(metrics: dict, top_rows: list[dict], plots: dict[str, bytes]) -> tupl
     counts = metrics["counts"]
     cfg = metrics["config"]
     flag_by = metrics.get("flag_by", "harm")
+    verdict = verdict_line(metrics)
     head = [
         "# fastif cleaning report", "",
+        *([f"**{verdict}**", ""] if verdict else []),
         f"Model `{cfg['model']}` on `{cfg['train']}` ({counts['train']} training rows); "
         f"{counts['errors']} of {counts['valid']} validation examples misclassified; "
         f"k = {cfg['k']} neighbours each ({counts['distinct_candidates']} distinct training rows scored); "
         f"**{counts['flagged']} rows flagged** by {flag_by}.", "",
         "## Accuracy", "", *_accuracy_lines(metrics), "",
+        "## Flags", "", *_flagging_lines(metrics), "",
     ]
     if counts["errors"] == 0:
         head += ["**The model made no mistakes on the validation set: there is nothing to explain"
@@ -150,21 +216,24 @@ def render(metrics: dict, top_rows: list[dict], plots: dict[str, bytes]) -> tupl
         md += [f"![{name}](report_assets/{name}.png)", ""]
     md += [f"## Top flagged training rows (by {flag_by})", ""]
     own = [] if flag_by == "harm" else [flag_by]
+    suggest = any(row.get("suggested") for row in top_rows)
     if not top_rows:
         md += ["No row was flagged.", ""]
     else:
-        header = ["rank", "train id", "content", "given", "predicted", *own, "harm score", "errors harmed",
-                  "harms most"]
+        header = ["rank", "train id", "content", "given", "predicted", *(["relabel to"] if suggest else []), *own,
+                  "net harm (t)", "harm score", "errors harmed", "harms most"]
         md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in top_rows:
             if "image_png" in row:
                 assets[f"row_{row['rank']}.png"] = row["image_png"]
                 content = f"![row {row['train_id']}](report_assets/row_{row['rank']}.png)"
             else:
-                content = row["content"].replace("|", "\\|").replace("\n", " ")
-            cells = [row["rank"], row["train_id"], content, row["given"], row["predicted"],
-                     *(f"{row[FLAG_SCORES[name]]:.4g}" for name in own), f"{row['harm_score']:.4g}",
-                     row["n_errors_harmed"], row["harms"]]
+                content = _cell(row["content"])
+            cells = [row["rank"], _cell(row["train_id"]), content, _cell(row["given"]), _cell(row["predicted"]),
+                     *([_cell(row.get("suggested") or "")] if suggest else []),
+                     *(f"{row[FLAG_SCORES[name]]:.4g}" for name in own),
+                     f"{row['net_harm']:.4g} ({row['net_harm_t']:.1f})", f"{row['harm_score']:.4g}",
+                     row["n_errors_harmed"], _cell(row["harms"])]
             md.append("| " + " | ".join(str(c) for c in cells) + " |")
         md.append("")
     md += ["## Run", "", "| stage | seconds |", "|---|---|"]

@@ -1,8 +1,9 @@
-"""Remove-and-retrain: does dropping the flagged rows help more than dropping random ones?
+"""Fix-and-retrain: does fixing the flagged rows help more than fixing random ones?
 
-For each seed: train on all rows (original), without the flagged rows (cleaned), and without
-as many randomly chosen rows (random control), with the same recipe; evaluate each on the
-held-out split. Retraining noise is large (FastIF: removing one random point already moved a
+For each seed: train on all rows (original), with the flagged rows fixed (cleaned), and with as
+many randomly chosen rows fixed the same way (random control), with the same recipe; evaluate
+each on the held-out split. A fix removes the rows, or (``targets`` given) relabels them to
+``targets`` — the classes a model trained without the flags predicts for them. Retraining noise is large (FastIF: removing one random point already moved a
 test loss by −0.16), so the spread over seeds and the random control matter as much as the mean.
 """
 from __future__ import annotations
@@ -20,27 +21,37 @@ from .training import evaluate
 VARIANTS = ("original", "cleaned", "random")
 
 
-def keep_rows(variant: str, n_train: int, flagged: np.ndarray, seed: int) -> np.ndarray:
-    """Training rows kept by ``variant`` (random removal is seeded and as large as the flags)."""
+def training_set(variant: str, labels: torch.Tensor, flagged: np.ndarray, seed: int,
+                 targets: np.ndarray | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """Training rows kept by ``variant`` and their labels (the random control is seeded and as large
+    as the flags; without ``targets`` a fix removes rows, with them it relabels them)."""
+    n_train = len(labels)
     if variant == "original":
-        return np.arange(n_train)
+        return np.arange(n_train), labels
     if variant == "cleaned":
-        return np.flatnonzero(~flagged)
-    if variant == "random":
-        drop = np.random.default_rng(10_000 + seed).choice(n_train, int(flagged.sum()), replace=False)
-        return np.setdiff1d(np.arange(n_train), drop)
-    raise ValueError(f"unknown variant {variant!r}")
+        fixed = np.flatnonzero(flagged)
+    elif variant == "random":
+        fixed = np.random.default_rng(10_000 + seed).choice(n_train, int(flagged.sum()), replace=False)
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
+    if targets is None:
+        return np.setdiff1d(np.arange(n_train), fixed), labels
+    relabelled = labels.clone()
+    relabelled[torch.as_tensor(fixed, dtype=torch.long)] = torch.as_tensor(targets[fixed], dtype=labels.dtype)
+    return np.arange(n_train), relabelled
 
 
 def retrain_and_evaluate(adapter: TrainableAdapter, train_inputs: Inputs, train_labels: torch.Tensor,
                          eval_inputs: Inputs, eval_labels: torch.Tensor, flagged: np.ndarray,
-                         variant: str, seed: int) -> dict:
+                         variant: str, seed: int, targets: np.ndarray | None = None) -> dict:
     """Fit a fresh model on ``variant``'s rows with ``seed``; its accuracy and loss on the eval split."""
-    rows = keep_rows(variant, len(train_labels), flagged, seed)
+    rows, labels = training_set(variant, train_labels, flagged, seed, targets)
     idx = torch.as_tensor(rows)
-    adapter.fit(take(train_inputs, idx), train_labels[idx], seed=seed)
+    adapter.fit(take(train_inputs, idx), labels[idx], seed=seed)
     ev = evaluate(adapter, eval_inputs, eval_labels)
-    return {"variant": variant, "seed": seed, "rows": int(len(rows)), "accuracy": ev.accuracy, "loss": ev.loss}
+    changed = int((labels != train_labels).sum())
+    return {"variant": variant, "seed": seed, "rows": int(len(rows)), "relabelled": changed,
+            "accuracy": ev.accuracy, "loss": ev.loss}
 
 
 @dataclass

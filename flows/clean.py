@@ -2,8 +2,9 @@
 
 load + validate → prepare inputs → train → features → FAISS index → find errors → resolve
 solver → s_test (batches × repeats, in parallel) → kNN candidates → influence (candidate parts,
-in parallel) → self-influence (optional) → rank + flag by ``flag_by`` (harm, self-influence or
-the row's own training loss) → retrain (optional) → report.
+in parallel) → net harm (one s_test per validation fold) → self-influence (optional) → rank +
+flag by ``flag_by`` (default ``combined``), only rows whose net harm clears ``flag_evidence``
+→ relabel targets (``fix: relabel``) → retrain + verdict (optional) → report.
 """
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ from prefect.futures import as_completed
 
 import fastif_engine
 from fastif_engine.knn import faiss_build
-from fastif_engine.ranking import FLAG_SCORES, harm_scores, rank_and_flag
+from fastif_engine.net_harm import DEFAULT_FOLDS, NetHarm
+from fastif_engine.ranking import FLAG_SCORES, harm_scores, rank_and_flag, rank_fusion, within_budget
 from fastif_engine.report import plot_accuracy, plot_score_distribution, render, thumbnail
 from fastif_engine.retrain import VARIANTS, summarise
+from fastif_engine.verdict import accuracy_stderr, retrain_verdict
 from fastif_engine.store import file_fingerprint, fingerprint, write_bytes, write_json, write_npy, \
     write_parquet, write_text
 
@@ -118,13 +121,12 @@ def clean_dataset(config: CleanConfig) -> dict:
     influence = pd.DataFrame({"test_pos": np.zeros(0, np.int64), "train_index": np.zeros(0, np.int64),
                               "influence": np.zeros(0)})
     n_candidates = 0
-    if len(errors) or cfg.self_influence != "off":
-        with timer.stage("resolve solver"):
-            solver_path = tasks.resolve_solver(key=solver_key, **loaded, **common)
-        solver_info = json.loads(Path(solver_path).read_text())
-        if cfg.solver == "lissa":
-            solver_info.update(depth=cfg.depth, repeats=cfg.repeats, batch_size=cfg.batch_size,
-                               tolerance=cfg.tolerance)
+    with timer.stage("resolve solver"):
+        solver_path = tasks.resolve_solver(key=solver_key, **loaded, **common)
+    solver_info = json.loads(Path(solver_path).read_text())
+    if cfg.solver == "lissa":
+        solver_info.update(depth=cfg.depth, repeats=cfg.repeats, batch_size=cfg.batch_size,
+                           tolerance=cfg.tolerance)
     if len(errors):
         repeats = cfg.repeats if cfg.solver == "lissa" else 1
         batches = math.ceil(len(errors) / cfg.tests_per_batch)
@@ -160,6 +162,10 @@ def clean_dataset(config: CleanConfig) -> dict:
     else:
         logger.info("no misclassified validation examples: nothing to explain%s",
                     ", nothing flagged" if cfg.flag_by == "harm" else "")
+    with timer.stage("net harm"):
+        nh_key = fingerprint("netharm", solver_key, cfg.depth, cfg.tolerance, cfg.repeats, DEFAULT_FOLDS)
+        net = NetHarm(np.load(tasks.net_harm_stage(key=nh_key, **loaded, solver_path=solver_path, threads=threads,
+                                                   **common)))
 
     with timer.stage("rank + flag"):
         self_inf = None
@@ -174,35 +180,69 @@ def clean_dataset(config: CleanConfig) -> dict:
         scores = harm_scores(influence, n_train)
         scores["self_influence"] = self_inf if self_inf is not None else np.full(n_train, np.nan)
         scores["train_loss"] = np.asarray(predictions["train"]["losses"], dtype=np.float64)
-        scores = rank_and_flag(scores, cfg.flag_rule(), by=FLAG_SCORES[cfg.flag_by])
-    flags = _flags_table(ds, scores, predictions)
+        scores["net_harm"], scores["net_harm_t"] = net.score, net.t
+        scores["combined_score"] = rank_fusion(net.score, scores["train_loss"].to_numpy())
+        by = FLAG_SCORES[cfg.flag_by]
+        scores = rank_and_flag(scores, cfg.flag_rule(), by=by, evidence="net_harm_t" if cfg.flag_evidence > 0 else None,
+                               min_evidence=cfg.flag_evidence)
+        flagging = _flagging_counts(cfg, scores, by)
+    flagged = scores["flagged"].to_numpy()
+    flag_key = fingerprint("retrain", prep_key, np.flatnonzero(flagged).tolist())
+    flagged_path = tasks.StageCache(cache).path("flagged", flag_key, "npy")
+    if not flagged_path.exists():
+        write_npy(flagged_path, flagged)
+    targets_path = None
+    if cfg.fix == "relabel" and flagged.any():
+        with timer.stage("relabel targets"):
+            targets_path = tasks.relabel_targets(key=fingerprint("targets", flag_key, cfg.seed), dataset_path=dataset_path,
+                                                 inputs_path=inputs_path, flagged_path=str(flagged_path),
+                                                 threads=threads, **common)
+    flags = _flags_table(ds, scores, predictions, np.load(targets_path) if targets_path else None)
     influence_table = _influence_table(ds, influence, errors)
 
     retrain = None
     if cfg.retrain:
         with timer.stage("retrain"):
-            flagged = scores["flagged"].to_numpy()
-            flag_key = fingerprint("retrain", prep_key, np.flatnonzero(flagged).tolist())
-            flagged_path = tasks.StageCache(cache).path("flagged", flag_key, "npy")
-            if not flagged_path.exists():
-                write_npy(flagged_path, flagged)
+            retrain_key = fingerprint(flag_key, cfg.fix)
             with gpus_for(cfg.runner):
-                futures = [tasks.retrain_one.submit(key=flag_key, dataset_path=dataset_path, inputs_path=inputs_path,
-                                                    flagged_path=str(flagged_path), variant=v, seed=cfg.seed + s,
-                                                    threads=threads, **common)
+                futures = [tasks.retrain_one.submit(key=retrain_key, dataset_path=dataset_path,
+                                                    inputs_path=inputs_path, flagged_path=str(flagged_path),
+                                                    variant=v, seed=cfg.seed + s, threads=threads,
+                                                    targets_path=targets_path, **common)
                            for s in range(cfg.seeds) for v in VARIANTS]
             results = [json.loads(Path(p).read_text())
                        for p in _progress(futures, f"retrain {len(VARIANTS)} variants × {cfg.seeds} seeds")]
-            retrain = {"seeds": cfg.seeds, "eval_split": results[0]["eval_split"],
-                       "summary": {k: v.as_dict() for k, v in summarise(results).items()},
-                       "loss": {k: v.as_dict() for k, v in summarise(results, "loss").items()},
-                       "runs": results}
+            retrain = _retrain_summary(cfg, ds, results)
 
-    metrics = _metrics(cfg, ds, predictions, errors, flags, n_candidates, solver_info, retrain, timer.timings)
+    metrics = _metrics(cfg, ds, predictions, errors, flags, n_candidates, solver_info, retrain, timer.timings,
+                       flagging)
     with timer.stage("report"):
         _write_outputs(out, cfg, ds, flags, influence_table, metrics)
     logger.info("wrote %s to %s", ", ".join(OUTPUTS), out)
     return metrics
+
+
+def _flagging_counts(cfg, scores: pd.DataFrame, by: str) -> dict:
+    """How many rows the budget allowed, how many of those cleared the evidence floor, and why not the rest."""
+    budget = within_budget(scores[by].to_numpy(dtype=np.float64), scores["rank"].to_numpy(), cfg.flag_rule())
+    t = scores["net_harm_t"].to_numpy()
+    return {"score": cfg.flag_by, "min_evidence": cfg.flag_evidence, "folds": DEFAULT_FOLDS,
+            "within_budget": int(budget.sum()), "flagged": int(scores["flagged"].sum()),
+            "below_evidence": int((budget & ~scores["flagged"].to_numpy()).sum()),
+            "net_harm_not_positive": int((budget & ~(t > 0)).sum())}
+
+
+def _retrain_summary(cfg, ds, results: list[dict]) -> dict:
+    """Per-variant mean ± std, the paired verdict, and the evaluation split's size and accuracy error."""
+    summary = summarise(results)
+    eval_split = results[0]["eval_split"]
+    n_eval = len(ds.splits[eval_split])
+    return {"seeds": cfg.seeds, "fix": cfg.fix, "eval_split": eval_split, "eval_rows": n_eval,
+            "accuracy_stderr": accuracy_stderr(summary["original"].mean, n_eval),
+            **retrain_verdict({k: v.values for k, v in summary.items()}),
+            "summary": {k: v.as_dict() for k, v in summary.items()},
+            "loss": {k: v.as_dict() for k, v in summarise(results, "loss").items()},
+            "runs": results}
 
 
 def _warn_if_runner_ignored(runner: str) -> None:
@@ -221,15 +261,20 @@ def _class_names(ds, codes) -> list[str]:
     return [str(ds.classes[int(c)]) for c in codes]
 
 
-def _flags_table(ds, scores: pd.DataFrame, predictions: dict) -> pd.DataFrame:
+FLAG_TABLE_SCORES = ("harm_score", "self_influence", "n_errors_harmed", "rank", "flagged", "train_loss", "net_harm",
+                     "net_harm_t", "combined_score")
+
+
+def _flags_table(ds, scores: pd.DataFrame, predictions: dict, targets: np.ndarray | None) -> pd.DataFrame:
     train = ds.splits["train"]
     table = pd.DataFrame({
         "train_id": train.ids,
         "label": _class_names(ds, train.labels),
         "predicted": _class_names(ds, predictions["train"]["predictions"]),
-        **{col: scores[col].to_numpy() for col in ("harm_score", "self_influence", "n_errors_harmed", "rank",
-                                                   "flagged", "train_loss")},
+        **{col: scores[col].to_numpy() for col in FLAG_TABLE_SCORES},
     })
+    if targets is not None:  # fix: relabel — the label each flagged row would get
+        table["suggested_label"] = np.where(table["flagged"], _class_names(ds, targets), None)
     for col in train.extra.columns:  # truth columns of an exported noisy dataset, for scoring
         table[col] = train.extra[col].astype(str).to_numpy() if col == "true_label" else train.extra[col].to_numpy()
     return table
@@ -248,7 +293,20 @@ def _influence_table(ds, influence: pd.DataFrame, errors: np.ndarray) -> pd.Data
     return table
 
 
-def _metrics(cfg, ds, predictions, errors, flags, n_candidates, solver_info, retrain, timings) -> dict:
+def _class_mix(flags: pd.DataFrame) -> dict:
+    """Flags per given label vs the training rows' class mix, and the total-variation distance between them."""
+    train = flags["label"].value_counts()
+    flagged = flags.loc[flags["flagged"], "label"].value_counts().reindex(train.index, fill_value=0)
+    n_flagged = int(flagged.sum())
+    share_train = train / train.sum()
+    share_flagged = flagged / n_flagged if n_flagged else share_train * 0
+    return {"classes": [{"label": str(c), "train": int(train[c]), "flagged": int(flagged[c]),
+                         "train_share": float(share_train[c]), "flagged_share": float(share_flagged[c])}
+                        for c in train.index],
+            "distance": float(0.5 * (share_flagged - share_train).abs().sum()) if n_flagged else 0.0}
+
+
+def _metrics(cfg, ds, predictions, errors, flags, n_candidates, solver_info, retrain, timings, flagging) -> dict:
     import prefect
     import torch
 
@@ -264,6 +322,8 @@ def _metrics(cfg, ds, predictions, errors, flags, n_candidates, solver_info, ret
                    "flagged": int(flags["flagged"].sum()),
                    "harmful": int((flags["harm_score"] > 0).sum())},
         "flag_by": cfg.flag_by,
+        "flagging": flagging,
+        "class_mix": _class_mix(flags),
         "solver": solver_info,
         "device": str(worker_device(cfg.device)),  # where the flow's own stages (training) ran
         "sign_convention": "influence = -grad L(test)^T (H + ridge I)^-1 grad L(train); positive = harmful",
@@ -286,6 +346,8 @@ def _top_rows(ds, flags: pd.DataFrame, influence: pd.DataFrame, n: int = 20) -> 
         row = {"rank": int(r["rank"]), "train_id": r["train_id"], "given": r["label"], "predicted": r["predicted"],
                "harm_score": float(r["harm_score"]), "self_influence": float(r["self_influence"]),
                "train_loss": float(r["train_loss"]), "n_errors_harmed": int(r["n_errors_harmed"]),
+               "net_harm": float(r["net_harm"]), "net_harm_t": float(r["net_harm_t"]),
+               "combined_score": float(r["combined_score"]), "suggested": r.get("suggested_label"),
                "harms": ", ".join(f"{t} ({v:.3g})" for t, v in zip(harms["test_id"], harms["influence"]))}
         if ds.modality == "image":
             row["image_png"] = thumbnail(train.values[i])

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import flows  # noqa: F401  (pins the embedded-server settings before prefect is imported)
 from fastif_engine import __version__
+from fastif_engine.datasets import DATASETS, NOISE_MODES
 from fastif_engine.errors import FastIFError
+from fastif_engine.ranking import FLAG_SCORES
 
 DEMO_SETTINGS = dict(k=200, depth=100, repeats=1, batch_size=1, damping=0.05, seeds=2, flag_fraction=0.1)
 
@@ -60,14 +62,20 @@ def _add_clean_options(p: argparse.ArgumentParser) -> None:
                    help="if LiSSA diverges, retry with 10× the scale, logged (off: the scale is never changed)")
     g.add_argument("--self-influence", choices=["auto", "on", "off"])
     g = p.add_argument_group("flags and retraining")
-    g.add_argument("--flag-by", choices=["harm", "self-influence", "loss"],
-                   help="score that ranks and flags rows (default harm: the rows behind the validation errors; "
-                        "self-influence or loss to hunt mislabelled rows, see docs/BENCHMARKS.md)")
-    g.add_argument("--flag-fraction", type=float, help="flag this fraction of training rows (default 0.1)")
-    g.add_argument("--flag-top", type=int, help="flag the N top-scoring rows")
-    g.add_argument("--flag-threshold", type=float, help="flag every row whose score is above this")
+    g.add_argument("--flag-by", choices=list(FLAG_SCORES),
+                   help="score that ranks and flags rows (default combined: net harm on the validation loss and "
+                        "the row's own loss, by rank; net-harm; harm = to the errors only; self-influence; loss)")
+    g.add_argument("--flag-fraction", type=float, help="flag at most this fraction of training rows (default 0.1)")
+    g.add_argument("--flag-top", type=int, help="flag at most the N top-scoring rows")
+    g.add_argument("--flag-threshold", type=float, help="flag rows whose score is above this")
+    g.add_argument("--flag-evidence", type=float,
+                   help="flag only rows whose net harm has a t-statistic over the validation folds of at least "
+                        "this (default 2; 0 turns the floor off and the budget becomes a quota)")
+    g.add_argument("--fix", choices=["remove", "relabel"],
+                   help="how --retrain fixes the flags: remove them (default) or relabel them to the class a "
+                        "model trained without them predicts")
     g.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=None,
-                   help="retrain without the flags (and a random control) and report the accuracy change")
+                   help="retrain with the flags fixed (and a random control) and give a verdict with 95%% CIs")
     g.add_argument("--seeds", type=int, help="retrain seeds (default 3)")
     g = p.add_argument_group("execution")
     g.add_argument("--runner", choices=["thread", "process", "dask", "ray"])
@@ -81,8 +89,8 @@ def _add_clean_options(p: argparse.ArgumentParser) -> None:
 CLEAN_KEYS = ("train", "valid", "test", "out", "label_column", "id_column", "text_column", "image_column",
               "feature_columns", "model", "seed", "k", "index", "solver", "depth", "repeats", "batch_size",
               "damping", "scale", "tolerance", "scale_sweep", "self_influence", "flag_by", "flag_fraction", "flag_top",
-              "flag_threshold", "retrain", "seeds", "runner", "dask_address", "ray_address", "device", "workers",
-              "tests_per_batch", "chunk_size")
+              "flag_threshold", "flag_evidence", "fix", "retrain", "seeds", "runner", "dask_address", "ray_address",
+              "device", "workers", "tests_per_batch", "chunk_size")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,11 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     datasets = commands.add_parser("datasets", help="export the bundled real datasets")
     ds_commands = datasets.add_subparsers(dest="datasets_command", metavar="ACTION", required=True)
     export = ds_commands.add_parser("export", help="write train/valid/test parquet files")
-    export.add_argument("name", choices=["rotten-tomatoes", "fashion-mnist", "digits"])
+    export.add_argument("name", choices=list(DATASETS))
     export.add_argument("--out", required=True, help="folder for train/valid/test.parquet")
-    export.add_argument("--noise", type=float, default=0.0, help="fraction of training labels to flip")
-    export.add_argument("--noise-mode", choices=["uniform", "pairwise"], default="uniform",
-                        help="uniform: to any other class; pairwise: class c to c+1 (class-conditional)")
+    export.add_argument("--noise", type=float, default=0.0,
+                        help="fraction of training labels to flip (class-conditional: of each confused class)")
+    export.add_argument("--noise-mode", choices=list(NOISE_MODES), default="uniform",
+                        help="uniform: to any other class; pairwise: class c to c+1; class-conditional: "
+                             "that share of half the classes' rows (binary: of one class) labelled as one "
+                             "other class each")
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--max-train", type=int, default=None,
                         help="keep a random subset of this many training rows (valid/test in proportion)")
@@ -201,17 +212,20 @@ def _clean(args: argparse.Namespace) -> int:
 
 
 def _print_summary(cfg, metrics: dict, seconds: float) -> None:
-    c = metrics["counts"]
+    from fastif_engine.report import verdict_line
+
+    c, f = metrics["counts"], metrics["flagging"]
+    floor = (f" ({f['below_evidence']} more within the budget lacked evidence of net harm, t < {f['min_evidence']:g})"
+             if f["below_evidence"] and f["min_evidence"] > 0 else "")
     print(f"\n{c['errors']} of {c['valid']} validation rows misclassified; {c['distinct_candidates']} training "
-          f"rows scored; {c['flagged']} of {c['train']} flagged by {metrics['flag_by']}"
-          + (" (positive harm = harmful)." if metrics["flag_by"] == "harm" else "."))
+          f"rows scored against them; {c['flagged']} of {c['train']} flagged by {metrics['flag_by']}{floor}.")
     retrain = metrics["accuracy"]["retrain"]
     if retrain:
         s = retrain["summary"]
-        print(f"{retrain['eval_split']} accuracy over {retrain['seeds']} seeds: original {s['original']['mean']:.4f} "
-              f"± {s['original']['std']:.4f} → cleaned {s['cleaned']['mean']:.4f} ± {s['cleaned']['std']:.4f} "
-              f"({s['cleaned']['mean'] - s['original']['mean']:+.4f}); random removal {s['random']['mean']:.4f} "
-              f"± {s['random']['std']:.4f}")
+        print(f"{retrain['eval_split']} accuracy over {retrain['seeds']} seeds ({retrain['eval_rows']} rows, standard "
+              f"error ±{retrain['accuracy_stderr']:.4f}): original {s['original']['mean']:.4f} → fixed "
+              f"({retrain['fix']}) {s['cleaned']['mean']:.4f}; random control {s['random']['mean']:.4f}")
+        print(verdict_line(metrics))
     _print_flipped_found(Path(cfg.out) / "flags.parquet", metrics["flag_by"])
     print(f"report: {Path(cfg.out) / 'report.html'} (finished in {seconds:.0f} s)")
 

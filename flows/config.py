@@ -46,12 +46,17 @@ class CleanConfig(BaseModel):
     self_influence: Literal["auto", "on", "off"] = Field(
         "auto", description="second score per training row; auto: only for ≤ 4,096 differentiated parameters")
 
-    flag_by: Literal["harm", "self-influence", "loss"] = Field(
-        "harm", description="score that ranks and flags rows: harm to the validation errors (explains "
-                            "errors), or self-influence / own training loss (mislabel hunting)")
+    flag_by: Literal["combined", "net-harm", "harm", "self-influence", "loss"] = Field(
+        "combined", description="score that ranks and flags rows: combined (net harm on the validation loss "
+                                "and the row's own loss, by rank), net-harm, harm (to the errors only), "
+                                "self-influence or loss")
     flag_fraction: Optional[float] = Field(None, ge=0.0, le=1.0)
     flag_top: Optional[int] = Field(None, ge=0)
     flag_threshold: Optional[float] = None
+    flag_evidence: float = Field(2.0, ge=0.0, description="flag only rows whose net harm has a fold t-statistic "
+                                                          "at least this (0: no floor, the budget is a quota)")
+    fix: Literal["remove", "relabel"] = Field("remove", description="what the retrain does with the flags: remove "
+                                              "them, or relabel them to what a model trained without them predicts")
 
     retrain: bool = False
     seeds: int = Field(3, ge=1)

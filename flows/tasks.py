@@ -28,6 +28,7 @@ from fastif_engine.gradients import FlatParams, gradient_matrix
 from fastif_engine.errors import LissaDivergenceError, SolverSetupError
 from fastif_engine.influence import influence_on_candidates, self_influence
 from fastif_engine.knn import FaissIndex
+from fastif_engine.net_harm import net_harm
 from fastif_engine.models import DataInfo, create_model
 from fastif_engine.retrain import retrain_and_evaluate
 from fastif_engine.solvers import (EXACT_MAX_PARAMS, ExactSolver, LissaSettings, LissaSolver, LowRankSolver,
@@ -331,6 +332,46 @@ def influence_part(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
     return str(path)
 
 
+@_stage_task("net harm", retries=1, retry_delay_seconds=1)
+def net_harm_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str, model_path: str,
+                   solver_path: str, threads: int) -> str:
+    """``[n_train, folds]``: every training row's influence on each validation fold's summed loss
+    (one s_test per fold, all folds solved together; see fastif_engine.net_harm)."""
+    path = StageCache(cache).path("netharm", key, "npy")
+    if _reused(path, "net harm"):
+        return str(path)
+    set_worker_threads(threads)
+    adapter = load_adapter(cfg, dataset_path, model_path)
+    x, y = _split_tensors(inputs_path, "train")
+    xv, yv = _split_tensors(inputs_path, "valid")
+    info = json.loads(Path(solver_path).read_text())
+    flat = FlatParams.of(adapter)
+    if cfg.solver == "exact":
+        solver = ExactSolver(adapter, x, y, ridge=info["ridge"], flat=flat)
+    else:
+        solver = LissaSolver(adapter, x, y, lissa_settings(cfg, info["scale"]), flat=flat)
+    result = net_harm(adapter, x, y, xv, yv, solver, seed=cfg.seed, chunk_size=cfg.chunk_size, flat=flat)
+    write_npy(path, result.per_fold)
+    return str(path)
+
+
+@_stage_task("relabel targets")
+def relabel_targets(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
+                    flagged_path: str, threads: int) -> str:
+    """The class a model trained without the flagged rows (seed ``cfg.seed``) predicts for every training
+    row: what ``fix: relabel`` sets a fixed row's label to (the flags' own labels never vote)."""
+    path = StageCache(cache).path("targets", key, "npy")
+    if _reused(path, "relabel targets"):
+        return str(path)
+    set_worker_threads(threads)
+    adapter = load_adapter(cfg, dataset_path, None)
+    x, y = _split_tensors(inputs_path, "train")
+    keep = torch.as_tensor(np.flatnonzero(~np.load(flagged_path)))
+    adapter.fit(take(x, keep), y[keep], seed=cfg.seed)
+    write_npy(path, evaluate(adapter, x, y).predictions.astype(np.int64))
+    return str(path)
+
+
 @_stage_task("self-influence")
 def self_influence_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
                          model_path: str, solver_path: str, threads: int) -> str | None:
@@ -365,7 +406,7 @@ def self_influence_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: s
 
 @_stage_task("retrain", retries=1, retry_delay_seconds=1)
 def retrain_one(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
-                flagged_path: str, variant: str, seed: int, threads: int) -> str:
+                flagged_path: str, variant: str, seed: int, threads: int, targets_path: str | None = None) -> str:
     path = StageCache(cache).path("retrain", f"{key}-{variant}-s{seed}", "json")
     if path.exists():
         return str(path)
@@ -376,6 +417,6 @@ def retrain_one(cfg: CleanConfig, cache: str, key: str, dataset_path: str, input
     flagged = np.load(flagged_path)
     result = retrain_and_evaluate(adapter, blob["train"], torch.as_tensor(blob["labels"]["train"]),
                                   blob[eval_split], torch.as_tensor(blob["labels"][eval_split]),
-                                  flagged, variant, seed)
+                                  flagged, variant, seed, np.load(targets_path) if targets_path else None)
     write_json(path, {**result, "eval_split": eval_split})
     return str(path)
