@@ -83,8 +83,8 @@ class NetHarm:
     def t(self) -> np.ndarray:
         g = self.per_fold.shape[1]  # ≥ 2 (fold_of_rows)
         score, sd = self.score, self.per_fold.std(axis=1, ddof=1)
-        t = np.sign(score) * np.inf  # zero spread: every fold agrees exactly (0 where the row scores 0)
-        t[score == 0] = 0.0
+        # zero spread: every fold agrees exactly (infinite evidence), or the row scores 0 everywhere
+        t = np.where(score > 0, np.inf, np.where(score < 0, -np.inf, 0.0))
         spread = sd > 0
         t[spread] = score[spread] / (np.sqrt(g) * sd[spread])
         return t

@@ -202,7 +202,7 @@ def render(metrics: dict, top_rows: list[dict], plots: dict[str, bytes]) -> tupl
     ]
     if counts["errors"] == 0:
         head += ["**The model made no mistakes on the validation set: there is nothing to explain"
-                 + (", and no row is flagged.**" if flag_by == "harm" else ".**"), ""]
+                 + (", and no row is flagged.**" if flag_by in ("combined", "net-harm", "harm") else ".**"), ""]
     solver = metrics.get("solver", {})
     head += ["## Scores", "", SCORE_TEXT[flag_by][1], ""]
     if flag_by != "harm":  # harm's own note is the sign convention; other scores still show harm

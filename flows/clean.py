@@ -161,7 +161,7 @@ def clean_dataset(config: CleanConfig) -> dict:
             n_candidates = int(influence["train_index"].nunique())
     else:
         logger.info("no misclassified validation examples: nothing to explain%s",
-                    ", nothing flagged" if cfg.flag_by == "harm" else "")
+                    ", nothing flagged" if cfg.flag_by in ("combined", "net-harm", "harm") else "")
     with timer.stage("net harm"):
         nh_key = fingerprint("netharm", solver_key, cfg.depth, cfg.tolerance, cfg.repeats, DEFAULT_FOLDS)
         net = NetHarm(np.load(tasks.net_harm_stage(key=nh_key, **loaded, solver_path=solver_path, threads=threads,
@@ -185,6 +185,8 @@ def clean_dataset(config: CleanConfig) -> dict:
         by = FLAG_SCORES[cfg.flag_by]
         scores = rank_and_flag(scores, cfg.flag_rule(), by=by, evidence="net_harm_t" if cfg.flag_evidence > 0 else None,
                                min_evidence=cfg.flag_evidence)
+        if not len(errors) and cfg.flag_by in ("combined", "net-harm", "harm"):
+            scores["flagged"] = False  # no validation error to fix: influence-based scores flag nothing
         flagging = _flagging_counts(cfg, scores, by)
     flagged = scores["flagged"].to_numpy()
     flag_key = fingerprint("retrain", prep_key, np.flatnonzero(flagged).tolist())
@@ -228,7 +230,7 @@ def _flagging_counts(cfg, scores: pd.DataFrame, by: str) -> dict:
     t = scores["net_harm_t"].to_numpy()
     return {"score": cfg.flag_by, "min_evidence": cfg.flag_evidence, "folds": DEFAULT_FOLDS,
             "within_budget": int(budget.sum()), "flagged": int(scores["flagged"].sum()),
-            "below_evidence": int((budget & ~scores["flagged"].to_numpy()).sum()),
+            "below_evidence": int((budget & ~(t >= cfg.flag_evidence)).sum()) if cfg.flag_evidence > 0 else 0,
             "net_harm_not_positive": int((budget & ~(t > 0)).sum())}
 
 

@@ -73,6 +73,8 @@ CASES = {
     "wrong model for the data": (_write(table(), table(), ["--model", "image-cnn"]),
                                  ["image-cnn needs image inputs"]),
     "invalid setting": (_write(table(), table(), ["--k", "0"]), ["'k'", "greater than or equal to 1"]),
+    "negative evidence floor": (_write(table(), table(), ["--flag-evidence", "-1"]),
+                                ["'flag_evidence'", "greater than or equal to 0"]),
     "conflicting settings": (_write(table(), table(), ["--flag-by", "self-influence", "--self-influence", "off"]),
                              ["flag_by: self-influence needs self_influence on or auto"]),
 }

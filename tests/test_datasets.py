@@ -61,3 +61,28 @@ def test_cli_export(tmp_path, capsys):
     assert "108 labels flipped" in capsys.readouterr().out
     assert main(["datasets", "export", "digits", "--out", str(tmp_path), "--noise", "2"]) == 2
     assert "noise must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_class_conditional_noise_confuses_some_classes_only(tmp_path):
+    train = read(export("digits", tmp_path, noise=0.3, noise_mode="class-conditional", seed=2))["train"]
+    noisy = train[train["noisy"]]
+    confused = sorted(noisy["true_label"].unique())
+    assert len(confused) == 5  # half of the ten classes
+    for c in confused:
+        assert noisy.loc[noisy["true_label"] == c, "label"].nunique() == 1  # each to one other class
+        assert (noisy["true_label"] == c).sum() == round(0.3 * (train["true_label"] == c).sum())
+    assert ((train["label"] != train["true_label"]) == train["noisy"]).all()
+
+
+def test_binary_class_conditional_noise_under_reports_one_class(tmp_path, capsys):
+    assert main(["datasets", "export", "breast-cancer", "--out", str(tmp_path), "--noise", "0.3",
+                 "--noise-mode", "class-conditional"]) == 0
+    train = pd.read_parquet(tmp_path / "train.parquet")
+    noisy = train[train["noisy"]]
+    assert noisy["true_label"].nunique() == 1 and noisy["label"].nunique() == 1
+    under = noisy["true_label"].iloc[0]
+    assert len(noisy) == round(0.3 * (train["true_label"] == under).sum())
+    assert f"{len(noisy)} labels flipped" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["datasets", "export", "breast-cancer", "--out", str(tmp_path), "--noise-mode", "nope"])
+    assert exit_.value.code == 2

@@ -63,11 +63,18 @@ def test_clean_writes_the_contract(tabular_run, tabular):
     assert list(flags.columns[:8]) == FLAG_COLUMNS
     train = pd.read_parquet(tabular["train"])
     assert len(flags) == len(train) and list(flags["train_id"]) == list(train["id"])
-    assert flags["flagged"].sum() == round(0.1 * len(train))
     assert set(flags["label"]) <= {"benign", "malignant"}
     assert sorted(flags["rank"]) == list(range(1, len(flags) + 1))
-    assert (flags.loc[flags["flagged"], "harm_score"] > 0).all()
+    # the default score ranks; a flag needs a rank within the 10% budget *and* net-harm evidence t ≥ 2
+    budget = round(0.1 * len(train))
+    expected = (flags["rank"] <= budget) & (flags["net_harm_t"] >= 2.0)
+    assert (flags["flagged"] == expected).all() and 0 < flags["flagged"].sum() <= budget
+    order = flags.sort_values("combined_score", ascending=False, kind="stable")["train_id"].tolist()
+    assert order[:budget] == flags.sort_values("rank")["train_id"].tolist()[:budget]
+    assert (flags.loc[flags["flagged"], "net_harm"] > 0).all()
     assert flags["self_influence"].notna().all() and (flags["self_influence"] >= 0).all()
+    flipped = pd.read_parquet(tabular["train"])["noisy"].to_numpy()
+    assert flipped[flags["flagged"].to_numpy()].mean() >= 0.7  # 10% of rows are flipped
 
     influence = pd.read_parquet(tabular_run / "influence.parquet")
     assert list(influence.columns) == ["test_id", "train_id", "influence", "rank"]
@@ -78,9 +85,19 @@ def test_clean_writes_the_contract(tabular_run, tabular):
     summed = influence.groupby("train_id")["influence"].sum()
     np.testing.assert_allclose(flags.set_index("train_id").loc[summed.index, "harm_score"], summed, rtol=1e-9)
 
+    assert metrics["flag_by"] == "combined"
+    f = metrics["flagging"]
+    assert f["flagged"] == flags["flagged"].sum() and f["within_budget"] == budget
+    assert f["below_evidence"] == budget - f["flagged"] == int(((flags["rank"] <= budget) & ~expected).sum())
+    assert sum(c["flagged"] for c in metrics["class_mix"]["classes"]) == f["flagged"]
+
     retrain = metrics["accuracy"]["retrain"]
-    assert retrain["seeds"] == 2 and retrain["eval_split"] == "test"
+    assert retrain["seeds"] == 2 and retrain["eval_split"] == "test" and retrain["fix"] == "remove"
     assert set(retrain["summary"]) == {"original", "cleaned", "random"}
+    diffs = [c - o for c, o in zip(retrain["summary"]["cleaned"]["values"], retrain["summary"]["original"]["values"])]
+    assert retrain["fixed_minus_original"]["mean"] == pytest.approx(np.mean(diffs))
+    assert retrain["eval_rows"] == len(pd.read_parquet(tabular["test"]))
+    assert retrain["verdict"].split(",")[0] in ("helped", "hurt", "no measurable effect")
     assert metrics["config"]["model"] == "tabular-mlp" and "faiss" in metrics["versions"]
     assert metrics["solver"]["ridge"] == pytest.approx(metrics["solver"]["damping"] * metrics["solver"]["scale"])
     for name in ("report.md", "report.html"):
@@ -115,13 +132,16 @@ class _Report(HTMLParser):
 def test_report_html_is_readable(tabular_run):
     report = _Report()
     report.feed((tabular_run / "report.html").read_text())
-    assert report.headings[:2] == ["fastif cleaning report", "Accuracy"]
-    assert "Top flagged training rows (by harm)" in report.headings
-    assert len(report.images) == 2 and all(src.startswith("data:image/png;base64,") for src in report.images)
-    assert report.rows >= 21  # header + 20 top rows (+ the timing table)
+    assert report.headings[:3] == ["fastif cleaning report", "Accuracy", "Flags"]
+    assert "Top flagged training rows (by combined)" in report.headings
+    assert len(report.images) == 3 and all(src.startswith("data:image/png;base64,") for src in report.images)
+    n_flagged = int(pd.read_parquet(tabular_run / "flags.parquet")["flagged"].sum())
+    assert report.rows >= 1 + min(n_flagged, 20)  # header + the top rows (+ class mix and timing tables)
     assert any(c.startswith("mean_radius=") for c in report.cells)  # rows shown by their content
     text = (tabular_run / "report.html").read_text()
     assert "positive = harmful" in text and "random" in text
+    metrics = json.loads((tabular_run / "metrics.json").read_text())
+    assert f"<p><b>Verdict: removing the {n_flagged} flagged rows {metrics['accuracy']['retrain']['verdict']}" in text
 
 
 def test_explain_prints_harmful_and_helpful_rows(tabular_run, capsys):
@@ -176,10 +196,11 @@ def _flipped(tabular, flags):
 
 def test_flag_by_self_influence_of_a_large_model_finds_flipped_labels(tabular, tmp_path):
     """13k parameters: above the exact solver's limit, so the rank-32 Lanczos inverse is used;
-    --flag-by self-influence turns self-influence on and flags its top 10%."""
+    --flag-by self-influence turns self-influence on and flags its top 10% (no evidence floor: a quota)."""
     from sklearn.metrics import roc_auc_score
 
-    assert clean(tabular, tmp_path, "--flag-by", "self-influence", "--model-option", "hidden=400") == 0
+    assert clean(tabular, tmp_path, "--flag-by", "self-influence", "--model-option", "hidden=400",
+                 "--flag-evidence", "0") == 0
     flags = pd.read_parquet(tmp_path / "flags.parquet")
     flipped = _flipped(tabular, flags)
     assert flags["self_influence"].notna().all() and (flags["self_influence"] >= 0).all()
@@ -192,7 +213,8 @@ def test_flag_by_self_influence_of_a_large_model_finds_flipped_labels(tabular, t
 
 
 def test_flag_by_loss_flags_the_rows_the_model_disagrees_with(tabular, tmp_path, capsys):
-    assert clean(tabular, tmp_path, "--flag-by", "loss", "--self-influence", "off", model="tabular-logreg") == 0
+    assert clean(tabular, tmp_path, "--flag-by", "loss", "--self-influence", "off", "--flag-evidence", "0",
+                 model="tabular-logreg") == 0
     flags = pd.read_parquet(tmp_path / "flags.parquet")
     found = int(_flipped(tabular, flags)[flags["flagged"]].sum())
     assert f"flipped labels among the flags: {found} of 34 (" in capsys.readouterr().out
@@ -204,6 +226,27 @@ def test_flag_by_loss_flags_the_rows_the_model_disagrees_with(tabular, tmp_path,
     assert _flipped(tabular, flags)[flags["flagged"]].mean() >= 0.5
     report = (tmp_path / "report.md").read_text()
     assert "own training loss" in report and "report_assets/flag_scores.png" in report
+
+
+def test_fix_relabel_suggests_labels_and_retrains_with_them(tabular, tmp_path, capsys):
+    """--fix relabel: flagged rows get the class a model trained without them predicts; the retrain
+    relabels the flags (and as many random rows) instead of dropping them."""
+    assert clean(tabular, tmp_path, "--fix", "relabel", "--retrain", "--seeds", "2", model="tabular-logreg") == 0
+    flags = pd.read_parquet(tmp_path / "flags.parquet")
+    flagged = flags["flagged"].to_numpy()
+    assert flagged.sum() > 0 and flags.loc[~flagged, "suggested_label"].isna().all()
+    truth = pd.read_parquet(tabular["train"]).set_index("id").loc[flags["train_id"], "true_label"].to_numpy()
+    # two classes: a flipped row relabelled to the out-of-sample prediction gets its true label back
+    assert (flags.loc[flagged, "suggested_label"].to_numpy() == truth[flagged]).mean() >= 0.8
+    retrain = json.loads((tmp_path / "metrics.json").read_text())["accuracy"]["retrain"]
+    assert retrain["fix"] == "relabel"
+    changed = int((flags.loc[flagged, "suggested_label"] != flags.loc[flagged, "label"]).sum())
+    for run in retrain["runs"]:
+        assert run["rows"] == len(flags)  # nothing removed
+        assert run["relabelled"] == {"original": 0, "cleaned": changed}.get(run["variant"], run["relabelled"])
+    out = capsys.readouterr().out
+    assert "fixed (relabel)" in out and f"Verdict: relabelling the {int(flagged.sum())} flagged rows " in out
+    assert "relabel to" in (tmp_path / "report.md").read_text()
 
 
 def test_tiny_scale_fails_with_a_clear_message(tabular, tmp_path, capsys):
@@ -234,7 +277,7 @@ def test_missing_label_column_writes_nothing(tabular, tmp_path, capsys):
 def test_yaml_config_and_unknown_keys(tabular, tmp_path, capsys):
     cfg = tmp_path / "clean.yaml"
     cfg.write_text(f"train: {tabular['train']}\nvalid: {tabular['valid']}\nmodel: tabular-logreg\nk: 50\n"
-                   f"depth: 100\nbatch_size: 8\nflag_top: 7\nout: {tmp_path / 'out'}\n")
+                   f"depth: 100\nbatch_size: 8\nflag_top: 7\nflag_evidence: 0\nout: {tmp_path / 'out'}\n")
     assert main(["clean", "--config", str(cfg)]) == 0
     flags = pd.read_parquet(tmp_path / "out" / "flags.parquet")
     assert flags["flagged"].sum() == 7

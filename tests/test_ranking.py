@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fastif_engine.ranking import FlagRule, harm_scores, rank_and_flag
+from fastif_engine.ranking import FlagRule, harm_scores, rank_and_flag, rank_fusion, within_budget
 
 
 def test_harm_sums_influence_per_row_and_counts_harmed_errors():
@@ -39,3 +39,19 @@ def test_unscored_rows_cannot_be_ranked():
         rank_and_flag(scores, FlagRule(), by="self_influence")
     with pytest.raises(KeyError, match="no 'train_loss' column"):
         rank_and_flag(scores, FlagRule(), by="train_loss")
+
+
+def test_evidence_floor_makes_the_budget_a_ceiling():
+    scores = pd.DataFrame({"combined_score": [0.9, 0.8, 0.7, 0.6, 0.5], "net_harm_t": [3.0, 1.0, np.inf, 2.0, 5.0]})
+    out = rank_and_flag(scores, FlagRule(fraction=0.8), by="combined_score", evidence="net_harm_t", min_evidence=2.0)
+    assert out["flagged"].tolist() == [True, False, True, True, False]  # row 1 lacks evidence, row 4 is over budget
+    assert within_budget(out["combined_score"].to_numpy(), out["rank"].to_numpy(), FlagRule(fraction=0.8)).sum() == 4
+    quota = rank_and_flag(scores, FlagRule(fraction=0.8), by="combined_score")
+    assert quota["flagged"].sum() == 4
+
+
+def test_rank_fusion_averages_percentile_ranks():
+    a = np.array([10.0, 20.0, 30.0, 40.0])
+    b = np.array([4.0, 3.0, 2.0, 1.0])
+    np.testing.assert_allclose(rank_fusion(a, b), [0.625, 0.625, 0.625, 0.625])
+    np.testing.assert_allclose(rank_fusion(a, np.array([0.0, 5.0, 5.0, 9.0])), [0.25, 0.5625, 0.6875, 1.0])
