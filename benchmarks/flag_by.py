@@ -63,7 +63,7 @@ def as_feature_columns(data: Path) -> None:
 
 
 def one_seed(dataset: str, mode: str, seed: int, max_train: int | None, retrain_seeds: int,
-             work: Path) -> list[dict]:
+             work: Path, scores: list[str]) -> list[dict]:
     data = work / f"data-{seed}"
     export = ["datasets", "export", dataset, "--out", str(data), "--noise", str(NOISE[mode]), "--noise-mode", mode,
               "--seed", str(seed)]
@@ -71,7 +71,7 @@ def one_seed(dataset: str, mode: str, seed: int, max_train: int | None, retrain_
     if SETUPS[dataset][0].startswith("tabular"):
         as_feature_columns(data)
     rows = []
-    for score in SCORES:
+    for score in scores:
         out = work / f"run-{seed}"
         t0 = time.perf_counter()
         fastif("clean", "--train", str(data / "train.parquet"), "--valid", str(data / "valid.parquet"),
@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--max-train", type=int, default=None)
     ap.add_argument("--retrain-seeds", type=int, default=3)
+    ap.add_argument("--scores", nargs="+", choices=SCORES, default=list(SCORES))
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--summary", action="store_true", help="only print tables from saved results")
     args = ap.parse_args()
@@ -131,7 +132,8 @@ def main() -> None:
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
             for seed in args.seeds:
-                rows += one_seed(args.dataset, args.noise_mode, seed, args.max_train, args.retrain_seeds, Path(tmp))
+                rows += one_seed(args.dataset, args.noise_mode, seed, args.max_train, args.retrain_seeds, Path(tmp),
+                                 args.scores)
         args.results.mkdir(parents=True, exist_ok=True)
         (args.results / f"flag_by-{args.dataset}-{args.noise_mode}.json").write_text(json.dumps(rows, indent=1))
     summary(args.results)

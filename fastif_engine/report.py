@@ -149,7 +149,10 @@ def verdict_line(metrics: dict) -> str | None:
     if not retrain:
         return None
     what = "relabelling" if retrain.get("fix") == "relabel" else "removing"
-    return (f"Verdict: {what} the {metrics['counts']['flagged']} flagged rows {retrain['verdict']} "
+    outcome = retrain["verdict"]
+    if outcome.startswith("no measurable effect"):
+        outcome = "had " + outcome
+    return (f"Verdict: {what} the {metrics['counts']['flagged']} flagged rows {outcome} "
             f"({retrain['eval_split']} accuracy {_ci(retrain['fixed_minus_original']).replace('**', '')}, "
             f"over {retrain['seeds']} seeds).")
 

@@ -26,7 +26,7 @@ from fastif_engine.ranking import FLAG_SCORES
 # The demo's data: Rotten Tomatoes with one class under-reported (30% of its training rows carry the
 # other label), the systematic kind of label error a rushed annotator makes; speed settings for two cores.
 DEMO_NOISE = dict(noise=0.3, noise_mode="class-conditional", seed=0)
-DEMO_SETTINGS = dict(k=200, depth=100, repeats=1, batch_size=1, damping=0.05, seeds=3)
+DEMO_SETTINGS = dict(k=200, depth=100, repeats=1, batch_size=1, damping=0.05, seeds=5)
 
 
 class _NoTracebacks(logging.Filter):
