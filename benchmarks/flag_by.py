@@ -109,12 +109,13 @@ def summary(results: Path) -> None:
             cells = [[r["flagged"] for r in mine], [r["flipped_in_flags"] / max(r["flagged"], 1) for r in mine]]
             cells += [[r["accuracy"][k] for r in mine] for k in ("cleaned", "original", "random")]
             verdicts = "; ".join(r.get("verdict", "—") for r in mine)
-            print(f"| {score} | " + " | ".join(_ms(c) for c in cells) + f" | {verdicts} |")
+            print(f"| {score} | " + " | ".join(_ms(c, 0 if i == 0 else 3) for i, c in enumerate(cells))
+                  + f" | {verdicts} |")
 
 
-def _ms(values: list[float]) -> str:
+def _ms(values: list[float], digits: int = 3) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
 def main() -> None:

@@ -117,6 +117,13 @@ def lissa_settings(cfg: CleanConfig, scale: float, repeats: int | None = None) -
                          damping=cfg.damping, scale=scale, tolerance=cfg.tolerance, seed=cfg.seed)
 
 
+def stage_solver(cfg: CleanConfig, adapter, x, y, solver_info: dict, flat: FlatParams):
+    """The run's inverse-HVP solver with the ridge / scale fixed once by ``resolve_solver``."""
+    if cfg.solver == "exact":
+        return ExactSolver(adapter, x, y, ridge=solver_info["ridge"], flat=flat)
+    return LissaSolver(adapter, x, y, lissa_settings(cfg, solver_info["scale"]), flat=flat)
+
+
 def _split_tensors(inputs_path: str, split: str):
     blob = _inputs(inputs_path)
     return blob[split], torch.as_tensor(blob["labels"][split])
@@ -302,10 +309,8 @@ def s_test_batch(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inpu
     x, y = _split_tensors(inputs_path, "train")
     flat = FlatParams.of(adapter)
     v = gradient_matrix(adapter, take(xv, torch.as_tensor(rows)), yv[rows], chunk_size=cfg.chunk_size, flat=flat)
-    if cfg.solver == "exact":
-        s = ExactSolver(adapter, x, y, ridge=solver_info["ridge"], flat=flat).solve(v)
-    else:
-        s = LissaSolver(adapter, x, y, lissa_settings(cfg, solver_info["scale"]), flat=flat).solve_repeat(v, repeat)
+    solver = stage_solver(cfg, adapter, x, y, solver_info, flat)
+    s = solver.solve(v) if cfg.solver == "exact" else solver.solve_repeat(v, repeat)
     write_npy(path, s.float().cpu().numpy())
     return str(path)
 
@@ -344,12 +349,8 @@ def net_harm_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
     adapter = load_adapter(cfg, dataset_path, model_path)
     x, y = _split_tensors(inputs_path, "train")
     xv, yv = _split_tensors(inputs_path, "valid")
-    info = json.loads(Path(solver_path).read_text())
     flat = FlatParams.of(adapter)
-    if cfg.solver == "exact":
-        solver = ExactSolver(adapter, x, y, ridge=info["ridge"], flat=flat)
-    else:
-        solver = LissaSolver(adapter, x, y, lissa_settings(cfg, info["scale"]), flat=flat)
+    solver = stage_solver(cfg, adapter, x, y, json.loads(Path(solver_path).read_text()), flat)
     result = net_harm(adapter, x, y, xv, yv, solver, seed=cfg.seed, chunk_size=cfg.chunk_size, flat=flat)
     write_npy(path, result.per_fold)
     return str(path)

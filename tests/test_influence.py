@@ -69,13 +69,21 @@ def test_influence_predicts_leave_one_out_retraining():
     chosen = np.argsort(-np.abs(scores))[:30]
     predicted = -scores[chosen] / len(y)
 
-    base = float(model.loss(model.logits(z_test[0]), z_test[1]))
-    actual = []
-    for i in chosen:
-        keep = torch.ones(len(y), dtype=torch.bool)
-        keep[i] = False
-        loo = copy.deepcopy(model)  # same standardisation, warm start from θ̂
-        train(loo, x[keep], y[keep], recipe)
-        actual.append(float(loo.loss(loo.logits(z_test[0]), z_test[1])) - base)
+    actual = leave_one_out_changes(model, x, y, chosen, recipe,
+                                   lambda m: float(m.loss(m.logits(z_test[0]), z_test[1])))
     pearson = np.corrcoef(predicted, actual)[0, 1]
     assert pearson >= 0.9, (pearson, predicted[:5], actual[:5])
+
+
+def leave_one_out_changes(model, x, y, rows, recipe, measure) -> list[float]:
+    """``measure(model without row i) − measure(model)`` for each row i, each refit to convergence
+    from θ̂ (a copy keeps the model's standardisation)."""
+    base = measure(model)
+    out = []
+    for i in rows:
+        keep = torch.ones(len(y), dtype=torch.bool)
+        keep[i] = False
+        loo = copy.deepcopy(model)
+        train(loo, x[keep], y[keep], recipe)
+        out.append(measure(loo) - base)
+    return out
