@@ -187,7 +187,7 @@ def clean_dataset(config: CleanConfig) -> dict:
                                min_evidence=cfg.flag_evidence)
         if not len(errors) and cfg.flag_by in ("combined", "net-harm", "harm"):
             scores["flagged"] = False  # no validation error to fix: influence-based scores flag nothing
-        flagging = _flagging_counts(cfg, scores, by)
+        flagging = _flagging_counts(cfg, scores, by, net.per_fold.shape[1])
     flagged = scores["flagged"].to_numpy()
     flag_key = fingerprint("retrain", prep_key, np.flatnonzero(flagged).tolist())
     flagged_path = tasks.StageCache(cache).path("flagged", flag_key, "npy")
@@ -224,11 +224,11 @@ def clean_dataset(config: CleanConfig) -> dict:
     return metrics
 
 
-def _flagging_counts(cfg, scores: pd.DataFrame, by: str) -> dict:
+def _flagging_counts(cfg, scores: pd.DataFrame, by: str, folds: int) -> dict:
     """How many rows the budget allowed, how many of those cleared the evidence floor, and why not the rest."""
     budget = within_budget(scores[by].to_numpy(dtype=np.float64), scores["rank"].to_numpy(), cfg.flag_rule())
     t = scores["net_harm_t"].to_numpy()
-    return {"score": cfg.flag_by, "min_evidence": cfg.flag_evidence, "folds": DEFAULT_FOLDS,
+    return {"score": cfg.flag_by, "min_evidence": cfg.flag_evidence, "folds": folds,
             "within_budget": int(budget.sum()), "flagged": int(scores["flagged"].sum()),
             "below_evidence": int((budget & ~(t >= cfg.flag_evidence)).sum()) if cfg.flag_evidence > 0 else 0,
             "net_harm_not_positive": int((budget & ~(t > 0)).sum())}

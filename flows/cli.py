@@ -173,6 +173,9 @@ def _preflight(cfg) -> None:
     columns = Columns(label=cfg.label_column, id=cfg.id_column, text=cfg.text_column,
                       features=tuple(cfg.feature_columns) if cfg.feature_columns else None, image=cfg.image_column)
     ds = load_dataset({"train": cfg.train, "valid": cfg.valid, "test": cfg.test}, columns)
+    if len(ds.splits["valid"]) < 2:
+        raise FastIFError(f"valid file {cfg.valid}: {len(ds.splits['valid'])} row; net harm (the default flag "
+                          "score's evidence) needs at least 2 validation rows")
     info = DataInfo(ds.modality, ds.n_classes, ds.input_shape)
     if cfg.model in BUILTIN_MODELS:
         if BUILTIN_MODELS[cfg.model] != ds.modality:

@@ -63,6 +63,7 @@ CASES = {
     "missing labels": (_write(_mutate(table(), _set("label", [7], None)), table()), ["'label' is empty", "rows 7"]),
     "unseen label": (_write(table(), _mutate(table(), _set("label", [3], "maybe"))), ["'maybe'", "rows 3"]),
     "empty split": (_write(table(), table().iloc[:0]), ["valid file", "has no rows"]),
+    "one validation row": (_write(table(), table().iloc[:1]), ["valid file", "1 row", "at least 2 validation rows"]),
     "duplicate ids": (_write(_mutate(table(), _set("id", [5], 1)), table()), ["duplicate ids", "rows 1, 5"]),
     "mixed image sizes": (_write(images([8, 8, 6, 8]), images([8, 8])), ["inconsistent size", "rows 2"]),
     "named columns absent": (_write(table(), table(), ["--feature-columns", "a,zz"]), ["missing column 'zz'"]),
