@@ -35,7 +35,7 @@ from fastif_engine.verdict import accuracy_stderr, retrain_verdict
 from fastif_engine.store import file_fingerprint, fingerprint, write_bytes, write_json, write_npy, \
     write_parquet, write_text
 
-from . import tasks
+from . import console, tasks
 from .config import CleanConfig
 from .runtime import gpus_for, task_runner, threads_per_worker, worker_device
 
@@ -61,7 +61,9 @@ class _Timer:
     def stage(self, name: str):
         t0 = time.perf_counter()
         yield
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self.timings[name] = self.timings.get(name, 0.0) + seconds
+        console.stage_done(name, seconds)
 
 
 def _progress(futures, description: str):
@@ -70,10 +72,12 @@ def _progress(futures, description: str):
     total = len(futures)
     artifact = create_progress_artifact(progress=0.0, description=description)
     results = {}
-    for done, fut in enumerate(as_completed(futures), start=1):
-        results[fut] = fut.result()
-        update_progress_artifact(artifact_id=artifact, progress=100.0 * done / total)
-        logger.info("%s: %d/%d done", description, done, total)
+    with console.progress_bar(description, total) as advance:
+        for done, fut in enumerate(as_completed(futures), start=1):
+            results[fut] = fut.result()
+            update_progress_artifact(artifact_id=artifact, progress=100.0 * done / total)
+            logger.info("%s: %d/%d done", description, done, total)
+            advance()
     return [results[f] for f in futures]
 
 

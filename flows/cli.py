@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "model wrong (FastIF influence functions).")
     parser.add_argument("--version", action="version", version=f"fastif {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Prefect's log lines (every task run) on the console too")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     clean = commands.add_parser("clean", help="flag the training rows that cause validation errors")
@@ -306,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         for name in ("prefect.task_runs", "prefect.flow_runs", "prefect.flows", "prefect.tasks"):
             logging.getLogger(name).addFilter(_NoTracebacks())
+    if args.command in ("clean", "demo"):
+        from . import console
+
+        console.enable(verbose=args.verbose)
     try:
         return args.handler(args)
     except (FastIFError, ValueError, FileNotFoundError) as exc:

@@ -1,6 +1,9 @@
 """End-to-end through the real Prefect flow and the real command line, on small real data."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 from html.parser import HTMLParser
 
 import numpy as np
@@ -248,6 +251,28 @@ def test_fix_relabel_suggests_labels_and_retrains_with_them(tabular, tmp_path, c
     out = capsys.readouterr().out
     assert "fixed (relabel)" in out and f"Verdict: relabelling the {int(flagged.sum())} flagged rows " in out
     assert "relabel to" in (tmp_path / "report.md").read_text()
+
+
+def test_console_shows_stages_and_the_summary_and_verbose_adds_prefect_lines(tabular, tmp_path):
+    """Outside the test harness, as a user runs it: stage lines and the summary, no per-task Prefect
+    lines unless --verbose (they always reach the Prefect API)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+
+    def fastif(*options):
+        cmd = [sys.executable, "-m", "flows.cli", *options, "clean", "--train", str(tabular["train"]), "--valid",
+               str(tabular["valid"]), "--out", str(tmp_path / "out"), "--model", "tabular-logreg", "--solver", "exact"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        return proc
+
+    quiet = fastif()
+    for stage in ("train model", "s_test", "net harm", "rank + flag", "report"):
+        assert f"  {stage} " in quiet.stderr, quiet.stderr
+    assert "Task run '" not in quiet.stderr + quiet.stdout and "Flow run '" not in quiet.stderr + quiet.stdout
+    assert "flagged by combined" in quiet.stdout and "report: " in quiet.stdout
+    verbose = fastif("--verbose")
+    assert "Task run '" in verbose.stderr + verbose.stdout and "flagged by combined" in verbose.stdout
 
 
 def test_tiny_scale_fails_with_a_clear_message(tabular, tmp_path, capsys):

@@ -60,9 +60,9 @@ def test_command_line_starts_one_api_server_for_process_workers(tabular, referen
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
     fastif = Path(sys.executable).parent / "fastif"
-    cmd = [str(fastif), "clean", "--train", str(tabular["train"]), "--valid", str(tabular["valid"]),
+    cmd = [str(fastif), "--verbose", "clean", "--train", str(tabular["train"]), "--valid", str(tabular["valid"]),
            "--test", str(tabular["test"]), "--out", str(tmp_path / "out"), "--model", "tabular-mlp", *FAST,
-           "--runner", "process"]
+           "--runner", "process"]  # --verbose: Prefect's INFO lines (the server's start) on the console
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     log = proc.stderr + proc.stdout

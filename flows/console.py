@@ -1,0 +1,51 @@
+"""What the command line shows while a run works: one line per finished stage, a progress bar for
+the parallel stages on a terminal, then the summary. Prefect's own per-task log lines still go to
+the Prefect API (and UI); on the console they appear only with ``--verbose``.
+
+Off unless the command line turns it on, so a deployment's flow run prints nothing extra.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import contextmanager
+
+_enabled = False
+
+
+def enable(verbose: bool) -> None:
+    """Print stage lines from now on; without ``verbose``, Prefect's console shows warnings only."""
+    global _enabled
+    _enabled = True
+    if verbose:
+        return
+    # worker processes (process pool, local Dask) read this at start-up; this process is set below
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    from prefect.logging.configuration import setup_logging
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    setup_logging()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.setLevel(logging.WARNING)
+
+
+def stage_done(name: str, seconds: float) -> None:
+    if _enabled:
+        print(f"  {name:<18} {seconds:7.1f} s", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def progress_bar(description: str, total: int):
+    """Yield ``advance()``; a transient bar on a terminal, nothing otherwise."""
+    if not (_enabled and sys.stderr.isatty()):
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(file=sys.stderr), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)
