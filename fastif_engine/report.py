@@ -183,6 +183,30 @@ def _flagging_lines(metrics: dict) -> list[str]:
     return lines
 
 
+def _history_lines(metrics: dict, shown: int = 20) -> list[str]:
+    """What changed since the previous recorded run, and the trend over the last runs."""
+    h = metrics.get("history")
+    if not h:
+        return []
+    lines = ["## Since the last run", ""]
+    c = h["changes"]
+    if c is None:
+        lines += [f"This is the first run recorded in `{h['path']}`; the next one will say which flags are new, "
+                  "still there or gone.", ""]
+    else:
+        lines += [f"Against the run of {c['previous_time']}: **{len(c['new'])} new** flags, {len(c['still'])} still "
+                  f"flagged, **{len(c['gone'])} gone** (no longer flagged: fixed, or no longer suspect).", ""]
+        listed = [name for name in ("new", "gone") if c[name]]
+        for name in listed:
+            more = f" (and {len(c[name]) - shown} more)" if len(c[name]) > shown else ""
+            lines.append(f"- {name}: " + ", ".join(_cell(i) for i in c[name][:shown]) + more)
+        lines += [""] if listed else []
+    lines += ["| run (UTC) | errors | flagged | validation accuracy | retrain verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {r['time']} | {r['errors']} | {r['flagged']} | {r['valid_accuracy']:.4f} | "
+              f"{_cell(r['verdict'] or '—')} |" for r in h["trend"]]
+    return lines + [""]
+
+
 def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -206,6 +230,7 @@ def render(metrics: dict, top_rows: list[dict], plots: dict[str, bytes]) -> tupl
     if counts["errors"] == 0:
         head += ["**The model made no mistakes on the validation set: there is nothing to explain"
                  + (", and no row is flagged.**" if flag_by in ("combined", "net-harm", "harm") else ".**"), ""]
+    head += _history_lines(metrics)
     solver = metrics.get("solver", {})
     head += ["## Scores", "", SCORE_TEXT[flag_by][1], ""]
     if flag_by != "harm":  # harm's own note is the sign convention; other scores still show harm

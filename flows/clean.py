@@ -26,6 +26,7 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 from prefect.futures import as_completed
 
 import fastif_engine
+from fastif_engine import history
 from fastif_engine.knn import faiss_build
 from fastif_engine.net_harm import DEFAULT_FOLDS, NetHarm
 from fastif_engine.ranking import FLAG_SCORES, harm_scores, rank_and_flag, rank_fusion, within_budget
@@ -222,10 +223,32 @@ def clean_dataset(config: CleanConfig) -> dict:
 
     metrics = _metrics(cfg, ds, predictions, errors, flags, n_candidates, solver_info, retrain, timer.timings,
                        flagging)
+    history_path = Path(cfg.history) if cfg.history else out / "history.parquet"
+    past = history.load(history_path)
+    record = _history_record(cfg, data_key, metrics, flags)
+    metrics["history"] = {"path": str(history_path), "runs_before": len(past),
+                          "changes": history.changes(past, record["flagged_ids"]),
+                          "trend": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                                     for k, v in r.items() if k != "flagged_ids"}
+                                    for r in past.tail(9).to_dict("records") + [record]]}
     with timer.stage("report"):
         _write_outputs(out, cfg, ds, flags, influence_table, metrics)
-    logger.info("wrote %s to %s", ", ".join(OUTPUTS), out)
+    history.append(history_path, past, record)  # after the outputs: a failed write records no run
+    logger.info("wrote %s to %s; run recorded in %s", ", ".join(OUTPUTS), out, history_path)
     return metrics
+
+
+def _history_record(cfg, data_key: str, metrics: dict, flags: pd.DataFrame) -> dict:
+    from datetime import datetime, timezone
+
+    retrain = metrics["accuracy"]["retrain"]
+    return {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "train": cfg.train, "data": data_key,
+            "model": cfg.model, "flag_by": cfg.flag_by, "errors": metrics["counts"]["errors"],
+            "flagged": metrics["counts"]["flagged"], "valid_accuracy": metrics["accuracy"]["before"]["valid"],
+            "eval_accuracy": metrics["accuracy"]["before"].get("eval"),
+            "retrained_fixed_minus_original": retrain["fixed_minus_original"]["mean"] if retrain else None,
+            "verdict": retrain["verdict"] if retrain else None,
+            "flagged_ids": [str(i) for i in flags.loc[flags["flagged"], "train_id"]]}
 
 
 def _flagging_counts(cfg, scores: pd.DataFrame, by: str, folds: int) -> dict:
@@ -408,6 +431,8 @@ def _write_outputs(out: Path, cfg, ds, flags, influence, metrics) -> None:
     create_table_artifact(table=json.loads(top.dropna(axis="columns", how="all").to_json(orient="records")),
                           key="fastif-flags", description=f"top flagged training rows, by {metrics['flag_by']} "
                                                           "(positive harm = harmful)")
+    create_table_artifact(table=metrics["history"]["trend"], key="fastif-history",
+                          description="cleaning runs recorded in " + metrics["history"]["path"] + " (latest last)")
 
 
 def _artifact_markdown(markdown: str) -> str:

@@ -80,6 +80,8 @@ def _add_clean_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=None,
                    help="retrain with the flags fixed (and a random control) and give a verdict with 95%% CIs")
     g.add_argument("--seeds", type=int, help="retrain seeds (default 3)")
+    g.add_argument("--history", help="run-history table to append this run to and compare with "
+                                     "(default: history.parquet in --out)")
     g = p.add_argument_group("execution")
     g.add_argument("--runner", choices=["thread", "process", "dask", "ray"])
     g.add_argument("--dask-address")
@@ -92,7 +94,7 @@ def _add_clean_options(p: argparse.ArgumentParser) -> None:
 CLEAN_KEYS = ("train", "valid", "test", "out", "label_column", "id_column", "text_column", "image_column",
               "feature_columns", "model", "seed", "k", "index", "solver", "depth", "repeats", "batch_size",
               "damping", "scale", "tolerance", "scale_sweep", "self_influence", "flag_by", "flag_fraction", "flag_top",
-              "flag_threshold", "flag_evidence", "fix", "retrain", "seeds", "runner", "dask_address", "ray_address",
+              "flag_threshold", "flag_evidence", "fix", "history", "retrain", "seeds", "runner", "dask_address", "ray_address",
               "device", "workers", "tests_per_batch", "chunk_size")
 
 
@@ -234,6 +236,10 @@ def _print_summary(cfg, metrics: dict, seconds: float) -> None:
               f"error ±{retrain['accuracy_stderr']:.4f}): original {s['original']['mean']:.4f} → fixed "
               f"({retrain['fix']}) {s['cleaned']['mean']:.4f}; random control {s['random']['mean']:.4f}")
         print(verdict_line(metrics))
+    changes = metrics["history"]["changes"]
+    if changes:
+        print(f"since the run of {changes['previous_time']}: {len(changes['new'])} new flags, {len(changes['still'])} "
+              f"still flagged, {len(changes['gone'])} gone (history: {metrics['history']['path']})")
     _print_flipped_found(Path(cfg.out) / "flags.parquet", metrics["flag_by"])
     print(f"report: {Path(cfg.out) / 'report.html'} (finished in {seconds:.0f} s)")
 

@@ -58,6 +58,8 @@ class CleanConfig(BaseModel):
     fix: Literal["remove", "relabel"] = Field("remove", description="what the retrain does with the flags: remove "
                                               "them, or relabel them to what a model trained without them predicts")
 
+    history: Optional[str] = Field(None, description="run-history table each run appends to (default: "
+                                                     "history.parquet in the output folder)")
     retrain: bool = False
     seeds: int = Field(3, ge=1)
     runner: Literal["thread", "process", "dask", "ray"] = "thread"

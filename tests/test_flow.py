@@ -275,6 +275,38 @@ def test_console_shows_stages_and_the_summary_and_verbose_adds_prefect_lines(tab
     assert "Task run '" in verbose.stderr + verbose.stdout and "flagged by combined" in verbose.stdout
 
 
+def test_history_names_new_and_resolved_flags_across_two_runs(tabular, tmp_path, capsys):
+    """A scheduled run on corrected data: one flagged, flipped row gets its true label back between
+    the runs; the second run's report, summary and history table say what is new and what is gone."""
+    from fastif_engine.history import load
+
+    out, history_path = tmp_path / "out", tmp_path / "history.parquet"
+    assert clean(tabular, out, "--history", str(history_path), model="tabular-logreg") == 0
+    first = pd.read_parquet(out / "flags.parquet")
+    assert "first run recorded" in (out / "report.md").read_text()
+    train = pd.read_parquet(tabular["train"])
+    fixed = first[first["flagged"] & first["noisy"]].sort_values("rank")["train_id"].iloc[0]
+    train.loc[train["id"] == fixed, "label"] = train.loc[train["id"] == fixed, "true_label"]
+    train.to_parquet(tmp_path / "train.parquet", index=False)
+    capsys.readouterr()
+    assert clean({**tabular, "train": tmp_path / "train.parquet"}, out, "--history", str(history_path),
+                 model="tabular-logreg") == 0
+    second = pd.read_parquet(out / "flags.parquet")
+    before, after = set(first.loc[first["flagged"], "train_id"]), set(second.loc[second["flagged"], "train_id"])
+    assert fixed in before - after  # the corrected row is no longer flagged
+    table = load(history_path)
+    assert len(table) == 2 and json.loads(table["flagged_ids"].iloc[1]) == second.loc[second["flagged"], "train_id"].tolist()
+    assert table["data"].iloc[0] != table["data"].iloc[1]  # the data fingerprint changed
+    changes = json.loads((out / "metrics.json").read_text())["history"]["changes"]
+    assert set(changes["new"]) == after - before and set(changes["gone"]) == before - after
+    assert set(changes["still"]) == before & after
+    report = (out / "report.md").read_text()
+    gone_line = next(line for line in report.splitlines() if line.startswith("- gone: "))
+    assert fixed in gone_line.removeprefix("- gone: ").split(", ")
+    assert f"**{len(before - after)} gone**" in report
+    assert f"{len(after - before)} new flags" in capsys.readouterr().out
+
+
 def test_tiny_scale_fails_with_a_clear_message(tabular, tmp_path, capsys):
     assert clean(tabular, tmp_path / "out", "--scale", "1e-6") == 2  # settings at fault
     err = capsys.readouterr().err
