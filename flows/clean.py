@@ -27,6 +27,7 @@ from prefect.futures import as_completed
 
 import fastif_engine
 from fastif_engine import history
+from fastif_engine.fixes import fixes_table
 from fastif_engine.knn import faiss_build
 from fastif_engine.net_harm import DEFAULT_FOLDS, NetHarm
 from fastif_engine.ranking import FLAG_SCORES, harm_scores, rank_and_flag, rank_fusion, within_budget
@@ -40,7 +41,7 @@ from . import console, tasks
 from .config import CleanConfig
 from .runtime import gpus_for, task_runner, threads_per_worker, worker_device
 
-OUTPUTS = ("flags.parquet", "influence.parquet", "metrics.json", "report.md", "report.html")
+OUTPUTS = ("flags.parquet", "influence.parquet", "fixes.csv", "metrics.json", "report.md", "report.html")
 CACHE_DIR = ".fastif-cache"
 
 
@@ -414,6 +415,7 @@ def _write_outputs(out: Path, cfg, ds, flags, influence, metrics) -> None:
             write_bytes(staging / "report_assets" / name, png)
         write_parquet(staging / "flags.parquet", flags)
         write_parquet(staging / "influence.parquet", influence)
+        write_text(staging / "fixes.csv", fixes_table(flags).to_csv(index=False))
         write_json(staging / "metrics.json", metrics)
         write_text(staging / "report.md", markdown)
         write_text(staging / "report.html", html)

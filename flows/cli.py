@@ -2,6 +2,7 @@
 
     fastif clean   --train T --valid V [--test X] --out DIR --model NAME [options]
     fastif explain --run DIR --test-id ID [--top 10]
+    fastif apply   --fixes DIR/fixes.csv --train T --out CORRECTED
     fastif demo    [--out DIR]
     fastif datasets export NAME --out DIR [--noise 0.1 --seed 0]
 
@@ -116,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--test-id", required=True, help="id of a misclassified validation row")
     explain.add_argument("--top", type=int, default=10)
     explain.set_defaults(handler=_explain)
+
+    apply = commands.add_parser("apply", help="write a corrected training table from an edited fixes.csv")
+    apply.add_argument("--fixes", required=True, help="fixes.csv from a clean run (edit its action / new_label)")
+    apply.add_argument("--train", required=True, help="the training table the run cleaned (never changed)")
+    apply.add_argument("--out", required=True, help="corrected table to write (.parquet or .csv)")
+    apply.add_argument("--label-column", default="label")
+    apply.add_argument("--id-column", default=None)
+    apply.set_defaults(handler=_apply)
 
     demo = commands.add_parser("demo", help="rotten-tomatoes with one class under-reported, cleaned with text-minilm")
     demo.add_argument("--out", default="runs/demo")
@@ -265,6 +274,15 @@ def _explain(args: argparse.Namespace) -> int:
     from .explain import explain
 
     print(explain(args.run, args.test_id, args.top))
+    return 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from fastif_engine.fixes import apply_fixes
+
+    done = apply_fixes(args.train, args.fixes, args.out, args.label_column, args.id_column)
+    print(f"{done['removed']} rows removed, {done['relabelled']} relabelled, {done['kept']} kept as they were "
+          f"-> {args.out}")
     return 0
 
 

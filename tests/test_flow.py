@@ -307,6 +307,45 @@ def test_history_names_new_and_resolved_flags_across_two_runs(tabular, tmp_path,
     assert f"{len(after - before)} new flags" in capsys.readouterr().out
 
 
+def test_apply_edited_fixes_writes_exactly_those_changes(tabular_run, tabular, tmp_path, capsys):
+    """fixes.csv round trip: a person edits two rows (one kept, one relabelled instead of removed);
+    `fastif apply` writes a corrected copy with exactly what the file says, which loads cleanly."""
+    from fastif_engine.data import load_dataset
+
+    fixes = pd.read_csv(tabular_run / "fixes.csv", dtype=str).fillna("")
+    flags = pd.read_parquet(tabular_run / "flags.parquet")
+    assert fixes["train_id"].tolist() == flags[flags["flagged"]].sort_values("rank")["train_id"].tolist()
+    assert set(fixes["action"]) == {"remove"} and len(fixes) >= 3
+    keep_id, relabel_id = fixes["train_id"].iloc[0], fixes["train_id"].iloc[1]
+    other = {"benign": "malignant", "malignant": "benign"}[fixes["given_label"].iloc[1]]
+    fixes.loc[0, "action"] = "keep"
+    fixes.loc[1, ["action", "new_label"]] = ["relabel", other]
+    fixes.to_csv(tmp_path / "fixes.csv", index=False)
+    corrected = tmp_path / "corrected.parquet"
+    assert main(["apply", "--fixes", str(tmp_path / "fixes.csv"), "--train", str(tabular["train"]),
+                 "--out", str(corrected)]) == 0
+    removed = set(fixes["train_id"].iloc[2:])
+    assert f"{len(removed)} rows removed, 1 relabelled, 1 kept" in capsys.readouterr().out
+    train = pd.read_parquet(tabular["train"])
+    fixed = pd.read_parquet(corrected)
+    expected = train[~train["id"].isin(removed)].reset_index(drop=True)
+    expected.loc[expected["id"] == relabel_id, "label"] = other
+    pd.testing.assert_frame_equal(fixed, expected)
+    assert keep_id in set(fixed["id"])
+    ds = load_dataset({"train": str(corrected), "valid": str(tabular["valid"])})
+    assert len(ds.splits["train"]) == len(train) - len(removed)
+    # bad edits: one line naming the file, column and rows; nothing written
+    fixes.loc[2, "action"] = "burn"
+    fixes.to_csv(tmp_path / "bad.csv", index=False)
+    assert main(["apply", "--fixes", str(tmp_path / "bad.csv"), "--train", str(tabular["train"]),
+                 "--out", str(tmp_path / "nope.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv" in err and "'action'" in err and "rows 2 (0-based)" in err
+    assert not (tmp_path / "nope.parquet").exists()
+    assert main(["apply", "--fixes", str(tmp_path / "fixes.csv"), "--train", str(tabular["train"]),
+                 "--out", str(tabular["train"])]) == 2  # never in place
+
+
 def test_tiny_scale_fails_with_a_clear_message(tabular, tmp_path, capsys):
     assert clean(tabular, tmp_path / "out", "--scale", "1e-6") == 2  # settings at fault
     err = capsys.readouterr().err
