@@ -152,9 +152,13 @@ def verdict_line(metrics: dict) -> str | None:
     outcome = retrain["verdict"]
     if outcome.startswith("no measurable effect"):
         outcome = "had " + outcome
+    ci = retrain["fixed_minus_original"]
+    caveat = ""
+    if ci["n"] > 1 and ci["low"] == ci["high"]:  # every seed gave the same difference
+        caveat = (f"; the retrain is deterministic, so the interval holds no seed noise: compare with the "
+                  f"{retrain['eval_split']} split's standard error, ±{retrain['accuracy_stderr']:.4f}")
     return (f"Verdict: {what} the {metrics['counts']['flagged']} flagged rows {outcome} "
-            f"({retrain['eval_split']} accuracy {_ci(retrain['fixed_minus_original']).replace('**', '')}, "
-            f"over {retrain['seeds']} seeds).")
+            f"({retrain['eval_split']} accuracy {_ci(ci).replace('**', '')}, over {retrain['seeds']} seeds{caveat}).")
 
 
 def _flagging_lines(metrics: dict) -> list[str]:
