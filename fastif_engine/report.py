@@ -31,7 +31,7 @@ def _figure_png(fig) -> bytes:
 
 
 # flag_by → (axis label, what the report says about the score)
-NET_NOTE = ("**Net harm** is a row's influence on the *whole* validation loss, misclassified and correct rows "
+NET_NOTE = ("**Net harm** is a row's influence on the whole validation loss, misclassified and correct rows "
             "alike: −(Σ∇L(valid))ᵀ(H + λI)⁻¹∇L(z), positive = removing the row should lower the validation loss. "
             "It is computed from one s_test per validation fold; its t-statistic over the folds says how much "
             "of the validation set agrees.")

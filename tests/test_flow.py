@@ -148,6 +148,32 @@ def test_report_html_is_readable(tabular_run):
     assert f"<p><b>Verdict: removing the {n_flagged} flagged rows " in text and f"{verdict} (test accuracy " in text
 
 
+@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
+                    reason="needs Debian's chromium and chromium-driver (scripts/install.sh installs them as root)")
+def test_report_in_headless_chromium_loads_every_image_without_console_errors(tabular_run, tmp_path):
+    """report.html as a person opens it: a real browser decodes every image and logs no error."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get((tabular_run / "report.html").as_uri())
+        images = driver.execute_script("return Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
+        assert len(images) == 3 and all(done and width > 0 for done, width in images), images
+        assert driver.find_element("tag name", "h1").text == "fastif cleaning report"
+        assert driver.find_element("tag name", "p").text.startswith("Verdict: ")
+        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert not errors, errors
+        assert driver.save_screenshot(str(tmp_path / "report.png"))
+    finally:
+        driver.quit()
+
+
 def test_explain_prints_harmful_and_helpful_rows(tabular_run, capsys):
     influence = pd.read_parquet(tabular_run / "influence.parquet")
     test_id = influence["test_id"].iloc[0]
