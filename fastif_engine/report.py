@@ -253,7 +253,7 @@ def render(metrics: dict, top_rows: list[dict], plots: dict[str, bytes]) -> tupl
         md += ["No row was flagged.", ""]
     else:
         header = ["rank", "train id", "content", "given", "predicted", *(["relabel to"] if suggest else []), *own,
-                  "net harm (t)", "harm score", "errors harmed", "harms most"]
+                  "net harm (t)", "harm score", "errors harmed", "errors it harms most (influence; true → predicted)"]
         md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in top_rows:
             if "image_png" in row:

@@ -233,7 +233,7 @@ def clean_dataset(config: CleanConfig) -> dict:
                                      for k, v in r.items() if k != "flagged_ids"}
                                     for r in past.tail(9).to_dict("records") + [record]]}
     with timer.stage("report"):
-        _write_outputs(out, cfg, ds, flags, influence_table, metrics)
+        _write_outputs(out, cfg, ds, flags, influence_table, metrics, predictions)
     history.append(history_path, past, record)  # after the outputs: a failed write records no run
     logger.info("wrote %s to %s; run recorded in %s", ", ".join(OUTPUTS), out, history_path)
     return metrics
@@ -364,35 +364,48 @@ def _metrics(cfg, ds, predictions, errors, flags, n_candidates, solver_info, ret
     }
 
 
-def _top_rows(ds, flags: pd.DataFrame, influence: pd.DataFrame, n: int = 20) -> list[dict]:
-    train = ds.splits["train"]
+def _top_rows(ds, flags: pd.DataFrame, influence: pd.DataFrame, predictions: dict, n: int = 20) -> list[dict]:
+    """The top flagged rows with their content, and the validation errors each harms most with theirs."""
+    train, valid = ds.splits["train"], ds.splits["valid"]
     top = flags[flags["flagged"]].sort_values("rank").head(n)
     pos_of = {tid: i for i, tid in enumerate(train.ids)}
+    valid_pos = {tid: i for i, tid in enumerate(valid.ids)}
+    valid_predicted = predictions["valid"]["predictions"]
     rows = []
     for _, r in top.iterrows():
         i = pos_of[r["train_id"]]
         harms = influence[(influence["train_id"] == r["train_id"]) & (influence["influence"] > 0)]
         harms = harms.sort_values("influence", ascending=False).head(3)
+        described = []
+        for t, v in zip(harms["test_id"], harms["influence"]):
+            j = valid_pos[t]
+            labels = f"{ds.classes[int(valid.labels[j])]} → predicted {ds.classes[int(valid_predicted[j])]}"
+            content = "" if ds.modality == "image" else f" “{_content(ds, valid.values[j], 60)}”"
+            described.append(f"{t} ({v:.3g}; {labels}){content}")
         row = {"rank": int(r["rank"]), "train_id": r["train_id"], "given": r["label"], "predicted": r["predicted"],
                "harm_score": float(r["harm_score"]), "self_influence": float(r["self_influence"]),
                "train_loss": float(r["train_loss"]), "n_errors_harmed": int(r["n_errors_harmed"]),
                "net_harm": float(r["net_harm"]), "net_harm_t": float(r["net_harm_t"]),
                "combined_score": float(r["combined_score"]), "suggested": r.get("suggested_label"),
-               "harms": ", ".join(f"{t} ({v:.3g})" for t, v in zip(harms["test_id"], harms["influence"]))}
+               "harms": "; ".join(described)}
         if ds.modality == "image":
             row["image_png"] = thumbnail(train.values[i])
-        elif ds.modality == "text":
-            text = train.values[i]
-            row["content"] = text if len(text) <= 160 else text[:157] + "…"
         else:
-            vals = train.values[i]
-            shown = ", ".join(f"{c}={v:.3g}" for c, v in zip(ds.input_columns[:6], vals[:6]))
-            row["content"] = shown + (", …" if len(vals) > 6 else "")
+            row["content"] = _content(ds, train.values[i], 160)
         rows.append(row)
     return rows
 
 
-def _write_outputs(out: Path, cfg, ds, flags, influence, metrics) -> None:
+def _content(ds, value, width: int) -> str:
+    """A text snippet, or the first feature values, in at most about ``width`` characters."""
+    if ds.modality == "text":
+        return value if len(value) <= width else value[:width - 3] + "…"
+    n = 6 if width >= 100 else 3
+    shown = ", ".join(f"{c}={v:.3g}" for c, v in zip(ds.input_columns[:n], value[:n]))
+    return shown + (", …" if len(value) > n else "")
+
+
+def _write_outputs(out: Path, cfg, ds, flags, influence, metrics, predictions: dict) -> None:
     """Render and write every output into a staging folder first, then move them into place.
 
     A failure while rendering or writing (a bad value, a full disk) leaves the previous run's
@@ -407,7 +420,7 @@ def _write_outputs(out: Path, cfg, ds, flags, influence, metrics) -> None:
         plots["harm_scores"] = plot_score_distribution(flags["harm_score"].to_numpy(), flagged, "harm")
     if metrics["accuracy"]["retrain"]:
         plots["accuracy"] = plot_accuracy(metrics["accuracy"]["retrain"]["summary"])
-    markdown, html, assets = render(metrics, _top_rows(ds, flags, influence), plots)
+    markdown, html, assets = render(metrics, _top_rows(ds, flags, influence, predictions), plots)
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".fastif-staging-", dir=out))
     try:
