@@ -248,11 +248,10 @@ def render(metrics: dict, top_rows: list[dict], plots: dict[str, bytes]) -> tupl
         md += [f"![{name}](report_assets/{name}.png)", ""]
     md += [f"## Top flagged training rows (by {flag_by})", ""]
     own = [] if flag_by == "harm" else [flag_by]
-    suggest = any(row.get("suggested") for row in top_rows)
     if not top_rows:
         md += ["No row was flagged.", ""]
     else:
-        header = ["rank", "train id", "content", "given", "predicted", *(["relabel to"] if suggest else []), *own,
+        header = ["rank", "train id", "content", "given", "predicted", "suggested action", *own,
                   "net harm (t)", "harm score", "errors harmed", "errors it harms most (influence; true → predicted)"]
         md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in top_rows:
@@ -262,7 +261,7 @@ def render(metrics: dict, top_rows: list[dict], plots: dict[str, bytes]) -> tupl
             else:
                 content = _cell(row["content"])
             cells = [row["rank"], _cell(row["train_id"]), content, _cell(row["given"]), _cell(row["predicted"]),
-                     *([_cell(row.get("suggested") or "")] if suggest else []),
+                     f"relabel to {_cell(row['suggested'])}" if row.get("suggested") else "remove",
                      *(f"{row[FLAG_SCORES[name]]:.4g}" for name in own),
                      f"{row['net_harm']:.4g} ({row['net_harm_t']:.1f})", f"{row['harm_score']:.4g}",
                      row["n_errors_harmed"], _cell(row["harms"])]

@@ -141,6 +141,7 @@ def test_report_html_is_readable(tabular_run):
     n_flagged = int(pd.read_parquet(tabular_run / "flags.parquet")["flagged"].sum())
     assert report.rows >= 1 + min(n_flagged, 20)  # header + the top rows (+ class mix and timing tables)
     assert any(c.startswith("mean_radius=") for c in report.cells)  # rows shown by their content
+    assert "remove" in report.cells  # the suggested action (fixes.csv holds it too)
     text = (tabular_run / "report.html").read_text()
     assert "positive = harmful" in text and "random" in text
     metrics = json.loads((tabular_run / "metrics.json").read_text())
@@ -276,7 +277,8 @@ def test_fix_relabel_suggests_labels_and_retrains_with_them(tabular, tmp_path, c
         assert run["relabelled"] == {"original": 0, "cleaned": changed}.get(run["variant"], run["relabelled"])
     out = capsys.readouterr().out
     assert "fixed (relabel)" in out and f"Verdict: relabelling the {int(flagged.sum())} flagged rows " in out
-    assert "relabel to" in (tmp_path / "report.md").read_text()
+    first = flags[flagged].sort_values("rank").iloc[0]
+    assert f"| relabel to {first['suggested_label']} |" in (tmp_path / "report.md").read_text()
 
 
 def test_console_shows_stages_and_the_summary_and_verbose_adds_prefect_lines(tabular, tmp_path):
