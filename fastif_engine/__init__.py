@@ -8,12 +8,13 @@ from .api import FastIF, extract_features
 from .errors import FastIFError, LissaDivergenceError, SolverSetupError
 from .influence import influence_on_candidates, self_influence
 from .knn import FaissIndex, recall_at_k
+from .net_harm import NetHarm, net_harm
 from .solvers import ExactSolver, InverseHVPSolver, LissaSettings, LissaSolver, make_solver
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ModelAdapter", "TrainableAdapter", "FastIF", "extract_features", "FastIFError", "LissaDivergenceError",
-    "SolverSetupError", "influence_on_candidates", "self_influence", "FaissIndex", "recall_at_k",
-    "ExactSolver", "InverseHVPSolver", "LissaSettings", "LissaSolver", "make_solver",
+    "SolverSetupError", "influence_on_candidates", "self_influence", "FaissIndex", "recall_at_k", "NetHarm",
+    "net_harm", "ExactSolver", "InverseHVPSolver", "LissaSettings", "LissaSolver", "make_solver",
 ]

@@ -45,6 +45,7 @@ def test_quickstart_example_finds_flipped_labels():
     result = runpy.run_path(str(ROOT / "examples" / "quickstart.py"))["main"]()
     assert result["n_errors"] > 10
     assert result["recall_top10"] > 0.3  # random ranking finds 10%
+    assert result["recall_top10_net_harm"] > 0.6
 
 
 def test_approximate_index_with_short_results(logreg, digits):
