@@ -95,8 +95,8 @@ def _add_clean_options(p: argparse.ArgumentParser) -> None:
 CLEAN_KEYS = ("train", "valid", "test", "out", "label_column", "id_column", "text_column", "image_column",
               "feature_columns", "model", "seed", "k", "index", "solver", "depth", "repeats", "batch_size",
               "damping", "scale", "tolerance", "scale_sweep", "self_influence", "flag_by", "flag_fraction", "flag_top",
-              "flag_threshold", "flag_evidence", "fix", "history", "retrain", "seeds", "runner", "dask_address", "ray_address",
-              "device", "workers", "tests_per_batch", "chunk_size")
+              "flag_threshold", "flag_evidence", "fix", "history", "retrain", "seeds", "runner", "dask_address",
+              "ray_address", "device", "workers", "tests_per_batch", "chunk_size")
 
 
 def build_parser() -> argparse.ArgumentParser:
