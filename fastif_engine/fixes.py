@@ -57,7 +57,8 @@ def apply_fixes(train_path: str, fixes_path: str, out_path: str, label_column: s
                         f"rows {_rows(bad)}")
     unknown = ~fix_ids.isin(set(ids))
     if unknown.any():
-        raise DataError(f"fixes file {fixes_path}: column 'train_id' has ids not in {train_path}; rows {_rows(unknown)}")
+        raise DataError(f"fixes file {fixes_path}: column 'train_id' has ids not in {train_path}; "
+                        f"rows {_rows(unknown)}")
     dup = fix_ids.duplicated(keep=False)
     if dup.any():
         raise DataError(f"fixes file {fixes_path}: column 'train_id' repeats ids; rows {_rows(dup)}")

@@ -168,7 +168,8 @@ def _flagging_lines(metrics: dict) -> list[str]:
     lines = [f"The budget allowed **{f['within_budget']}** rows with a positive {f['score']} score; "
              f"**{f['flagged']}** were flagged."]
     if f["min_evidence"] > 0 and f["below_evidence"]:
-        lines.append(f"{f['below_evidence']} {'was' if f['below_evidence'] == 1 else 'were'} not: their net harm on the validation loss did not reach the "
+        were = "was" if f["below_evidence"] == 1 else "were"
+        lines.append(f"{f['below_evidence']} {were} not: their net harm on the validation loss did not reach the "
                      f"evidence floor (t ≥ {f['min_evidence']:g} over {f['folds']} validation folds"
                      + (f"; for {f['net_harm_not_positive']} of them it was not even positive" if
                         f["net_harm_not_positive"] else "")

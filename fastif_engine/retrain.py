@@ -3,8 +3,9 @@
 For each seed: train on all rows (original), with the flagged rows fixed (cleaned), and with as
 many randomly chosen rows fixed the same way (random control), with the same recipe; evaluate
 each on the held-out split. A fix removes the rows, or (``targets`` given) relabels them to
-``targets`` — the classes a model trained without the flags predicts for them. Retraining noise is large (FastIF: removing one random point already moved a
-test loss by −0.16), so the spread over seeds and the random control matter as much as the mean.
+``targets`` — the classes a model trained without the flags predicts for them. Retraining noise
+is large (FastIF: removing one random point already moved a test loss by −0.16), so the spread
+over seeds and the random control matter as much as the mean (see ``verdict``).
 """
 from __future__ import annotations
 

@@ -202,9 +202,9 @@ def clean_dataset(config: CleanConfig) -> dict:
     targets_path = None
     if cfg.fix == "relabel" and flagged.any():
         with timer.stage("relabel targets"):
-            targets_path = tasks.relabel_targets(key=fingerprint("targets", flag_key, cfg.seed), dataset_path=dataset_path,
-                                                 inputs_path=inputs_path, flagged_path=str(flagged_path),
-                                                 threads=threads, **common)
+            targets_path = tasks.relabel_targets(key=fingerprint("targets", flag_key, cfg.seed),
+                                                 dataset_path=dataset_path, inputs_path=inputs_path,
+                                                 flagged_path=str(flagged_path), threads=threads, **common)
     flags = _flags_table(ds, scores, predictions, np.load(targets_path) if targets_path else None)
     influence_table = _influence_table(ds, influence, errors)
 

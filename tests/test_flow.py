@@ -323,7 +323,8 @@ def test_history_names_new_and_resolved_flags_across_two_runs(tabular, tmp_path,
     before, after = set(first.loc[first["flagged"], "train_id"]), set(second.loc[second["flagged"], "train_id"])
     assert fixed in before - after  # the corrected row is no longer flagged
     table = load(history_path)
-    assert len(table) == 2 and json.loads(table["flagged_ids"].iloc[1]) == second.loc[second["flagged"], "train_id"].tolist()
+    assert len(table) == 2
+    assert json.loads(table["flagged_ids"].iloc[1]) == second.loc[second["flagged"], "train_id"].tolist()
     assert table["data"].iloc[0] != table["data"].iloc[1]  # the data fingerprint changed
     changes = json.loads((out / "metrics.json").read_text())["history"]["changes"]
     assert set(changes["new"]) == after - before and set(changes["gone"]) == before - after
