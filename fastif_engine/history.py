@@ -33,9 +33,9 @@ def changes(history: pd.DataFrame, flagged_ids: list[str]) -> dict | None:
         return None
     last = history.iloc[-1]
     before = json.loads(last["flagged_ids"])
-    now = set(flagged_ids)
-    return {"previous_time": str(last["time"]), "new": [i for i in flagged_ids if i not in set(before)],
-            "still": [i for i in flagged_ids if i in set(before)], "gone": [i for i in before if i not in now]}
+    was, now = set(before), set(flagged_ids)
+    return {"previous_time": str(last["time"]), "new": [i for i in flagged_ids if i not in was],
+            "still": [i for i in flagged_ids if i in was], "gone": [i for i in before if i not in now]}
 
 
 def append(path: str | Path, history: pd.DataFrame, record: dict) -> pd.DataFrame:
