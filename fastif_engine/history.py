@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .data import DataError, read_table
 from .store import write_parquet
 
 COLUMNS = ("time", "train", "data", "model", "flag_by", "errors", "flagged", "valid_accuracy", "eval_accuracy",
@@ -24,7 +25,12 @@ def load(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         return pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS})
-    return pd.read_parquet(path)
+    table = read_table(str(path), "history")
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"history file {path}: not a fastif run history (missing column '{missing[0]}'); "
+                        "give another --history path")
+    return table
 
 
 def changes(history: pd.DataFrame, flagged_ids: list[str]) -> dict | None:

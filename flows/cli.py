@@ -207,6 +207,9 @@ def _preflight(cfg) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise FastIFError(f"--out {cfg.out}: exists and is not a folder")
+    from fastif_engine.history import load as load_history
+
+    load_history(cfg.history or out / "history.parquet")  # a history that cannot be appended to fails now
 
 
 def _run_clean(cfg) -> dict:

@@ -37,6 +37,11 @@ def _missing_valid(tmp_path):
     return []  # valid.parquet never written
 
 
+def _foreign_history(tmp_path):
+    _write(table(), table())(tmp_path)
+    return ["--history", str(tmp_path / "valid.parquet")]  # a parquet file, but not a run history
+
+
 def _mutate(frame, fn):
     frame = frame.copy()
     fn(frame)
@@ -76,6 +81,7 @@ CASES = {
     "invalid setting": (_write(table(), table(), ["--k", "0"]), ["'k'", "greater than or equal to 1"]),
     "negative evidence floor": (_write(table(), table(), ["--flag-evidence", "-1"]),
                                 ["'flag_evidence'", "greater than or equal to 0"]),
+    "not a run history": (_foreign_history, ["history file", "not a fastif run history"]),
     "conflicting settings": (_write(table(), table(), ["--flag-by", "self-influence", "--self-influence", "off"]),
                              ["flag_by: self-influence needs self_influence on or auto"]),
 }
