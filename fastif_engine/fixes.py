@@ -24,8 +24,8 @@ def fixes_table(flags: pd.DataFrame) -> pd.DataFrame:
     """The flagged rows of ``flags.parquet``, best-ranked first, as editable actions."""
     flagged = flags[flags["flagged"]].sort_values("rank")
     relabel = "suggested_label" in flagged.columns
-    suggested = np.where(relabel, "relabel", "remove") if len(flagged) else np.zeros(0, dtype=object)
-    label = flagged["suggested_label"].astype(str).to_numpy() if relabel else np.full(len(flagged), "")
+    suggested = np.full(len(flagged), "relabel" if relabel else "remove", dtype=object)
+    label = flagged["suggested_label"].astype(str).to_numpy() if relabel else np.full(len(flagged), "", dtype=object)
     return pd.DataFrame({"train_id": flagged["train_id"].astype(str).to_numpy(),
                          "given_label": flagged["label"].astype(str).to_numpy(),
                          "suggested_action": suggested, "suggested_label": label,
