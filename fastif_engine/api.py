@@ -14,7 +14,7 @@ import torch
 
 from .adapter import ModelAdapter
 from .batching import Inputs, chunk_slices, n_rows, take, to_device
-from .gradients import FlatParams, gradient_matrix
+from .gradients import FlatParams, chunk_rows, gradient_matrix
 from .influence import influence_on_candidates, self_influence
 from .knn import FaissIndex
 from .solvers import InverseHVPSolver, LissaSettings, ProgressFn, make_solver
@@ -35,19 +35,21 @@ class FastIF:
     Args:
         adapter: the model (see :class:`~fastif_engine.adapter.ModelAdapter`), already trained.
         train_inputs, train_labels: the training set the model was fit on.
-        solver: ``"lissa"`` (default), ``"exact"`` (small models), ``"lowrank"`` (rank-32 Lanczos;
-            cheap repeated solves, e.g. self-influence of every row), or a ready solver object.
-        lissa: LiSSA settings; damping × scale is the ridge λ for either solver.
+        solver: ``"auto"`` (default: exact up to 10,000 parameters, else LiSSA), ``"exact"``,
+            ``"lissa"``, ``"lowrank"`` (rank-32 Lanczos; cheap repeated solves, e.g. self-influence
+            of every row), or a ready solver object.
+        lissa: LiSSA settings; damping × scale is the ridge λ for every solver.
+        chunk_size: rows per per-sample-gradient chunk; ``None`` = what 0.5 GB allows for P.
         k: candidates per test example; ``None`` scores every training row (no kNN).
         index: the kNN index (exact FAISS ``flat`` by default).
     """
 
     def __init__(self, adapter: ModelAdapter, train_inputs: Inputs, train_labels: torch.Tensor, *,
-                 solver: str | InverseHVPSolver = "lissa", lissa: LissaSettings = LissaSettings(),
-                 k: int | None = 1000, index: FaissIndex | None = None, chunk_size: int = 256):
+                 solver: str | InverseHVPSolver = "auto", lissa: LissaSettings = LissaSettings(),
+                 k: int | None = 1000, index: FaissIndex | None = None, chunk_size: int | None = None):
         self.adapter, self.train_inputs, self.train_labels = adapter, train_inputs, train_labels
         self.flat = FlatParams.of(adapter)
-        self.k, self.chunk_size = k, chunk_size
+        self.k, self.chunk_size = k, chunk_size or chunk_rows(self.flat.size)
         self.solver = (solver if isinstance(solver, InverseHVPSolver)
                        else make_solver(solver, adapter, train_inputs, train_labels, lissa, flat=self.flat))
         self.index = index or FaissIndex("flat")
@@ -57,7 +59,7 @@ class FastIF:
     def s_test(self, test_inputs: Inputs, test_labels: torch.Tensor,
                progress: ProgressFn | None = None) -> torch.Tensor:
         """``[m, P]``: (H + λI)⁻¹ ∇L(z_test) for each test row, all solved together."""
-        v = gradient_matrix(self.adapter, test_inputs, test_labels, flat=self.flat)
+        v = gradient_matrix(self.adapter, test_inputs, test_labels, chunk_size=self.chunk_size, flat=self.flat)
         return self.solver.solve(v, progress)
 
     def neighbours(self, test_inputs: Inputs) -> list[np.ndarray] | None:

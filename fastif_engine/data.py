@@ -10,6 +10,7 @@ Every problem is a :class:`DataError` naming the file, the column and the rows a
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import FastIFError
+from .store import pack_strings, unpack_strings
 
 # Columns the dataset export writes beside the data; never model inputs.
 TRUTH_COLUMNS = ("true_label", "noisy")
@@ -69,6 +71,53 @@ class Dataset:
     def input_shape(self) -> tuple[int, ...]:
         values = self.splits["train"].values
         return () if self.modality == "text" else tuple(np.asarray(values).shape[1:])
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _put(arrays: dict, name: str, values) -> None:
+    """A numeric array as it is; strings (and other objects) packed as UTF-8 (see store.pack_strings)."""
+    values = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
+    if values.dtype.kind in "biuf":
+        arrays[name] = values
+    else:
+        for part, array in pack_strings(values.ravel()).items():
+            arrays[f"{name}/{part}"] = array
+
+
+def _get(arrays: dict, name: str):
+    if name in arrays:
+        return arrays[name]
+    return np.asarray(unpack_strings(arrays[f"{name}/bytes"], arrays[f"{name}/ends"]), dtype=object)
+
+
+def dataset_arrays(ds: Dataset) -> dict:
+    """A :class:`Dataset` as plain arrays (for a cache file that loads without pickle); see :func:`dataset_from_arrays`."""
+    meta = {"modality": ds.modality, "classes": [_plain(c) for c in ds.classes],
+            "input_columns": list(ds.input_columns),
+            "splits": {name: {"source": s.source, "extra": list(s.extra.columns)} for name, s in ds.splits.items()}}
+    arrays = {"meta": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
+    for name, s in ds.splits.items():
+        _put(arrays, f"{name}/ids", np.asarray(s.ids))
+        _put(arrays, f"{name}/labels", np.asarray(s.labels))
+        _put(arrays, f"{name}/values", s.values if ds.modality != "text" else list(s.values))
+        for col in s.extra.columns:
+            _put(arrays, f"{name}/extra/{col}", s.extra[col].to_numpy())
+    return arrays
+
+
+def dataset_from_arrays(arrays: dict) -> Dataset:
+    meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
+    splits = {}
+    for name, info in meta["splits"].items():
+        values, labels = _get(arrays, f"{name}/values"), _get(arrays, f"{name}/labels")
+        extra = pd.DataFrame({c: _get(arrays, f"{name}/extra/{c}") for c in info["extra"]},
+                             index=pd.RangeIndex(len(labels)))
+        splits[name] = Split(name=name, source=info["source"], ids=_get(arrays, f"{name}/ids"), labels=labels,
+                             values=values.tolist() if meta["modality"] == "text" else values, extra=extra)
+    return Dataset(meta["modality"], meta["classes"], tuple(meta["input_columns"]), splits)
 
 
 def read_table(path: str, split: str) -> pd.DataFrame:

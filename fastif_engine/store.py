@@ -11,6 +11,11 @@ from typing import Iterator
 
 import pandas as pd
 
+from .errors import FastIFError
+
+
+class CacheError(FastIFError):
+    """A stage-cache file that fastif did not write (or that is damaged): refused, never executed."""
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -90,3 +95,62 @@ def fingerprint(*parts) -> str:
     """A short stable hash of JSON-able parts (settings, other fingerprints)."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
+
+
+# ---- stage-cache files that are loaded without pickle (a cache folder is not a place to run code from) ----
+
+def save_arrays(path: str | Path, arrays: dict) -> None:
+    """``.npz`` of plain numeric arrays; strings must be packed first (see :func:`pack_strings`)."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def load_arrays(path: str | Path) -> dict:
+    """Every array of a :func:`save_arrays` file, loaded with pickles refused."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise _refused(path, exc) from None
+
+
+def _refused(path, exc: Exception) -> CacheError:
+    return CacheError(f"stage cache file {path}: not a file fastif wrote ({type(exc).__name__}: {exc}); it was "
+                      "not loaded. Delete it (or the whole .fastif-cache folder) and run again.")
+
+
+def save_tensors(path: str | Path, tensors: dict) -> None:
+    """``{name: tensor}`` as safetensors (names may contain ``/``)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+
+
+def load_tensors(path: str | Path) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise _refused(path, exc) from None
+
+
+def pack_strings(values) -> dict:
+    """Strings as one UTF-8 byte array and their end offsets: compact, and loadable without pickle."""
+    import numpy as np
+
+    encoded = [str(v).encode("utf-8") for v in values]
+    return {"bytes": np.frombuffer(b"".join(encoded), dtype=np.uint8),
+            "ends": np.cumsum([len(e) for e in encoded], dtype=np.int64)}
+
+
+def unpack_strings(data, ends) -> list[str]:
+    raw = data.tobytes()
+    starts = [0, *ends[:-1].tolist()]
+    return [raw[a:b].decode("utf-8") for a, b in zip(starts, ends.tolist())]

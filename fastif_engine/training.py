@@ -90,10 +90,10 @@ def train(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, settings:
         else:
             opt = torch.optim.Adam(params, lr=settings.lr)
             n = n_rows(inputs)
+            lengths = adapter.row_lengths(inputs)
             for epoch in range(settings.epochs):
-                perm = torch.randperm(n, generator=gen)
-                for rows in chunk_slices(n, settings.batch_size):
-                    idx = perm[rows].to(adapter.device)
+                for idx in minibatches(n, settings.batch_size, gen, lengths):
+                    idx = idx.to(adapter.device)
                     opt.zero_grad()
                     loss = objective(adapter, adapter.trim_batch(take(x_all, idx)), y_all[idx])
                     _check(loss, epoch)
@@ -101,6 +101,29 @@ def train(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, settings:
                     opt.step()
     finally:
         model.eval()
+
+
+POOL_BATCHES = 50  # batches per pool whose rows are grouped by length
+
+
+def minibatches(n: int, batch_size: int, gen: torch.Generator, lengths=None) -> list[torch.Tensor]:
+    """One epoch's minibatches: a random permutation cut into ``batch_size`` rows.
+
+    With row ``lengths`` (text), each pool of ``POOL_BATCHES`` batches of the permutation is
+    sorted by length before it is cut, and the batches are then shuffled: a batch pads to its
+    own longest row, so similar lengths together halve the padded work on short snippets
+    while every batch is still a random draw of the data's lengths across the epoch.
+    """
+    perm = torch.randperm(n, generator=gen)
+    if lengths is None:
+        return [perm[rows] for rows in chunk_slices(n, batch_size)]
+    lengths = torch.as_tensor(np.asarray(lengths))
+    batches = []
+    for pool in chunk_slices(n, batch_size * POOL_BATCHES):
+        rows = perm[pool]
+        rows = rows[torch.argsort(lengths[rows], stable=True)]
+        batches += [rows[part] for part in chunk_slices(len(rows), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 
 @dataclass

@@ -45,6 +45,28 @@ OUTPUTS = ("flags.parquet", "influence.parquet", "fixes.csv", "metrics.json", "r
 CACHE_DIR = ".fastif-cache"
 
 
+def stage_keys(cfg: CleanConfig) -> dict[str, str]:
+    """Cache key per stage: the input files' contents, fastif's version, the model's recipe, and the
+    settings each stage's output depends on (each key extends the one of the stage it reads)."""
+    from fastif_engine.models import model_recipe
+
+    files = [_safe_fingerprint(p) for p in (cfg.train, cfg.valid, cfg.test)]
+    k = {"data": fingerprint("data", fastif_engine.__version__, files, cfg.label_column, cfg.id_column,
+                             cfg.text_column, cfg.feature_columns, cfg.image_column)}
+    k["prep"] = fingerprint("prep", k["data"], cfg.model, cfg.model_options, model_recipe(cfg.model))
+    k["model"] = fingerprint("model", k["prep"], cfg.seed)
+    k["index"] = fingerprint("index", k["model"], cfg.index)
+    k["candidates"] = fingerprint("cand", k["index"], cfg.k)
+    k["solver"] = fingerprint("solver", k["model"], cfg.solver, cfg.damping, cfg.scale, cfg.seed,
+                              cfg.scale_sweep and cfg.depth)
+    lissa = (cfg.depth, cfg.batch_size, cfg.tolerance)
+    k["stest"] = fingerprint("stest", k["solver"], *lissa, cfg.tests_per_batch)
+    k["influence"] = fingerprint("influence", k["stest"], cfg.repeats, k["candidates"])
+    k["net harm"] = fingerprint("netharm", k["solver"], *lissa, cfg.repeats, DEFAULT_FOLDS)
+    k["self-influence"] = fingerprint("selfinf", k["solver"])
+    return k
+
+
 def _safe_fingerprint(location: str | None) -> str | None:
     """Content hash, or a marker for a file that cannot be read (validation then says why)."""
     if location is None:
@@ -55,9 +77,19 @@ def _safe_fingerprint(location: str | None) -> str | None:
         return f"unreadable:{location}"
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MB); thread-runner stages all run in it."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 class _Timer:
+    """Seconds per stage, and the process's peak RSS when each stage ended (which stage raised it)."""
+
     def __init__(self):
         self.timings: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, float] = {}
 
     @contextmanager
     def stage(self, name: str):
@@ -65,6 +97,7 @@ class _Timer:
         yield
         seconds = time.perf_counter() - t0
         self.timings[name] = self.timings.get(name, 0.0) + seconds
+        self.peak_rss_mb[name] = round(_peak_rss_mb(), 1)
         console.stage_done(name, seconds)
 
 
@@ -94,71 +127,57 @@ def clean_dataset(config: CleanConfig) -> dict:
     threads = threads_per_worker(cfg.runner, cfg.workers)
     _warn_if_runner_ignored(cfg.runner)
 
-    files = [_safe_fingerprint(p) for p in (cfg.train, cfg.valid, cfg.test)]
-    data_key = fingerprint("data", files, cfg.label_column, cfg.id_column, cfg.text_column,
-                           cfg.feature_columns, cfg.image_column)
-    prep_key = fingerprint("prep", data_key, cfg.model, cfg.model_options)
-    model_key = fingerprint("model", prep_key, cfg.seed)
-    solver_key = fingerprint("solver", model_key, cfg.solver, cfg.damping, cfg.scale, cfg.batch_size, cfg.seed,
-                             cfg.scale_sweep and cfg.depth)
-    stest_key = fingerprint("stest", solver_key, cfg.depth, cfg.tolerance, cfg.tests_per_batch)
+    key = stage_keys(cfg)
     common = dict(cfg=cfg, cache=cache)
 
     with timer.stage("load + validate"):
-        dataset_path = tasks.load_and_validate(key=data_key, **common)
+        dataset_path = tasks.load_and_validate(key=key["data"], **common)
     with timer.stage("prepare inputs"):
-        inputs_path = tasks.prepare_inputs(key=prep_key, dataset_path=dataset_path, **common)
+        inputs_path = tasks.prepare_inputs(key=key["prep"], dataset_path=dataset_path, **common)
     with timer.stage("train model"):
-        model_path = tasks.train_model(key=model_key, dataset_path=dataset_path, inputs_path=inputs_path, **common)
+        model_path = tasks.train_model(key=key["model"], dataset_path=dataset_path, inputs_path=inputs_path, **common)
     loaded = dict(dataset_path=dataset_path, inputs_path=inputs_path, model_path=model_path)
     with timer.stage("extract features"):
-        features_path = tasks.features_stage(key=model_key, **loaded, **common)
+        features_path = tasks.features_stage(key=key["model"], **loaded, **common)
     with timer.stage("build index"):
-        index_key = fingerprint("index", model_key, cfg.index)
-        index_path = tasks.build_index(key=index_key, features_path=features_path, **common)
+        index_path = tasks.build_index(key=key["index"], features_path=features_path, **common)
     with timer.stage("find errors"):
-        errors_path = tasks.find_errors(key=model_key, **loaded, **common)
+        errors_path = tasks.find_errors(key=key["model"], **loaded, **common)
     predictions = json.loads(Path(errors_path).read_text())
     errors = np.asarray(predictions["errors"], dtype=np.int64)
-    ds = tasks._dataset(dataset_path)
+    ds = tasks.load_cached_dataset(dataset_path)
     n_train = len(ds.splits["train"])
 
-    solver_info: dict = {"name": cfg.solver}
     influence = pd.DataFrame({"test_pos": np.zeros(0, np.int64), "train_index": np.zeros(0, np.int64),
                               "influence": np.zeros(0)})
     n_candidates = 0
     with timer.stage("resolve solver"):
-        solver_path = tasks.resolve_solver(key=solver_key, **loaded, **common)
+        solver_path = tasks.resolve_solver(key=key["solver"], **loaded, **common)
     solver_info = json.loads(Path(solver_path).read_text())
-    if cfg.solver == "lissa":
-        solver_info.update(depth=cfg.depth, repeats=cfg.repeats, batch_size=cfg.batch_size,
-                           tolerance=cfg.tolerance)
     if len(errors):
-        repeats = cfg.repeats if cfg.solver == "lissa" else 1
+        repeats = cfg.repeats if solver_info["name"] == "lissa" else 1
         batches = math.ceil(len(errors) / cfg.tests_per_batch)
         with timer.stage("s_test"):
             with gpus_for(cfg.runner):
-                futures = [tasks.s_test_batch.submit(key=stest_key, **loaded, errors_path=errors_path,
+                futures = [tasks.s_test_batch.submit(key=key["stest"], **loaded, errors_path=errors_path,
                                                      solver_path=solver_path, batch=b, repeat=r, threads=threads,
                                                      **common)
                            for b in range(batches) for r in range(repeats)]
             paths = _progress(futures, f"s_test for {len(errors)} errors ({batches} batches × {repeats} repeats)")
-            stest_path = tasks.StageCache(cache).path("stest", f"{stest_key}-x{repeats}", "npy")
+            stest_path = tasks.StageCache(cache).path("stest", f"{key['stest']}-x{repeats}", "npy")
             if not stest_path.exists():
                 blocks = [np.mean([np.load(paths[b * repeats + r]) for r in range(repeats)], axis=0)
                           for b in range(batches)]
                 write_npy(stest_path, np.concatenate(blocks).astype(np.float32))
         with timer.stage("kNN candidates"):
-            cand_key = fingerprint("cand", index_key, cfg.k)
-            cand_path = tasks.search_neighbours(key=cand_key, features_path=features_path, index_path=index_path,
+            cand_path = tasks.search_neighbours(key=key["candidates"], features_path=features_path, index_path=index_path,
                                                 errors_path=errors_path, **common)
             cand = np.load(cand_path)
         with timer.stage("influence"):
             n_distinct = len(np.unique(cand[cand >= 0]))
             parts = max(1, min(cfg.workers, n_distinct))
-            inf_key = fingerprint("influence", stest_key, repeats, cand_key)
             with gpus_for(cfg.runner):
-                futures = [tasks.influence_part.submit(key=inf_key, **loaded, stest_path=str(stest_path),
+                futures = [tasks.influence_part.submit(key=key["influence"], **loaded, stest_path=str(stest_path),
                                                        candidates_path=str(cand_path), part=p, parts=parts,
                                                        threads=threads, **common) for p in range(parts)]
             part_paths = _progress(futures, f"influence over {n_distinct} distinct candidates")
@@ -169,8 +188,7 @@ def clean_dataset(config: CleanConfig) -> dict:
         logger.info("no misclassified validation examples: nothing to explain%s",
                     ", nothing flagged" if cfg.flag_by in ("combined", "net-harm", "harm") else "")
     with timer.stage("net harm"):
-        nh_key = fingerprint("netharm", solver_key, cfg.depth, cfg.tolerance, cfg.repeats, DEFAULT_FOLDS)
-        net = NetHarm(np.load(tasks.net_harm_stage(key=nh_key, **loaded, solver_path=solver_path, threads=threads,
+        net = NetHarm(np.load(tasks.net_harm_stage(key=key["net harm"], **loaded, solver_path=solver_path, threads=threads,
                                                    **common)))
 
     with timer.stage("rank + flag"):
@@ -179,8 +197,7 @@ def clean_dataset(config: CleanConfig) -> dict:
                      or (cfg.self_influence == "auto"
                          and solver_info.get("parameters", 1e9) <= tasks.SELF_INFLUENCE_AUTO_LIMIT))
         if want_self:
-            si_key = fingerprint("selfinf", solver_key, cfg.depth, cfg.tolerance)
-            si_path = tasks.self_influence_stage(key=si_key, **loaded, solver_path=solver_path, threads=threads,
+            si_path = tasks.self_influence_stage(key=key["self-influence"], **loaded, solver_path=solver_path, threads=threads,
                                                  **common)
             self_inf = np.load(si_path) if si_path else None
         scores = harm_scores(influence, n_train)
@@ -195,7 +212,7 @@ def clean_dataset(config: CleanConfig) -> dict:
             scores["flagged"] = False  # no validation error to fix: influence-based scores flag nothing
         flagging = _flagging_counts(cfg, scores, by, net.per_fold.shape[1])
     flagged = scores["flagged"].to_numpy()
-    flag_key = fingerprint("retrain", prep_key, np.flatnonzero(flagged).tolist())
+    flag_key = fingerprint("retrain", key["prep"], np.flatnonzero(flagged).tolist())
     flagged_path = tasks.StageCache(cache).path("flagged", flag_key, "npy")
     if not flagged_path.exists():
         write_npy(flagged_path, flagged)
@@ -224,9 +241,12 @@ def clean_dataset(config: CleanConfig) -> dict:
 
     metrics = _metrics(cfg, ds, predictions, errors, flags, n_candidates, solver_info, retrain, timer.timings,
                        flagging)
+    metrics["memory"] = {"peak_rss_mb_after_stage": timer.peak_rss_mb,
+                         "note": "peak RSS of the flow's process when each stage ended; process and Dask/Ray "
+                                 "workers are not counted"}
     history_path = Path(cfg.history) if cfg.history else out / "history.parquet"
     past = history.load(history_path)
-    record = _history_record(cfg, data_key, metrics, flags)
+    record = _history_record(cfg, key["data"], metrics, flags)
     metrics["history"] = {"path": str(history_path), "runs_before": len(past),
                           "changes": history.changes(past, record["flagged_ids"]),
                           "trend": [{k: (None if isinstance(v, float) and math.isnan(v) else v)

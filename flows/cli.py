@@ -39,64 +39,46 @@ class _NoTracebacks(logging.Filter):
 
 
 def _add_clean_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--train"), g.add_argument("--valid"), g.add_argument("--test")
-    g.add_argument("--out", help="output folder (flags.parquet, influence.parquet, metrics.json, report)")
-    g.add_argument("--config", help="YAML file with any of these settings (flags win)")
-    g.add_argument("--label-column"), g.add_argument("--id-column")
-    g.add_argument("--text-column"), g.add_argument("--image-column")
-    g.add_argument("--feature-columns", type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
-                   help="comma-separated numeric columns")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", help="tabular-logreg, tabular-mlp, image-cnn, text-minilm or package.module:callable")
-    g.add_argument("--model-option", action="append", default=None, metavar="KEY=VALUE",
-                   help="keyword option for the model (YAML value), repeatable")
-    g.add_argument("--seed", type=int)
-    g = p.add_argument_group("influence (positive = harmful)")
-    g.add_argument("--k", type=int, help="nearest training rows scored per error (default 1000)")
-    g.add_argument("--index", choices=["flat", "ivf", "ivfpq", "hnsw"])
-    g.add_argument("--solver", choices=["lissa", "exact"])
-    g.add_argument("--depth", type=int, help="LiSSA depth J (default 1000)")
-    g.add_argument("--repeats", type=int, help="LiSSA repeats T, spread over workers (default 1)")
-    g.add_argument("--batch-size", type=int, help="LiSSA minibatch B (default 1)")
-    g.add_argument("--damping", type=float, help="LiSSA damping d (default 0.01); ridge λ = d × scale")
-    g.add_argument("--scale", type=float, help="LiSSA scale (default: estimated from the curvature)")
-    g.add_argument("--tolerance", type=float, help="stop a LiSSA repeat early below this relative change")
-    g.add_argument("--scale-sweep", action="store_true", default=None,
-                   help="if LiSSA diverges, retry with 10× the scale, logged (off: the scale is never changed)")
-    g.add_argument("--self-influence", choices=["auto", "on", "off"])
-    g = p.add_argument_group("flags and retraining")
-    g.add_argument("--flag-by", choices=list(FLAG_SCORES),
-                   help="score that ranks and flags rows (default combined: net harm on the validation loss and "
-                        "the row's own loss, by rank; net-harm; harm = to the errors only; self-influence; loss)")
-    g.add_argument("--flag-fraction", type=float, help="flag at most this fraction of training rows (default 0.1)")
-    g.add_argument("--flag-top", type=int, help="flag at most the N top-scoring rows")
-    g.add_argument("--flag-threshold", type=float, help="flag rows whose score is above this")
-    g.add_argument("--flag-evidence", type=float,
-                   help="flag only rows whose net harm has a t-statistic over the validation folds of at least "
-                        "this (default 2; 0 turns the floor off and the budget becomes a quota)")
-    g.add_argument("--fix", choices=["remove", "relabel"],
-                   help="how --retrain fixes the flags: remove them (default) or relabel them to the class a "
-                        "model trained without them predicts")
-    g.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=None,
-                   help="retrain with the flags fixed (and a random control) and give a verdict with 95%% CIs")
-    g.add_argument("--seeds", type=int, help="retrain seeds (default 3)")
-    g.add_argument("--history", help="run-history table to append this run to and compare with "
-                                     "(default: history.parquet in --out)")
-    g = p.add_argument_group("execution")
-    g.add_argument("--runner", choices=["thread", "process", "dask", "ray"])
-    g.add_argument("--dask-address")
-    g.add_argument("--ray-address")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--workers", type=int, help="parallel workers (default 2)")
-    g.add_argument("--tests-per-batch", type=int), g.add_argument("--chunk-size", type=int)
+    """One option per field of :class:`flows.config.CleanConfig`, in its group, with its help and default.
+
+    Every option defaults to ``None`` ("not given"), so a YAML ``--config`` fills what the command
+    line leaves out and the settings model supplies the rest."""
+    from .config import GROUPS, CleanConfig
+
+    groups = {name: p.add_argument_group(title) for name, title in GROUPS.items()}
+    groups["data"].add_argument("--config", help="YAML file with any of these settings (flags win)")
+    for name, field in CleanConfig.model_fields.items():
+        extra = dict(field.json_schema_extra or {})
+        groups[extra.pop("group")].add_argument(extra.pop("flag", "--" + name.replace("_", "-")), dest=name,
+                                                default=None, help=_help(field), **_argparse_kind(field), **extra)
 
 
-CLEAN_KEYS = ("train", "valid", "test", "out", "label_column", "id_column", "text_column", "image_column",
-              "feature_columns", "model", "seed", "k", "index", "solver", "depth", "repeats", "batch_size",
-              "damping", "scale", "tolerance", "scale_sweep", "self_influence", "flag_by", "flag_fraction", "flag_top",
-              "flag_threshold", "flag_evidence", "fix", "history", "retrain", "seeds", "runner", "dask_address",
-              "ray_address", "device", "workers", "tests_per_batch", "chunk_size")
+def _help(field) -> str | None:
+    text = field.description or ""
+    if not field.is_required() and field.default is not None and field.default is not False \
+            and field.default_factory is None:
+        text += f" (default {field.default})" if text else f"default {field.default}"
+    return text.replace("%", "%%") or None
+
+
+def _argparse_kind(field) -> dict:
+    """argparse keywords for a field's type: choices for a Literal, on/off for a bool, a list or a
+    repeatable KEY=VALUE for the collection fields, else the scalar type."""
+    import typing
+
+    kind = field.annotation
+    if typing.get_origin(kind) is typing.Union:  # Optional[X]
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    origin = typing.get_origin(kind)
+    if origin is typing.Literal:
+        return {"choices": list(typing.get_args(kind))}
+    if kind is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is list:
+        return {"type": lambda text: [c.strip() for c in text.split(",") if c.strip()]}
+    if kind is dict or origin is dict:
+        return {"action": "append"}
+    return {"type": kind}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,12 +203,17 @@ def _run_clean(cfg) -> dict:
         return run_clean(cfg)
 
 
-def _clean(args: argparse.Namespace) -> int:
-    from .config import load_config
+def config_from_args(args: argparse.Namespace):
+    """The run's settings: ``--config`` YAML, then every option given on the command line on top."""
+    from .config import CleanConfig, load_config
 
-    overrides = {k: getattr(args, k) for k in CLEAN_KEYS}
-    overrides["model_options"] = _model_options(args.model_option)
-    cfg = load_config(args.config, overrides)
+    overrides = {k: getattr(args, k) for k in CleanConfig.model_fields}
+    overrides["model_options"] = _model_options(args.model_options)
+    return load_config(args.config, overrides)
+
+
+def _clean(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
     t0 = time.perf_counter()
     metrics = _run_clean(cfg)
     _print_summary(cfg, metrics, time.perf_counter() - t0)

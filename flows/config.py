@@ -1,4 +1,4 @@
-"""The one settings model for a cleaning run: CLI flags and YAML keys map to these fields.
+"""The one settings model for a cleaning run: CLI options and YAML keys are these fields.
 
 Unknown keys are rejected with their name; every value is type- and range-checked before any
 work starts.
@@ -12,64 +12,98 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fastif_engine.errors import FastIFError
+from fastif_engine.gradients import MEMORY_BUDGET_GB
+from fastif_engine.solvers import EXACT_MAX_PARAMS, LOW_RANK
 
 
 class ConfigError(FastIFError):
     """A config file or flag that cannot be used."""
 
 
+GROUPS = {"data": "data", "model": "model", "influence": "influence (positive = harmful)",
+          "flags": "flags and retraining", "execution": "execution"}
+
+
+def _setting(default=..., group: str = "data", help: str | None = None, cli: dict | None = None, **checks):
+    """A field of the settings model: its CLI group and help live here, next to its default and checks.
+
+    ``cli`` overrides how the option is spelt on the command line (see ``flows/cli.py``)."""
+    return Field(default, description=help, json_schema_extra={"group": group, **(cli or {})}, **checks)
+
+
 class CleanConfig(BaseModel):
+    """Every setting of a cleaning run: the CLI's options and the YAML keys are generated from these fields."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    train: str = Field(description="training table (parquet/CSV, path or fsspec URL)")
-    valid: str = Field(description="validation table: its misclassified rows are explained")
-    test: Optional[str] = Field(None, description="held-out table for the retrain evaluation")
-    out: str = Field(description="output folder")
-    model: str = Field(description="built-in model name or package.module:callable")
-    model_options: dict = Field(default_factory=dict, description="keyword options for the model")
-    label_column: str = "label"
-    id_column: Optional[str] = Field(None, description="id column (default: 'id' if present, else row numbers)")
-    text_column: Optional[str] = None
-    feature_columns: Optional[list[str]] = None
-    image_column: Optional[str] = None
+    train: str = _setting(help="training table (parquet/CSV, path or fsspec URL)")
+    valid: str = _setting(help="validation table: its misclassified rows are explained")
+    test: Optional[str] = _setting(None, help="held-out table for the retrain evaluation")
+    out: str = _setting(help="output folder (flags.parquet, influence.parquet, metrics.json, report)")
+    label_column: str = _setting("label")
+    id_column: Optional[str] = _setting(None, help="id column (default: 'id' if present, else row numbers)")
+    text_column: Optional[str] = _setting(None)
+    feature_columns: Optional[list[str]] = _setting(None, help="comma-separated numeric columns")
+    image_column: Optional[str] = _setting(None)
 
-    k: int = Field(1000, ge=1, description="nearest training rows scored per error")
-    index: Literal["flat", "ivf", "ivfpq", "hnsw"] = "flat"
-    solver: Literal["lissa", "exact"] = "lissa"
-    depth: int = Field(1000, ge=1, description="LiSSA recursion depth J")
-    repeats: int = Field(1, ge=1, description="LiSSA independent repeats T")
-    batch_size: int = Field(1, ge=1, description="LiSSA minibatch size B")
-    damping: float = Field(0.01, ge=0.0, lt=1.0)
-    scale: Optional[float] = Field(None, gt=0.0, description="LiSSA scale; unset = estimated")
-    tolerance: Optional[float] = Field(None, gt=0.0)
-    scale_sweep: bool = Field(False, description="on LiSSA divergence, retry with 10× the scale (logged)")
-    self_influence: Literal["auto", "on", "off"] = Field(
-        "auto", description="second score per training row; auto: only for ≤ 4,096 differentiated parameters")
+    model: str = _setting(group="model", help="tabular-logreg, tabular-mlp, image-cnn, text-minilm or "
+                                              "package.module:callable")
+    model_options: dict = _setting(default_factory=dict, group="model",
+                                   help="keyword option for the model (YAML value), repeatable",
+                                   cli={"flag": "--model-option", "metavar": "KEY=VALUE"})
+    seed: int = _setting(0, group="model")
 
-    flag_by: Literal["combined", "net-harm", "harm", "self-influence", "loss"] = Field(
-        "combined", description="score that ranks and flags rows: combined (net harm on the validation loss "
-                                "and the row's own loss, by rank), net-harm, harm (to the errors only), "
-                                "self-influence or loss")
-    flag_fraction: Optional[float] = Field(None, ge=0.0, le=1.0)
-    flag_top: Optional[int] = Field(None, ge=0)
-    flag_threshold: Optional[float] = None
-    flag_evidence: float = Field(2.0, ge=0.0, description="flag only rows whose net harm has a fold t-statistic "
-                                                          "at least this (0: no floor, the budget is a quota)")
-    fix: Literal["remove", "relabel"] = Field("remove", description="what the retrain does with the flags: remove "
-                                              "them, or relabel them to what a model trained without them predicts")
+    k: int = _setting(1000, group="influence", help="nearest training rows scored per error", ge=1)
+    index: Literal["flat", "ivf", "ivfpq", "hnsw"] = _setting("flat", group="influence")
+    solver: Literal["auto", "exact", "lissa", "lowrank"] = _setting(
+        "auto", group="influence", help="inverse-HVP solver; auto: exact where the explicit Hessian fits "
+        f"(≤ {EXACT_MAX_PARAMS:,} parameters), else LiSSA; lowrank: top-{LOW_RANK} Hessian eigenpairs")
+    depth: int = _setting(300, group="influence", help="LiSSA recursion depth J", ge=1)
+    repeats: int = _setting(1, group="influence", help="LiSSA independent repeats T, spread over workers", ge=1)
+    batch_size: int = _setting(16, group="influence", help="LiSSA minibatch B (training rows per HVP)", ge=1)
+    damping: float = _setting(0.01, group="influence", help="damping d; ridge λ = d × scale", ge=0.0, lt=1.0)
+    scale: Optional[float] = _setting(None, group="influence", help="LiSSA scale s (unset: estimated from the "
+                                                                     "curvature)", gt=0.0)
+    tolerance: Optional[float] = _setting(None, group="influence", help="stop a LiSSA repeat early below this "
+                                                                         "relative change per 10 steps", gt=0.0)
+    scale_sweep: bool = _setting(False, group="influence", help="if LiSSA diverges, retry with 10× the scale, "
+                                 "logged (off: the scale is never changed)")
+    self_influence: Literal["auto", "on", "off"] = _setting(
+        "auto", group="influence", help="second score per training row; auto: only for ≤ 4,096 differentiated "
+                                        "parameters")
 
-    history: Optional[str] = Field(None, description="run-history table each run appends to (default: "
-                                                     "history.parquet in the output folder)")
-    retrain: bool = False
-    seeds: int = Field(3, ge=1)
-    runner: Literal["thread", "process", "dask", "ray"] = "thread"
-    dask_address: Optional[str] = Field(None, description="existing Dask scheduler (tcp://host:8786)")
-    ray_address: Optional[str] = Field(None, description="existing Ray cluster (auto or ray://host:10001)")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a GPU when the worker sees one")
-    workers: int = Field(2, ge=1)
-    tests_per_batch: int = Field(16, ge=1, description="errors solved together in one s_test task")
-    chunk_size: int = Field(64, ge=1, description="rows per per-sample-gradient chunk")
-    seed: int = 0
+    flag_by: Literal["combined", "net-harm", "harm", "self-influence", "loss"] = _setting(
+        "combined", group="flags", help="score that ranks and flags rows: combined (net harm on the validation "
+        "loss and the row's own loss, by rank), net-harm, harm (to the errors only), self-influence or loss")
+    flag_fraction: Optional[float] = _setting(None, group="flags", help="flag at most this fraction of training "
+                                              "rows (0.1 when no other rule is given)", ge=0.0, le=1.0)
+    flag_top: Optional[int] = _setting(None, group="flags", help="flag at most the N top-scoring rows", ge=0)
+    flag_threshold: Optional[float] = _setting(None, group="flags", help="flag rows whose score is above this")
+    flag_evidence: float = _setting(2.0, group="flags", help="flag only rows whose net harm has a t-statistic "
+                                    "over the validation folds of at least this (0: no floor, the budget is a "
+                                    "quota)", ge=0.0)
+    fix: Literal["remove", "relabel"] = _setting(
+        "remove", group="flags", help="what the retrain does with the flags: remove them, or relabel them to the "
+                                      "class a model trained without them predicts")
+    retrain: bool = _setting(False, group="flags", help="retrain with the flags fixed (and a random control) "
+                                                        "and give a verdict with 95% CIs")
+    seeds: int = _setting(3, group="flags", help="retrain seeds", ge=1)
+    history: Optional[str] = _setting(None, group="flags", help="run-history table each run appends to and "
+                                      "compares with (default: history.parquet in the output folder)")
+
+    runner: Literal["thread", "process", "dask", "ray"] = _setting("thread", group="execution")
+    dask_address: Optional[str] = _setting(None, group="execution", help="existing Dask scheduler "
+                                                                         "(tcp://host:8786)")
+    ray_address: Optional[str] = _setting(None, group="execution", help="existing Ray cluster (auto or "
+                                                                        "ray://host:10001)")
+    device: Literal["auto", "cpu", "cuda"] = _setting("auto", group="execution",
+                                                      help="auto: a GPU when the worker sees one")
+    workers: int = _setting(2, group="execution", help="parallel workers", ge=1)
+    tests_per_batch: int = _setting(16, group="execution", help="errors solved together in one s_test task", ge=1)
+    memory_budget: float = _setting(MEMORY_BUDGET_GB, group="execution", help="GB one worker's per-sample-gradient chunk may "
+                                    "take; sets the chunk size from the parameter count", gt=0.0)
+    chunk_size: Optional[int] = _setting(None, group="execution", help="rows per per-sample-gradient chunk "
+                                         "(unset: from --memory-budget)", ge=1)
 
     @model_validator(mode="after")
     def _one_flag_rule(self):

@@ -23,17 +23,18 @@ from prefect.cache_policies import NO_CACHE
 
 from fastif_engine.api import extract_features
 from fastif_engine.batching import take
-from fastif_engine.data import Columns, Dataset, load_dataset
-from fastif_engine.gradients import FlatParams, gradient_matrix
+from fastif_engine.data import Columns, Dataset, dataset_arrays, dataset_from_arrays, load_dataset
+from fastif_engine.gradients import FlatParams, chunk_rows, gradient_matrix
 from fastif_engine.errors import LissaDivergenceError, SolverSetupError
 from fastif_engine.influence import influence_on_candidates, self_influence
 from fastif_engine.knn import FaissIndex
 from fastif_engine.net_harm import net_harm
 from fastif_engine.models import DataInfo, create_model
 from fastif_engine.retrain import retrain_and_evaluate
-from fastif_engine.solvers import (EXACT_MAX_PARAMS, ExactSolver, LissaSettings, LissaSolver, LowRankSolver,
-                                   auto_scale)
-from fastif_engine.store import atomic_path, write_json, write_npy, write_parquet
+from fastif_engine.solvers import (EXACT_MAX_PARAMS, LOW_RANK, LissaSettings, LissaSolver, LowRankSolver,
+                                   auto_scale, choose_solver, make_solver)
+from fastif_engine.store import (atomic_path, load_arrays, load_tensors, save_arrays, save_tensors, write_json,
+                                 write_npy, write_parquet)
 from fastif_engine.training import evaluate
 
 from .config import CleanConfig
@@ -43,7 +44,6 @@ _LOCK = threading.Lock()
 # Self-influence needs (H + λI)⁻¹ for every training row: with an explicit Hessian that is one
 # factorisation, cheap up to a few thousand parameters; "auto" computes it only then.
 SELF_INFLUENCE_AUTO_LIMIT = 4096
-SELF_INFLUENCE_RANK = 32  # top Hessian eigenpairs kept above EXACT_MAX_PARAMS parameters
 
 
 class StageCache:
@@ -80,13 +80,32 @@ def _stage_task(name: str, **options):
 # ---- loading shared state inside a worker (threads share these; processes load once each) ----
 
 @lru_cache(maxsize=4)
-def _dataset(path: str) -> Dataset:
-    return torch.load(path, weights_only=False)
+def load_cached_dataset(path: str) -> Dataset:
+    """The validated dataset a ``load + validate`` stage wrote (plain arrays; no pickle is loaded)."""
+    return dataset_from_arrays(load_arrays(path))
 
 
 @lru_cache(maxsize=4)
 def _inputs(path: str) -> dict:
-    return torch.load(path, weights_only=False)
+    """``{split: tensor or {name: tensor}, "labels": {split: int64 array}}`` from safetensors."""
+    blob: dict = {"labels": {}}
+    for name, tensor in load_tensors(path).items():
+        split, _, part = name.partition("/")
+        if split == "labels":
+            blob["labels"][part] = tensor.numpy()
+        elif part:
+            blob.setdefault(split, {})[part] = tensor
+        else:
+            blob[split] = tensor
+    return blob
+
+
+def _save_inputs(path: Path, blob: dict) -> None:
+    tensors = {f"labels/{split}": torch.as_tensor(np.asarray(labels)) for split, labels in blob["labels"].items()}
+    for split, value in blob.items():
+        if split != "labels":
+            tensors.update({f"{split}/{k}": v for k, v in value.items()} if isinstance(value, dict) else {split: value})
+    save_tensors(path, tensors)
 
 
 @lru_cache(maxsize=2)
@@ -101,7 +120,7 @@ def data_info(ds: Dataset) -> DataInfo:
 def load_adapter(cfg: CleanConfig, dataset_path: str, state_path: str | None):
     """A private copy of the model per task: functional_call swaps parameters in place, so
     threads must never share one module."""
-    info = data_info(_dataset(dataset_path))
+    info = data_info(load_cached_dataset(dataset_path))
     with _LOCK:
         base = _base_model(cfg.model, json.dumps(cfg.model_options, sort_keys=True), info)
         adapter = copy.deepcopy(base)
@@ -112,16 +131,27 @@ def load_adapter(cfg: CleanConfig, dataset_path: str, state_path: str | None):
     return adapter
 
 
-def lissa_settings(cfg: CleanConfig, scale: float, repeats: int | None = None) -> LissaSettings:
+def lissa_settings(cfg: CleanConfig, scale: float | None, repeats: int | None = None) -> LissaSettings:
     return LissaSettings(depth=cfg.depth, repeats=repeats or cfg.repeats, batch_size=cfg.batch_size,
                          damping=cfg.damping, scale=scale, tolerance=cfg.tolerance, seed=cfg.seed)
 
 
-def stage_solver(cfg: CleanConfig, adapter, x, y, solver_info: dict, flat: FlatParams):
-    """The run's inverse-HVP solver with the ridge / scale fixed once by ``resolve_solver``."""
-    if cfg.solver == "exact":
-        return ExactSolver(adapter, x, y, ridge=solver_info["ridge"], flat=flat)
-    return LissaSolver(adapter, x, y, lissa_settings(cfg, solver_info["scale"]), flat=flat)
+def chunk_size(cfg: CleanConfig, flat: FlatParams) -> int:
+    """Rows per per-sample-gradient chunk: ``cfg.chunk_size``, or what ``cfg.memory_budget`` allows for P."""
+    return cfg.chunk_size or chunk_rows(flat.size, cfg.memory_budget)
+
+
+def stage_solver(cfg: CleanConfig, adapter, x, y, solver_path: str, flat: FlatParams, name: str | None = None):
+    """The run's inverse-HVP solver (or ``name``) with the scale and ridge ``resolve_solver`` fixed once;
+    a low-rank solver reuses the eigenpairs saved beside it when there are any."""
+    info = json.loads(Path(solver_path).read_text())
+    name = name or info["name"]
+    eigenpairs = Path(solver_path).with_suffix(".npz")
+    if name == "lowrank" and eigenpairs.exists():
+        saved = load_arrays(eigenpairs)
+        return LowRankSolver.from_eigenpairs(torch.from_numpy(saved["values"]).to(adapter.placement),
+                                             torch.from_numpy(saved["vectors"]).to(adapter.placement), info["ridge"])
+    return make_solver(name, adapter, x, y, lissa_settings(cfg, info["scale"]), rank=LOW_RANK, flat=flat)
 
 
 def _split_tensors(inputs_path: str, split: str):
@@ -134,7 +164,7 @@ def _split_tensors(inputs_path: str, split: str):
 @_stage_task("load + validate")
 def load_and_validate(cfg: CleanConfig, cache: str, key: str) -> str:
     """Read and check every split; nothing else runs if this fails."""
-    path = StageCache(cache).path("dataset", key, "pt")
+    path = StageCache(cache).path("dataset", key, "npz")
     if _reused(path, "load + validate"):
         return str(path)
     columns = Columns(label=cfg.label_column, id=cfg.id_column, text=cfg.text_column,
@@ -144,8 +174,7 @@ def load_and_validate(cfg: CleanConfig, cache: str, key: str) -> str:
     info = data_info(ds)
     if ":" in cfg.model:  # a user model that cannot be built fails here, before any other work
         create_model(cfg.model, info, **cfg.model_options)
-    with atomic_path(path) as tmp:
-        torch.save(ds, tmp)
+    save_arrays(path, dataset_arrays(ds))
     get_run_logger().info("load + validate: %s", ", ".join(f"{k} {len(s)} rows" for k, s in ds.splits.items()))
     return str(path)
 
@@ -153,17 +182,16 @@ def load_and_validate(cfg: CleanConfig, cache: str, key: str) -> str:
 @_stage_task("prepare inputs")
 def prepare_inputs(cfg: CleanConfig, cache: str, key: str, dataset_path: str) -> str:
     """Model-specific inputs for every split (for text-minilm: the frozen layers' output, once)."""
-    path = StageCache(cache).path("inputs", key, "pt")
+    path = StageCache(cache).path("inputs", key, "safetensors")
     if _reused(path, "prepare inputs"):
         return str(path)
-    ds = _dataset(dataset_path)
+    ds = load_cached_dataset(dataset_path)
     adapter = load_adapter(cfg, dataset_path, None)
     blob = {"labels": {}}
     for name, split in ds.splits.items():
         blob[name] = adapter.prepare(split.values)
         blob["labels"][name] = split.labels
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
+    _save_inputs(path, blob)
     return str(path)
 
 
@@ -190,9 +218,7 @@ def features_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
         return str(path)
     adapter = load_adapter(cfg, dataset_path, model_path)
     blob = _inputs(inputs_path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, train=extract_features(adapter, blob["train"]), valid=extract_features(adapter, blob["valid"]))
+    save_arrays(path, {"train": extract_features(adapter, blob["train"]), "valid": extract_features(adapter, blob["valid"])})
     return str(path)
 
 
@@ -247,24 +273,36 @@ def find_errors(cfg: CleanConfig, cache: str, key: str, dataset_path: str, input
 @_stage_task("resolve solver")
 def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
                    model_path: str) -> str:
-    """Fix the LiSSA scale once (estimated if unset) so every worker uses the same ridge."""
+    """Pick the solver (``auto``: exact where the Hessian fits) and fix the scale, hence the ridge
+    λ, once so every worker uses the same; the low-rank solver's eigenpairs are computed here once."""
     path = StageCache(cache).path("solver", key, "json")
     if _reused(path, "resolve solver"):
         return str(path)
     adapter = load_adapter(cfg, dataset_path, model_path)
     x, y = _split_tensors(inputs_path, "train")
     flat = FlatParams.of(adapter)
+    name = choose_solver(cfg.solver, flat.size)
     scale, estimated = cfg.scale, False
     if scale is None:
-        scale, estimated = auto_scale(adapter, flat, x, y, cfg.batch_size, cfg.seed), True
+        scale, estimated = auto_scale(adapter, flat, x, y, cfg.seed), True
     sweep = []
-    if cfg.scale_sweep and cfg.solver == "lissa":
+    if cfg.scale_sweep and name == "lissa":
         scale, sweep = _sweep_scale(cfg, adapter, flat, x, y, scale)
-    info = {"name": cfg.solver, "scale": scale, "scale_estimated": estimated, "damping": cfg.damping,
-            "ridge": cfg.damping * scale, "parameters": flat.size, "scale_sweep": sweep}
+    settings = lissa_settings(cfg, scale)
+    info = {"name": name, "requested": cfg.solver, "scale": scale, "scale_estimated": estimated,
+            "damping": cfg.damping, "ridge": settings.ridge, "parameters": flat.size, "scale_sweep": sweep,
+            "chunk_size": chunk_size(cfg, flat)}
+    if name == "lissa":
+        info.update(depth=cfg.depth, repeats=cfg.repeats, batch_size=cfg.batch_size, tolerance=cfg.tolerance)
+    if name == "lowrank":
+        low = make_solver("lowrank", adapter, x, y, settings, rank=LOW_RANK, flat=flat)
+        save_arrays(path.with_suffix(".npz"), {"values": low.eigenvalues.cpu().numpy(),
+                                               "vectors": low.eigenvectors.cpu().numpy()})
+        info["rank"] = LOW_RANK
     write_json(path, info)
-    get_run_logger().info("resolve solver: %s over %d parameters, scale %.4g%s, ridge λ = %.4g", cfg.solver,
-                          flat.size, scale, " (estimated)" if estimated else "", info["ridge"])
+    why = f" ({cfg.solver}: {flat.size:,} parameters)" if cfg.solver == "auto" else ""
+    get_run_logger().info("resolve solver: %s%s, scale %.4g%s, ridge λ = %.4g", name, why, scale,
+                          " (estimated)" if estimated else "", info["ridge"])
     return str(path)
 
 
@@ -295,22 +333,22 @@ def _sweep_scale(cfg: CleanConfig, adapter, flat: FlatParams, x, y, scale: float
 def s_test_batch(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
                  model_path: str, errors_path: str, solver_path: str, batch: int, repeat: int,
                  threads: int) -> str:
-    """s_test for one batch of errors and one LiSSA repeat (the exact solver: repeat 0 only)."""
+    """s_test for one batch of errors and one LiSSA repeat (other solvers: repeat 0 only)."""
     path = StageCache(cache).path("stest", f"{key}-b{batch}-r{repeat}", "npy")
     if path.exists():
         return str(path)
     set_worker_threads(threads)
     _fault_point("s_test")
     adapter = load_adapter(cfg, dataset_path, model_path)
-    solver_info = json.loads(Path(solver_path).read_text())
     errors = np.asarray(json.loads(Path(errors_path).read_text())["errors"])
     rows = errors[batch * cfg.tests_per_batch:(batch + 1) * cfg.tests_per_batch]
     xv, yv = _split_tensors(inputs_path, "valid")
     x, y = _split_tensors(inputs_path, "train")
     flat = FlatParams.of(adapter)
-    v = gradient_matrix(adapter, take(xv, torch.as_tensor(rows)), yv[rows], chunk_size=cfg.chunk_size, flat=flat)
-    solver = stage_solver(cfg, adapter, x, y, solver_info, flat)
-    s = solver.solve(v) if cfg.solver == "exact" else solver.solve_repeat(v, repeat)
+    v = gradient_matrix(adapter, take(xv, torch.as_tensor(rows)), yv[rows], chunk_size=chunk_size(cfg, flat),
+                        flat=flat)
+    solver = stage_solver(cfg, adapter, x, y, solver_path, flat)
+    s = solver.solve_repeat(v, repeat) if isinstance(solver, LissaSolver) else solver.solve(v)
     write_npy(path, s.float().cpu().numpy())
     return str(path)
 
@@ -331,7 +369,7 @@ def influence_part(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
     mine = union[part::parts]
     lists = [row[np.isin(row, mine)] for row in cand]
     s = torch.from_numpy(np.load(stest_path)).to(adapter.dtype)
-    res = influence_on_candidates(adapter, x, y, s, lists, chunk_size=cfg.chunk_size)
+    res = influence_on_candidates(adapter, x, y, s, lists, chunk_size=chunk_size(cfg, FlatParams.of(adapter)))
     write_parquet(path, pd.DataFrame({"test_pos": res.test_pos, "train_index": res.train_index,
                                       "influence": res.influence}))
     return str(path)
@@ -350,8 +388,8 @@ def net_harm_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
     x, y = _split_tensors(inputs_path, "train")
     xv, yv = _split_tensors(inputs_path, "valid")
     flat = FlatParams.of(adapter)
-    solver = stage_solver(cfg, adapter, x, y, json.loads(Path(solver_path).read_text()), flat)
-    result = net_harm(adapter, x, y, xv, yv, solver, seed=cfg.seed, chunk_size=cfg.chunk_size, flat=flat)
+    solver = stage_solver(cfg, adapter, x, y, solver_path, flat)
+    result = net_harm(adapter, x, y, xv, yv, solver, seed=cfg.seed, chunk_size=chunk_size(cfg, flat), flat=flat)
     write_npy(path, result.per_fold)
     return str(path)
 
@@ -385,17 +423,13 @@ def self_influence_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: s
     set_worker_threads(threads)
     adapter = load_adapter(cfg, dataset_path, model_path)
     x, y = _split_tensors(inputs_path, "train")
-    info = json.loads(Path(solver_path).read_text())
     flat = FlatParams.of(adapter)
-    try:
-        if flat.size <= EXACT_MAX_PARAMS:
-            solver = ExactSolver(adapter, x, y, ridge=info["ridge"], flat=flat)
-        else:  # one Lanczos factorisation serves every row; a LiSSA chain per row would not scale
-            solver = LowRankSolver(adapter, x, y, ridge=info["ridge"], rank=SELF_INFLUENCE_RANK,
-                                   seed=cfg.seed, chunk_size=cfg.chunk_size, flat=flat)
-            get_run_logger().info("self-influence: rank-%d Hessian over %d parameters (Lanczos)",
-                                  SELF_INFLUENCE_RANK, flat.size)
-        scores = self_influence(adapter, x, y, solver, chunk_size=cfg.chunk_size, flat=flat)
+    try:  # one factorisation serves every row; a LiSSA chain per row would not scale
+        name = "exact" if flat.size <= EXACT_MAX_PARAMS else "lowrank"
+        if name == "lowrank":
+            get_run_logger().info("self-influence: rank-%d Hessian over %d parameters (Lanczos)", LOW_RANK, flat.size)
+        solver = stage_solver(cfg, adapter, x, y, solver_path, flat, name=name)
+        scores = self_influence(adapter, x, y, solver, chunk_size=chunk_size(cfg, flat), flat=flat)
     except (SolverSetupError, LissaDivergenceError) as exc:
         if cfg.self_influence == "on" or cfg.flag_by == "self-influence":
             raise

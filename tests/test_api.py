@@ -33,7 +33,7 @@ def test_knn_restricted_scores_equal_full_scores_on_the_candidates(logreg, digit
 def test_facade_with_lissa_and_a_given_index(mlp, digits):
     x, y = digits["train"]
     index = FaissIndex("hnsw").build(extract_features(mlp, x))
-    fi = FastIF(mlp, x, y, k=20, index=index, lissa=LissaSettings(depth=50, batch_size=4))
+    fi = FastIF(mlp, x, y, k=20, index=index, solver="lissa", lissa=LissaSettings(depth=50, batch_size=4))
     s = fi.s_test(*[t[:3] for t in digits["test"]])
     assert s.shape == (3, sum(p.numel() for p in mlp.model.parameters()))
     assert torch.isfinite(s).all()

@@ -16,7 +16,7 @@ from flows.cli import main
 
 FLAG_COLUMNS = ["train_id", "label", "predicted", "harm_score", "self_influence", "n_errors_harmed", "rank",
                 "flagged"]
-FAST = ["--depth", "200", "--repeats", "2", "--batch-size", "8", "--k", "100"]
+FAST = ["--solver", "lissa", "--depth", "200", "--repeats", "2", "--batch-size", "8", "--k", "100"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -207,6 +207,43 @@ def test_rerun_reuses_unchanged_stages(tabular, tmp_path):
     train.to_parquet(moved["train"], index=False)
     assert clean(moved, out) == 0
     assert len(list(cache.glob("model-*.pt"))) == 2
+
+
+@pytest.fixture(scope="module")
+def digits_noisy(tmp_path_factory):
+    """digits with 10% of training labels flipped: as 8×8 images, and as 64 pixel columns."""
+    from fastif_engine.datasets import export
+
+    images = export("digits", tmp_path_factory.mktemp("digits"), noise=0.1, seed=0)
+    tabular = {}
+    for split, path in images.items():
+        frame = pd.read_parquet(path)
+        pixels = np.stack(frame.pop("image").map(lambda a: np.asarray(a, dtype=np.float32).ravel()))
+        tabular[split] = path.with_name(f"{split}-pixels.parquet")
+        frame.join(pd.DataFrame(pixels, columns=[f"px{i}" for i in range(pixels.shape[1])])).to_parquet(tabular[split])
+    return {"image": images, "tabular": tabular}
+
+
+@pytest.mark.parametrize("model", ["tabular-logreg", "tabular-mlp", "image-cnn"])
+def test_default_settings_give_the_exact_influence(digits_noisy, model, tmp_path):
+    """Only --model and data given. The default solver (auto) inverts the explicit Hessian for
+    these models; LiSSA at its default depth, batch and repeats must agree with it (Pearson ≥ 0.99)
+    for a model past the exact limit to get the same answer."""
+    paths = digits_noisy["image" if model == "image-cnn" else "tabular"]
+    data = ["--train", str(paths["train"]), "--valid", str(paths["valid"]), "--model", model]
+    influence = {}
+    for solver in ("default", "lissa"):
+        out = tmp_path / "out"  # one folder: the second run reuses the trained model from the stage cache
+        assert main(["clean", *data, "--out", str(out)] + ([] if solver == "default" else ["--solver", solver])) == 0
+        influence[solver] = pd.read_parquet(out / "influence.parquet")
+        metrics = json.loads((out / "metrics.json").read_text())["solver"]
+        if solver == "default":
+            assert metrics["requested"] == "auto" and metrics["name"] == "exact" and metrics["parameters"] <= 10_000
+        else:
+            assert (metrics["name"], metrics["depth"], metrics["batch_size"], metrics["repeats"]) == ("lissa", 300, 16, 1)
+    merged = influence["default"].merge(influence["lissa"], on=["test_id", "train_id"])
+    assert len(merged) == len(influence["default"]) > 1000
+    assert np.corrcoef(merged["influence_x"], merged["influence_y"])[0, 1] >= 0.99
 
 
 def test_exact_and_lissa_agree(tabular, tmp_path):

@@ -96,7 +96,7 @@ def test_minilm_gradients_through_the_top_layer(minilm, reviews):
     assert torch.isfinite(hv).all() and float((hv * g).sum(1).min()) > -1e-3 * float(g.norm(dim=1).max()) ** 2
     # the whole FastIF path runs on the text model (tiny LiSSA: this checks plumbing, not accuracy)
     xv, yv = minilm.prepare(va.values[:3]), torch.as_tensor(va.labels[:3])
-    fi = FastIF(minilm, x, y, k=10, lissa=LissaSettings(depth=3, batch_size=2, scale=100.0))
+    fi = FastIF(minilm, x, y, k=10, solver="lissa", lissa=LissaSettings(depth=3, batch_size=2, scale=100.0))
     table = fi.influence(xv, yv)
     assert len(table) == 30 and np.isfinite(table.influence).all()
     # candidates are chunked by length (less padding); each score must still land on its own pair

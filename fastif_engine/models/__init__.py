@@ -8,9 +8,12 @@ and returning a :class:`~fastif_engine.adapter.TrainableAdapter`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
+import importlib.util
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..adapter import TrainableAdapter
 from ..errors import FastIFError
@@ -88,6 +91,22 @@ def builtin_options(name: str, options: dict) -> dict:
     return kwargs
 
 
+def model_recipe(name: str) -> dict:
+    """What a trained model depends on besides the data, its options and the seed, for cache keys:
+    a built-in's constructor defaults (architecture and training settings), a user factory's
+    module file. A changed recipe is a different model: nothing trained under the old one is reused."""
+    if name in BUILTIN_MODELS:
+        params = inspect.signature(_builtin_class(name).__init__).parameters
+        return {k: (dataclasses.asdict(p.default) if dataclasses.is_dataclass(p.default) else repr(p.default))
+                for k, p in params.items() if p.default is not inspect.Parameter.empty and k != "path"}
+    module = name.partition(":")[0]
+    try:
+        origin = importlib.util.find_spec(module).origin
+        return {"module": module, "source": hashlib.sha256(Path(origin).read_bytes()).hexdigest()}
+    except Exception:  # not importable here (validation says so) or not a file: the name alone
+        return {"module": module}
+
+
 def create_model(name: str, info: DataInfo, **options) -> TrainableAdapter:
     if name in BUILTIN_MODELS:
         needs = BUILTIN_MODELS[name]
@@ -133,5 +152,5 @@ def load_user_model(spec: str, info: DataInfo, **options) -> TrainableAdapter:
     return adapter
 
 
-__all__ = ["BUILTIN_MODELS", "RECIPE_OPTIONS", "builtin_options", "CNNAdapter", "DataInfo", "LogisticRegressionAdapter", "MLPAdapter",
+__all__ = ["BUILTIN_MODELS", "RECIPE_OPTIONS", "builtin_options", "model_recipe", "CNNAdapter", "DataInfo", "LogisticRegressionAdapter", "MLPAdapter",
            "ModelLoadError", "create_model", "load_user_model"]
