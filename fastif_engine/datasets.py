@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .data import DataError
+from .errors import SettingsError
 
 DATASETS = ("rotten-tomatoes", "fashion-mnist", "digits", "breast-cancer")
 FASHION_MNIST_DIR = Path(os.environ.get("FASTIF_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
@@ -39,11 +40,11 @@ def export(name: str, out_dir: str | Path, *, noise: float = 0.0, seed: int = 0,
     proportion) for quick runs.
     """
     if not 0.0 <= noise < 1.0:
-        raise ValueError(f"noise must be in [0, 1), got {noise}")
+        raise SettingsError(f"noise must be in [0, 1), got {noise}")
     loaders = {"rotten-tomatoes": _rotten_tomatoes, "fashion-mnist": _fashion_mnist, "digits": _digits,
                "breast-cancer": _breast_cancer}
     if name not in loaders:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise SettingsError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     splits = loaders[name](np.random.default_rng(seed))
     if max_train is not None and max_train < len(splits["train"]):
         rng = np.random.default_rng(seed + 1)
@@ -78,7 +79,7 @@ def add_label_noise(frame: pd.DataFrame, fraction: float, rng: np.random.Generat
       classes, one class is under-reported: a share of its rows carry the other label.
     """
     if mode not in NOISE_MODES:
-        raise ValueError(f"unknown noise mode {mode!r} ({', '.join(NOISE_MODES)})")
+        raise SettingsError(f"unknown noise mode {mode!r} ({', '.join(NOISE_MODES)})")
     frame = frame.copy()
     labels = frame["label"].to_numpy()
     classes = np.array(sorted(pd.unique(labels).tolist()))
@@ -86,7 +87,7 @@ def add_label_noise(frame: pd.DataFrame, fraction: float, rng: np.random.Generat
     new = code.copy()
     k = len(classes)
     if k < 2 and fraction > 0:
-        raise ValueError("label noise needs at least two classes")
+        raise SettingsError("label noise needs at least two classes")
     if mode == "class-conditional":
         confused = np.sort(rng.choice(k, max(1, k // 2), replace=False)) if fraction > 0 else np.zeros(0, np.int64)
         parts = []

@@ -5,6 +5,10 @@ class FastIFError(Exception):
     """Base class of every error fastif raises on purpose."""
 
 
+class SettingsError(FastIFError, ValueError):
+    """A value fastif checked and refused (also a ValueError, for code that catches those)."""
+
+
 class LissaDivergenceError(FastIFError):
     """The LiSSA recursion blew up (NaN/inf or a norm far past its fixed point's bound)."""
 

@@ -9,8 +9,9 @@ thumbnail or feature values) with given vs predicted label, scores and the error
 from __future__ import annotations
 
 import base64
-import html
 import io
+import re
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -109,13 +110,51 @@ def thumbnail(image: np.ndarray, size: int = 84) -> bytes:
     return buf.getvalue()
 
 
-def _accuracy_lines(metrics: dict) -> list[str]:
+# ---- the report as data: blocks of text parts, rendered to Markdown and (escaped by Jinja) to HTML ----
+#
+# A *part* is a ``str`` of fastif's own words, which may use **bold** and `code`, or a :class:`Raw` /
+# :class:`Code` value from the user's data (labels, ids, snippets, paths), which is never read as
+# markup, or an :class:`Img`. A block is ``Block(kind, parts | items | rows)``.
+
+
+class Raw(str):
+    """User data shown verbatim: never parsed for markup, always escaped."""
+
+
+class Code(Raw):
+    """User data shown as code (a path, a model name)."""
+
+
+@dataclass(frozen=True)
+class Img:
+    name: str  # report_assets/<name>
+    alt: str
+
+
+@dataclass
+class Block:
+    kind: str  # h1 | h2 | p | ul | table | img
+    parts: list = field(default_factory=list)  # h1, h2, p: parts; img: [Img]
+    items: list = field(default_factory=list)  # ul: (parts, [child parts, ...]) pairs
+    header: list = field(default_factory=list)  # table
+    rows: list = field(default_factory=list)  # table: rows of cells, each a part or a list of parts
+
+
+def _parts(value) -> list:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _p(*parts) -> Block:
+    return Block("p", list(parts))
+
+
+def _accuracy_items(metrics: dict) -> list:
     acc = metrics.get("accuracy", {})
-    lines = []
+    items = []
     if "before" in acc:
-        lines.append(f"- Model as trained: validation accuracy **{acc['before']['valid']:.4f}**"
-                     + (f", {acc['before']['eval_split']} accuracy **{acc['before']['eval']:.4f}**"
-                        if "eval" in acc["before"] else ""))
+        items.append(([f"Model as trained: validation accuracy **{acc['before']['valid']:.4f}**"
+                       + (f", {acc['before']['eval_split']} accuracy **{acc['before']['eval']:.4f}**"
+                          if "eval" in acc["before"] else "")], []))
     retrain = acc.get("retrain")
     if retrain:
         split, flagged = retrain["eval_split"], metrics["counts"]["flagged"]
@@ -123,18 +162,17 @@ def _accuracy_lines(metrics: dict) -> list[str]:
                  else f"without the {flagged} flagged rows")
         control = ("with as many random rows relabelled the same way" if retrain.get("fix") == "relabel"
                    else "without as many random rows")
-        lines.append(f"- Retrained with {retrain['seeds']} seeds, evaluated on {split} ({retrain['eval_rows']} rows; "
-                     f"one accuracy measured there has a standard error of about "
-                     f"{retrain['accuracy_stderr']:.4f}):")
-        for name, label in (("original", "all rows as given"), ("cleaned", fixed), ("random", control)):
-            s = retrain["summary"].get(name)
-            if s:
-                lines.append(f"  - {label}: **{s['mean']:.4f} ± {s['std']:.4f}**")
-        lines.append(f"- Change from fixing the flags, paired by seed: {_ci(retrain['fixed_minus_original'])} vs the "
-                     f"original, {_ci(retrain['fixed_minus_random'])} vs the random control")
+        variants = [[f"{label}: **{s['mean']:.4f} ± {s['std']:.4f}**"]
+                    for name, label in (("original", "all rows as given"), ("cleaned", fixed), ("random", control))
+                    if (s := retrain["summary"].get(name))]
+        items.append(([f"Retrained with {retrain['seeds']} seeds, evaluated on {split} ({retrain['eval_rows']} rows; "
+                       f"one accuracy measured there has a standard error of about {retrain['accuracy_stderr']:.4f}):"],
+                      variants))
+        items.append(([f"Change from fixing the flags, paired by seed: {_ci(retrain['fixed_minus_original'])} vs the "
+                       f"original, {_ci(retrain['fixed_minus_random'])} vs the random control"], []))
     else:
-        lines.append("- No retraining in this run (use `--retrain` to measure the effect of fixing the flags).")
-    return lines
+        items.append((["No retraining in this run (use `--retrain` to measure the effect of fixing the flags)."], []))
+    return items
 
 
 def _ci(ci: dict) -> str:
@@ -161,168 +199,223 @@ def verdict_line(metrics: dict) -> str | None:
             f"({retrain['eval_split']} accuracy {_ci(ci).replace('**', '')}, over {retrain['seeds']} seeds{caveat}).")
 
 
-def _flagging_lines(metrics: dict) -> list[str]:
+def _flagging_blocks(metrics: dict) -> list[Block]:
     f = metrics.get("flagging")
     if not f:
         return []
-    lines = [f"The budget allowed **{f['within_budget']}** rows with a positive {f['score']} score; "
-             f"**{f['flagged']}** were flagged."]
+    blocks = [_p(f"The budget allowed **{f['within_budget']}** rows with a positive {f['score']} score; "
+                 f"**{f['flagged']}** were flagged.")]
     if f["min_evidence"] > 0 and f["below_evidence"]:
         were = "was" if f["below_evidence"] == 1 else "were"
-        lines.append(f"{f['below_evidence']} {were} not: their net harm on the validation loss did not reach the "
-                     f"evidence floor (t ≥ {f['min_evidence']:g} over {f['folds']} validation folds"
-                     + (f"; for {f['net_harm_not_positive']} of them it was not even positive" if
-                        f["net_harm_not_positive"] else "")
-                     + "), so removing them is not expected to help. A budget is a ceiling, not a quota "
-                       "(`--flag-evidence 0` turns the floor off).")
+        blocks.append(_p(f"{f['below_evidence']} {were} not: their net harm on the validation loss did not reach the "
+                         f"evidence floor (t ≥ {f['min_evidence']:g} over {f['folds']} validation folds"
+                         + (f"; for {f['net_harm_not_positive']} of them it was not even positive" if
+                            f["net_harm_not_positive"] else "")
+                         + "), so removing them is not expected to help. A budget is a ceiling, not a quota "
+                           "(`--flag-evidence 0` turns the floor off)."))
     mix = metrics.get("class_mix")
     if mix and f["flagged"]:
-        lines += ["", "| given label | training rows | share | flagged | share of flags |", "|---|---|---|---|---|"]
-        lines += [f"| {_cell(c['label'])} | {c['train']} | {c['train_share']:.1%} | {c['flagged']} | "
-                  f"{c['flagged_share']:.1%} |" for c in mix["classes"]]
+        blocks.append(Block("table", header=["given label", "training rows", "share", "flagged", "share of flags"],
+                            rows=[[Raw(c["label"]), str(c["train"]), f"{c['train_share']:.1%}", str(c["flagged"]),
+                                   f"{c['flagged_share']:.1%}"] for c in mix["classes"]]))
         if mix["distance"] >= 0.3 and f["flagged"] >= 10:
-            lines += ["", f"**The flags are far from the training rows' class mix** (total-variation distance "
-                          f"{mix['distance']:.2f}): fixing them also shifts the class balance, which can change "
-                          "accuracy by itself. That is expected when one class's labels are the noisy ones; "
-                          "otherwise look at the rows before acting."]
-    return lines
+            blocks.append(_p(f"**The flags are far from the training rows' class mix** (total-variation distance "
+                             f"{mix['distance']:.2f}): fixing them also shifts the class balance, which can change "
+                             "accuracy by itself. That is expected when one class's labels are the noisy ones; "
+                             "otherwise look at the rows before acting."))
+    return blocks
 
 
-def _history_lines(metrics: dict, shown: int = 20) -> list[str]:
+def _history_blocks(metrics: dict, shown: int = 20) -> list[Block]:
     """What changed since the previous recorded run, and the trend over the last runs."""
     h = metrics.get("history")
     if not h:
         return []
-    lines = ["## Since the last run", ""]
+    blocks = [Block("h2", ["Since the last run"])]
     c = h["changes"]
     if c is None:
-        lines += [f"This is the first run recorded in `{h['path']}`; the next one will say which flags are new, "
-                  "still there or gone.", ""]
+        blocks.append(_p("This is the first run recorded in ", Code(h["path"]), "; the next one will say which flags "
+                         "are new, still there or gone."))
     else:
-        lines += [f"Against the run of {c['previous_time']}: **{len(c['new'])} new** flags, {len(c['still'])} still "
-                  f"flagged, **{len(c['gone'])} gone** (no longer flagged: fixed, or no longer suspect).", ""]
-        listed = [name for name in ("new", "gone") if c[name]]
-        for name in listed:
-            more = f" (and {len(c[name]) - shown} more)" if len(c[name]) > shown else ""
-            lines.append(f"- {name}: " + ", ".join(_cell(i) for i in c[name][:shown]) + more)
-        lines += [""] if listed else []
-    lines += ["| run (UTC) | errors | flagged | validation accuracy | retrain verdict |", "|---|---|---|---|---|"]
-    lines += [f"| {r['time']} | {r['errors']} | {r['flagged']} | {r['valid_accuracy']:.4f} | "
-              f"{_cell(r['verdict'] or '—')} |" for r in h["trend"]]
-    return lines + [""]
+        blocks.append(_p(f"Against the run of {c['previous_time']}: **{len(c['new'])} new** flags, {len(c['still'])} "
+                         f"still flagged, **{len(c['gone'])} gone** (no longer flagged: fixed, or no longer suspect)."))
+        items = []
+        for name in ("new", "gone"):
+            if c[name]:
+                more = f" (and {len(c[name]) - shown} more)" if len(c[name]) > shown else ""
+                items.append(([f"{name}: ", Raw(", ".join(str(i) for i in c[name][:shown])), more], []))
+        if items:
+            blocks.append(Block("ul", items=items))
+    blocks.append(Block("table", header=["run (UTC)", "errors", "flagged", "validation accuracy", "retrain verdict"],
+                        rows=[[Raw(r["time"]), str(r["errors"]), str(r["flagged"]), f"{r['valid_accuracy']:.4f}",
+                               Raw(r["verdict"] or "—")] for r in h["trend"]]))
+    return blocks
 
 
-def _cell(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def _top_rows_block(top_rows: list[dict], flag_by: str, assets: dict) -> Block:
+    own = [] if flag_by == "harm" else [flag_by]
+    header = ["rank", "train id", "content", "given", "predicted", "suggested action", *own,
+              "net harm (t)", "harm score", "errors harmed", "errors it harms most (influence; true → predicted)"]
+    rows = []
+    for row in top_rows:
+        if "image_png" in row:
+            assets[f"row_{row['rank']}.png"] = row["image_png"]
+            content = Img(f"row_{row['rank']}.png", f"row {row['train_id']}")
+        else:
+            content = Raw(row["content"])
+        action = ["relabel to ", Raw(row["suggested"])] if row.get("suggested") else "remove"
+        rows.append([str(row["rank"]), Raw(row["train_id"]), content, Raw(row["given"]), Raw(row["predicted"]), action,
+                     *(f"{row[FLAG_SCORES[name]]:.4g}" for name in own),
+                     f"{row['net_harm']:.4g} ({row['net_harm_t']:.1f})", f"{row['harm_score']:.4g}",
+                     str(row["n_errors_harmed"]), Raw(row["harms"])])
+    return Block("table", header=header, rows=rows)
+
+
+def report_blocks(metrics: dict, top_rows: list[dict], plots: dict[str, bytes]) -> tuple[list[Block], dict]:
+    """The report's content, once, for both renderings; returns (blocks, assets by file name)."""
+    counts, cfg = metrics["counts"], metrics["config"]
+    flag_by = metrics.get("flag_by", "harm")
+    verdict = verdict_line(metrics)
+    blocks = [Block("h1", ["fastif cleaning report"])]
+    if verdict:
+        blocks.append(_p(f"**{verdict}**"))
+    blocks += [_p("Model ", Code(cfg["model"]), " on ", Code(cfg["train"]),
+                  f" ({counts['train']} training rows); {counts['errors']} of {counts['valid']} validation examples "
+                  f"misclassified; k = {cfg['k']} neighbours each ({counts['distinct_candidates']} distinct training "
+                  f"rows scored); **{counts['flagged']} rows flagged** by {flag_by}."),
+               Block("h2", ["Accuracy"]), Block("ul", items=_accuracy_items(metrics)),
+               Block("h2", ["Flags"]), *_flagging_blocks(metrics)]
+    if counts["errors"] == 0:
+        blocks.append(_p("**The model made no mistakes on the validation set: there is nothing to explain"
+                         + (", and no row is flagged.**" if flag_by in ("combined", "net-harm", "harm") else ".**")))
+    blocks += _history_blocks(metrics)
+    solver = metrics.get("solver", {})
+    blocks += [Block("h2", ["Scores"]), _p(SCORE_TEXT[flag_by][1])]
+    if flag_by != "harm":  # harm's own note is the sign convention; other scores still show harm
+        blocks.append(_p(SIGN_NOTE))
+    blocks.append(_p(f"Solver: {solver.get('name', '?')}, ridge λ = {solver.get('ridge', float('nan')):.4g}"
+                     + (f", scale {solver['scale']:.4g}" if solver.get("scale") else "") + "."))
+    assets = {}
+    for name, png in plots.items():
+        assets[f"{name}.png"] = png
+        blocks.append(Block("img", [Img(f"{name}.png", name)]))
+    blocks.append(Block("h2", [f"Top flagged training rows (by {flag_by})"]))
+    blocks.append(_top_rows_block(top_rows, flag_by, assets) if top_rows else _p("No row was flagged."))
+    blocks += [Block("h2", ["Run"]),
+               Block("table", header=["stage", "seconds"],
+                     rows=[[k, f"{v:.1f}"] for k, v in metrics.get("timings", {}).items()]),
+               _p(f"Versions: {', '.join(f'{k} {v}' for k, v in metrics.get('versions', {}).items())}")]
+    return blocks, assets
 
 
 def render(metrics: dict, top_rows: list[dict], plots: dict[str, bytes]) -> tuple[str, str, dict[str, bytes]]:
-    """Return (markdown, html, assets): markdown refers to ``report_assets/NAME.png`` files."""
-    counts = metrics["counts"]
-    cfg = metrics["config"]
-    flag_by = metrics.get("flag_by", "harm")
-    verdict = verdict_line(metrics)
-    head = [
-        "# fastif cleaning report", "",
-        *([f"**{verdict}**", ""] if verdict else []),
-        f"Model `{cfg['model']}` on `{cfg['train']}` ({counts['train']} training rows); "
-        f"{counts['errors']} of {counts['valid']} validation examples misclassified; "
-        f"k = {cfg['k']} neighbours each ({counts['distinct_candidates']} distinct training rows scored); "
-        f"**{counts['flagged']} rows flagged** by {flag_by}.", "",
-        "## Accuracy", "", *_accuracy_lines(metrics), "",
-        "## Flags", "", *_flagging_lines(metrics), "",
-    ]
-    if counts["errors"] == 0:
-        head += ["**The model made no mistakes on the validation set: there is nothing to explain"
-                 + (", and no row is flagged.**" if flag_by in ("combined", "net-harm", "harm") else ".**"), ""]
-    head += _history_lines(metrics)
-    solver = metrics.get("solver", {})
-    head += ["## Scores", "", SCORE_TEXT[flag_by][1], ""]
-    if flag_by != "harm":  # harm's own note is the sign convention; other scores still show harm
-        head += [SIGN_NOTE, ""]
-    head += [f"Solver: {solver.get('name', '?')}, ridge λ = {solver.get('ridge', float('nan')):.4g}"
-             + (f", scale {solver['scale']:.4g}" if solver.get("scale") else "") + ".", ""]
-    assets = {}
-    md = list(head)
-    for name, png in plots.items():
-        assets[f"{name}.png"] = png
-        md += [f"![{name}](report_assets/{name}.png)", ""]
-    md += [f"## Top flagged training rows (by {flag_by})", ""]
-    own = [] if flag_by == "harm" else [flag_by]
-    if not top_rows:
-        md += ["No row was flagged.", ""]
-    else:
-        header = ["rank", "train id", "content", "given", "predicted", "suggested action", *own,
-                  "net harm (t)", "harm score", "errors harmed", "errors it harms most (influence; true → predicted)"]
-        md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for row in top_rows:
-            if "image_png" in row:
-                assets[f"row_{row['rank']}.png"] = row["image_png"]
-                content = f"![row {row['train_id']}](report_assets/row_{row['rank']}.png)"
+    """Return (markdown, html, assets): markdown refers to ``report_assets/NAME.png`` files; the HTML
+    inlines them. Both come from the same blocks."""
+    blocks, assets = report_blocks(metrics, top_rows, plots)
+    return to_markdown(blocks), to_html(blocks, assets), assets
+
+
+# ---- Markdown ----
+
+_MD_SPECIAL = re.compile(r"([\\`*\[\]<>|])")  # what could break a table, a link or raw HTML
+
+
+def _md_escape(text: str) -> str:
+    return _MD_SPECIAL.sub(r"\\\1", str(text))
+
+
+def _md(parts, in_table: bool = False) -> str:
+    out = []
+    for part in _parts(parts):
+        if isinstance(part, Img):
+            out.append(f"![{_md_escape(part.alt)}](report_assets/{part.name})")
+        elif isinstance(part, Code):
+            tick = "``" if "`" in part else "`"
+            out.append(f"{tick}{part}{tick}".replace("|", "\\|") if in_table else f"{tick}{part}{tick}")
+        elif isinstance(part, Raw):
+            out.append(_md_escape(part))
+        else:
+            out.append(part.replace("|", "\\|") if in_table else part)
+    return "".join(out).replace("\n", " ")
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    lines = []
+    for b in blocks:
+        if b.kind in ("h1", "h2"):
+            lines += [("# " if b.kind == "h1" else "## ") + _md(b.parts), ""]
+        elif b.kind in ("p", "img"):
+            lines += [_md(b.parts), ""]
+        elif b.kind == "ul":
+            for parts, children in b.items:
+                lines.append("- " + _md(parts))
+                lines += ["  - " + _md(child) for child in children]
+            lines.append("")
+        elif b.kind == "table":
+            lines.append("| " + " | ".join(_md(h, True) for h in b.header) + " |")
+            lines.append("|" + "---|" * len(b.header))
+            lines += ["| " + " | ".join(_md(cell, True) for cell in row) + " |" for row in b.rows]
+            lines.append("")
+    return "\n".join(lines)
+
+
+# ---- HTML (Jinja2, autoescaped) ----
+
+_MARKUP = re.compile(r"\*\*(.+?)\*\*|`([^`]+)`")
+
+_TEMPLATE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>fastif cleaning report</title><style>{{ style }}</style></head><body>
+{% for b in blocks -%}
+{% if b.kind == "h1" %}<h1>{{ b.parts|inline }}</h1>
+{% elif b.kind == "h2" %}<h2>{{ b.parts|inline }}</h2>
+{% elif b.kind in ("p", "img") %}<p>{{ b.parts|inline }}</p>
+{% elif b.kind == "ul" %}<ul>
+{%- for parts, children in b.items %}
+<li>{{ parts|inline }}{% if children %}<ul>{% for child in children %}<li>{{ child|inline }}</li>{% endfor %}</ul>{% endif %}</li>
+{%- endfor %}
+</ul>
+{% elif b.kind == "table" %}<table><thead><tr>{% for h in b.header %}<th>{{ h|inline }}</th>{% endfor %}</tr></thead><tbody>
+{%- for row in b.rows %}
+<tr>{% for cell in row %}<td>{{ cell|inline }}</td>{% endfor %}</tr>
+{%- endfor %}
+</tbody></table>
+{% endif %}
+{%- endfor %}
+</body></html>
+"""
+
+_STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+          "vertical-align:top;text-align:left}th{background:#f3f3f3}td{max-width:420px}code{background:#f3f3f3}")
+
+
+def to_html(blocks: list[Block], assets: dict[str, bytes]) -> str:
+    """Self-contained HTML: Jinja2 escapes every piece of text; images are inlined as data URLs."""
+    from jinja2 import Environment
+    from markupsafe import Markup, escape
+
+    def own_words(text: str) -> Markup:  # fastif's own **bold** and `code`, everything else escaped
+        out, pos = Markup(""), 0
+        for m in _MARKUP.finditer(text):
+            out += escape(text[pos:m.start()])
+            out += Markup("<b>%s</b>") % m.group(1) if m.group(1) is not None else Markup("<code>%s</code>") % m.group(2)
+            pos = m.end()
+        return out + escape(text[pos:])
+
+    def inline(parts) -> Markup:
+        out = Markup("")
+        for part in _parts(parts):
+            if isinstance(part, Img):
+                data = base64.b64encode(assets[part.name]).decode()
+                out += Markup('<img alt="%s" src="data:image/png;base64,%s">') % (part.alt, data)
+            elif isinstance(part, Code):
+                out += Markup("<code>%s</code>") % str(part)
+            elif isinstance(part, Raw):
+                out += escape(str(part))
             else:
-                content = _cell(row["content"])
-            cells = [row["rank"], _cell(row["train_id"]), content, _cell(row["given"]), _cell(row["predicted"]),
-                     f"relabel to {_cell(row['suggested'])}" if row.get("suggested") else "remove",
-                     *(f"{row[FLAG_SCORES[name]]:.4g}" for name in own),
-                     f"{row['net_harm']:.4g} ({row['net_harm_t']:.1f})", f"{row['harm_score']:.4g}",
-                     row["n_errors_harmed"], _cell(row["harms"])]
-            md.append("| " + " | ".join(str(c) for c in cells) + " |")
-        md.append("")
-    md += ["## Run", "", "| stage | seconds |", "|---|---|"]
-    md += [f"| {k} | {v:.1f} |" for k, v in metrics.get("timings", {}).items()]
-    md += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in metrics.get('versions', {}).items())}", ""]
-    markdown = "\n".join(md)
-    return markdown, _html(markdown, assets), assets
+                out += own_words(part)
+        return out
 
-
-def _html(markdown: str, assets: dict[str, bytes]) -> str:
-    """A small markdown → HTML conversion for exactly what :func:`render` writes; images inlined."""
-    out, in_list, table = [], False, []
-
-    def inline(text: str) -> str:
-        import re
-
-        esc = html.escape(text, quote=False)
-        esc = re.sub(r"!\[([^\]]*)\]\(report_assets/([^)]+)\)",
-                     lambda m: f'<img alt="{m.group(1)}" src="data:image/png;base64,'
-                               f'{base64.b64encode(assets[m.group(2)]).decode()}">', esc)
-        esc = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", esc)
-        return re.sub(r"`([^`]+)`", r"<code>\1</code>", esc)
-
-    def flush_table():
-        if not table:
-            return
-        rows = [r.strip().strip("|").split(" | ") for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
-        cells = lambda tag, r: "".join(f"<{tag}>{inline(c.strip().replace(chr(92) + '|', '|'))}</{tag}>" for c in r)
-        out.append("<table><thead><tr>" + cells("th", rows[0]) + "</tr></thead><tbody>"
-                   + "".join("<tr>" + cells("td", r) + "</tr>" for r in rows[1:]) + "</tbody></table>")
-        table.clear()
-
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        flush_table()
-        if line.startswith("- ") or line.startswith("  - "):
-            if not in_list:
-                out.append("<ul>")
-                in_list = True
-            out.append(f"<li>{inline(line.strip()[2:])}</li>")
-            continue
-        if in_list:
-            out.append("</ul>")
-            in_list = False
-        if line.startswith("# "):
-            out.append(f"<h1>{inline(line[2:])}</h1>")
-        elif line.startswith("## "):
-            out.append(f"<h2>{inline(line[3:])}</h2>")
-        elif line.strip():
-            out.append(f"<p>{inline(line)}</p>")
-    flush_table()
-    if in_list:
-        out.append("</ul>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-             "vertical-align:top;text-align:left}th{background:#f3f3f3}td{max-width:420px}code{background:#f3f3f3}")
-    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>fastif cleaning report</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+    env = Environment(autoescape=True, trim_blocks=True)
+    env.filters["inline"] = inline
+    return env.from_string(_TEMPLATE).render(blocks=blocks, style=_STYLE)

@@ -328,15 +328,16 @@ def main(argv: list[str] | None = None) -> int:
         console.enable(verbose=args.verbose)
     try:
         return args.handler(args)
-    except (FastIFError, ValueError, FileNotFoundError) as exc:
+    except FastIFError as exc:  # input or settings fastif checked and refused: exit 2, what to change
         if args.debug:
             traceback.print_exc()
         print(f"fastif: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # a failure while running: one line, the details with --debug
+    except Exception as exc:  # anything else failed while running: exit 1, one line, details with --debug
         if args.debug:
             traceback.print_exc()
-        print(f"fastif: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        hint = "" if args.debug else " (--debug shows the traceback)"
+        print(f"fastif: failed: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
         return 1
 
 

@@ -119,3 +119,28 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
     assert main(["--debug", "clean", "--train", str(tmp_path / "train.parquet"), "--valid",
                  str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "out"), "--model", "tabular-mlp"]) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_an_unexpected_failure_exits_1_in_one_line_with_the_debug_hint(tmp_path, capsys, monkeypatch):
+    """Exit 2 is for what fastif checks itself; a ValueError from deep inside a run (torch, numpy) is a failure."""
+    import flows.cli
+
+    def broken(cfg):
+        raise ValueError("mat1 and mat2 shapes cannot be multiplied (64x30 and 31x64)")
+
+    monkeypatch.setattr(flows.cli, "_run_clean", broken)
+    _write(table(), table(), [])(tmp_path)
+    args = ["clean", "--train", str(tmp_path / "train.parquet"), "--valid", str(tmp_path / "valid.parquet"),
+            "--out", str(tmp_path / "out"), "--model", "tabular-mlp"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err == ("fastif: failed: ValueError: mat1 and mat2 shapes cannot be multiplied (64x30 and 31x64) "
+                   "(--debug shows the traceback)\n")
+    assert main(["--debug", *args]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "in broken" in err
+
+
+def test_dataset_export_settings_are_named_errors(tmp_path, capsys):
+    assert main(["datasets", "export", "digits", "--out", str(tmp_path), "--noise", "1.5"]) == 2
+    assert capsys.readouterr().err == "fastif: error: noise must be in [0, 1), got 1.5\n"

@@ -209,6 +209,51 @@ def test_rerun_reuses_unchanged_stages(tabular, tmp_path):
     assert len(list(cache.glob("model-*.pt"))) == 2
 
 
+def test_a_new_fastif_version_or_model_recipe_is_not_served_from_an_old_cache(tabular, tmp_path, monkeypatch):
+    import fastif_engine
+    import fastif_engine.models
+    from flows.clean import stage_keys
+    from flows.config import CleanConfig
+
+    cfg = CleanConfig(train=str(tabular["train"]), valid=str(tabular["valid"]), out=str(tmp_path), model="tabular-mlp")
+    keys = stage_keys(cfg)
+    recipe = fastif_engine.models.model_recipe
+    monkeypatch.setattr(fastif_engine.models, "model_recipe", lambda name: {**recipe(name), "epochs": 61})
+    changed = stage_keys(cfg)
+    assert changed["data"] == keys["data"] and all(changed[k] != keys[k] for k in ("prep", "model", "stest"))
+    monkeypatch.undo()
+
+    out = tmp_path / "out"
+    assert clean(tabular, out, "--self-influence", "off") == 0
+    monkeypatch.setattr(fastif_engine, "__version__", fastif_engine.__version__ + ".post1")
+    assert clean(tabular, out, "--self-influence", "off") == 0
+    cache = out / ".fastif-cache"
+    assert len(list(cache.glob("dataset-*.npz"))) == len(list(cache.glob("model-*.pt"))) == 2
+
+
+def test_a_tampered_cache_file_is_refused_not_executed(tabular, tmp_path, capsys):
+    """Cached data loads without pickle: a pickle planted in the cache is an error, never run."""
+    import pickle
+
+    out, marker = tmp_path / "out", tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    assert clean(tabular, out, "--self-influence", "off") == 0
+    cache = out / ".fastif-cache"
+    for planted in [next(cache.glob("dataset-*.npz")), next(cache.glob("inputs-*.safetensors"))]:
+        original = planted.read_bytes()
+        planted.write_bytes(pickle.dumps(Payload()))
+        capsys.readouterr()
+        assert clean(tabular, out, "--self-influence", "off") == 2
+        err = capsys.readouterr().err
+        assert f"stage cache file {planted}: not a file fastif wrote" in err and "was not loaded" in err, err
+        assert not marker.exists()
+        planted.write_bytes(original)
+
+
 @pytest.fixture(scope="module")
 def digits_noisy(tmp_path_factory):
     """digits with 10% of training labels flipped: as 8×8 images, and as 64 pixel columns."""
