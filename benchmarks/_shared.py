@@ -1,10 +1,13 @@
 """Small helpers the benchmark scripts share (run them from the repository root)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from fastif_engine.batching import take
 from fastif_engine.models import DataInfo, create_model
 
 
@@ -41,3 +44,22 @@ def save_figure(fig, path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+
+
+def loop_influence(model, x, y, s: torch.Tensor, rows: np.ndarray) -> np.ndarray:
+    """The original algorithm's inner loop: one autograd call per training row, dotted with s_test."""
+    named = dict(model.model.named_parameters())
+    params = [named[n] for n in model.parameter_names()]
+    out = np.empty(len(rows))
+    for i, r in enumerate(rows):
+        xi = model.trim_batch(take(x, slice(int(r), int(r) + 1)))
+        loss = model.loss(model.model(xi), y[r:r + 1]).sum()
+        g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss, params)])
+        out[i] = -float(g @ s)
+    return out
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from scipy.stats import kendalltau, pearsonr, spearmanr
 
+from _shared import loop_influence, timed
 from fastif_engine.api import extract_features
 from fastif_engine.batching import take
 from fastif_engine.data import load_dataset
@@ -65,19 +66,6 @@ def setup(cache: Path, max_train: int | None = None):
     return model, blob
 
 
-def loop_influence(model, x, y, s: torch.Tensor, rows: np.ndarray) -> np.ndarray:
-    """The original algorithm's inner loop: one autograd call per training row, dotted with s_test."""
-    named = dict(model.model.named_parameters())
-    params = [named[n] for n in model.parameter_names()]
-    out = np.empty(len(rows))
-    for i, r in enumerate(rows):
-        xi = model.trim_batch(take(x, slice(int(r), int(r) + 1)))
-        loss = model.loss(model.model(xi), y[r:r + 1]).sum()
-        g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss, params)])
-        out[i] = -float(g @ s)
-    return out
-
-
 # --- warm worker processes for the 2-worker row (spawned; each loads the cached model once) ---
 _W: dict = {}
 
@@ -98,12 +86,6 @@ def _w_influence(s: torch.Tensor, rows: np.ndarray) -> np.ndarray:
 
 def _w_ready() -> bool:
     return "model" in _W
-
-
-def timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
 
 
 def main() -> None:

@@ -94,7 +94,8 @@ def _get(arrays: dict, name: str):
 
 
 def dataset_arrays(ds: Dataset) -> dict:
-    """A :class:`Dataset` as plain arrays (for a cache file that loads without pickle); see :func:`dataset_from_arrays`."""
+    """A :class:`Dataset` as plain arrays, for a cache file that loads without pickle
+    (:func:`dataset_from_arrays` is the inverse)."""
     meta = {"modality": ds.modality, "classes": [_plain(c) for c in ds.classes],
             "input_columns": list(ds.input_columns),
             "splits": {name: {"source": s.source, "extra": list(s.extra.columns)} for name, s in ds.splits.items()}}

@@ -398,7 +398,8 @@ def to_html(blocks: list[Block], assets: dict[str, bytes]) -> str:
         out, pos = Markup(""), 0
         for m in _MARKUP.finditer(text):
             out += escape(text[pos:m.start()])
-            out += Markup("<b>%s</b>") % m.group(1) if m.group(1) is not None else Markup("<code>%s</code>") % m.group(2)
+            bold, code = m.groups()
+            out += Markup("<b>%s</b>") % bold if bold is not None else Markup("<code>%s</code>") % code
             pos = m.end()
         return out + escape(text[pos:])
 

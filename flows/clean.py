@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
-import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,27 +17,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
 import fastif_engine
 from fastif_engine import history
-from fastif_engine.fixes import fixes_table
-from fastif_engine.knn import faiss_build
 from fastif_engine.net_harm import DEFAULT_FOLDS, NetHarm
-from fastif_engine.ranking import FLAG_SCORES, harm_scores, rank_and_flag, rank_fusion, within_budget
-from fastif_engine.report import plot_accuracy, plot_score_distribution, render, thumbnail
-from fastif_engine.retrain import VARIANTS, summarise
-from fastif_engine.verdict import accuracy_stderr, retrain_verdict
-from fastif_engine.store import file_fingerprint, fingerprint, write_bytes, write_json, write_npy, \
-    write_parquet, write_text
+from fastif_engine.ranking import FLAG_SCORES, harm_scores, rank_and_flag, rank_fusion
+from fastif_engine.retrain import VARIANTS
+from fastif_engine.store import file_fingerprint, fingerprint, write_npy
 
 from . import console, tasks
 from .config import CleanConfig
-from .runtime import gpus_for, task_runner, threads_per_worker, worker_device
+from .outputs import (OUTPUTS, flagging_counts, flags_table, history_record, influence_table, metrics_record,
+                      retrain_summary, write_outputs)
+from .runtime import gpus_for, task_runner, threads_per_worker
 
-OUTPUTS = ("flags.parquet", "influence.parquet", "fixes.csv", "metrics.json", "report.md", "report.html")
 CACHE_DIR = ".fastif-cache"
 
 
@@ -170,8 +161,8 @@ def clean_dataset(config: CleanConfig) -> dict:
                           for b in range(batches)]
                 write_npy(stest_path, np.concatenate(blocks).astype(np.float32))
         with timer.stage("kNN candidates"):
-            cand_path = tasks.search_neighbours(key=key["candidates"], features_path=features_path, index_path=index_path,
-                                                errors_path=errors_path, **common)
+            cand_path = tasks.search_neighbours(key=key["candidates"], features_path=features_path,
+                                                index_path=index_path, errors_path=errors_path, **common)
             cand = np.load(cand_path)
         with timer.stage("influence"):
             n_distinct = len(np.unique(cand[cand >= 0]))
@@ -188,8 +179,8 @@ def clean_dataset(config: CleanConfig) -> dict:
         logger.info("no misclassified validation examples: nothing to explain%s",
                     ", nothing flagged" if cfg.flag_by in ("combined", "net-harm", "harm") else "")
     with timer.stage("net harm"):
-        net = NetHarm(np.load(tasks.net_harm_stage(key=key["net harm"], **loaded, solver_path=solver_path, threads=threads,
-                                                   **common)))
+        net = NetHarm(np.load(tasks.net_harm_stage(key=key["net harm"], **loaded, solver_path=solver_path,
+                                                   threads=threads, **common)))
 
     with timer.stage("rank + flag"):
         self_inf = None
@@ -197,8 +188,8 @@ def clean_dataset(config: CleanConfig) -> dict:
                      or (cfg.self_influence == "auto"
                          and solver_info.get("parameters", 1e9) <= tasks.SELF_INFLUENCE_AUTO_LIMIT))
         if want_self:
-            si_path = tasks.self_influence_stage(key=key["self-influence"], **loaded, solver_path=solver_path, threads=threads,
-                                                 **common)
+            si_path = tasks.self_influence_stage(key=key["self-influence"], **loaded, solver_path=solver_path,
+                                                 threads=threads, **common)
             self_inf = np.load(si_path) if si_path else None
         scores = harm_scores(influence, n_train)
         scores["self_influence"] = self_inf if self_inf is not None else np.full(n_train, np.nan)
@@ -210,7 +201,7 @@ def clean_dataset(config: CleanConfig) -> dict:
                                min_evidence=cfg.flag_evidence)
         if not len(errors) and cfg.flag_by in ("combined", "net-harm", "harm"):
             scores["flagged"] = False  # no validation error to fix: influence-based scores flag nothing
-        flagging = _flagging_counts(cfg, scores, by, net.per_fold.shape[1])
+        flagging = flagging_counts(cfg, scores, by, net.per_fold.shape[1])
     flagged = scores["flagged"].to_numpy()
     flag_key = fingerprint("retrain", key["prep"], np.flatnonzero(flagged).tolist())
     flagged_path = tasks.StageCache(cache).path("flagged", flag_key, "npy")
@@ -222,8 +213,8 @@ def clean_dataset(config: CleanConfig) -> dict:
             targets_path = tasks.relabel_targets(key=fingerprint("targets", flag_key, cfg.seed),
                                                  dataset_path=dataset_path, inputs_path=inputs_path,
                                                  flagged_path=str(flagged_path), threads=threads, **common)
-    flags = _flags_table(ds, scores, predictions, np.load(targets_path) if targets_path else None)
-    influence_table = _influence_table(ds, influence, errors)
+    flags = flags_table(ds, scores, predictions, np.load(targets_path) if targets_path else None)
+    per_error = influence_table(ds, influence, errors)
 
     retrain = None
     if cfg.retrain:
@@ -237,62 +228,26 @@ def clean_dataset(config: CleanConfig) -> dict:
                            for s in range(cfg.seeds) for v in VARIANTS]
             results = [json.loads(Path(p).read_text())
                        for p in _progress(futures, f"retrain {len(VARIANTS)} variants × {cfg.seeds} seeds")]
-            retrain = _retrain_summary(cfg, ds, results)
+            retrain = retrain_summary(cfg, ds, results)
 
-    metrics = _metrics(cfg, ds, predictions, errors, flags, n_candidates, solver_info, retrain, timer.timings,
-                       flagging)
+    metrics = metrics_record(cfg, ds, predictions, errors, flags, n_candidates, solver_info, retrain,
+                             timer.timings, flagging)
     metrics["memory"] = {"peak_rss_mb_after_stage": timer.peak_rss_mb,
                          "note": "peak RSS of the flow's process when each stage ended; process and Dask/Ray "
                                  "workers are not counted"}
     history_path = Path(cfg.history) if cfg.history else out / "history.parquet"
     past = history.load(history_path)
-    record = _history_record(cfg, key["data"], metrics, flags)
+    record = history_record(cfg, key["data"], metrics, flags)
     metrics["history"] = {"path": str(history_path), "runs_before": len(past),
                           "changes": history.changes(past, record["flagged_ids"]),
                           "trend": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
                                      for k, v in r.items() if k != "flagged_ids"}
                                     for r in past.tail(9).to_dict("records") + [record]]}
     with timer.stage("report"):
-        _write_outputs(out, cfg, ds, flags, influence_table, metrics, predictions)
+        write_outputs(out, cfg, ds, flags, per_error, metrics, predictions)
     history.append(history_path, past, record)  # after the outputs: a failed write records no run
     logger.info("wrote %s to %s; run recorded in %s", ", ".join(OUTPUTS), out, history_path)
     return metrics
-
-
-def _history_record(cfg, data_key: str, metrics: dict, flags: pd.DataFrame) -> dict:
-    from datetime import datetime, timezone
-
-    retrain = metrics["accuracy"]["retrain"]
-    return {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "train": cfg.train, "data": data_key,
-            "model": cfg.model, "flag_by": cfg.flag_by, "errors": metrics["counts"]["errors"],
-            "flagged": metrics["counts"]["flagged"], "valid_accuracy": metrics["accuracy"]["before"]["valid"],
-            "eval_accuracy": metrics["accuracy"]["before"].get("eval"),
-            "retrained_fixed_minus_original": retrain["fixed_minus_original"]["mean"] if retrain else None,
-            "verdict": retrain["verdict"] if retrain else None,
-            "flagged_ids": [str(i) for i in flags.loc[flags["flagged"], "train_id"]]}
-
-
-def _flagging_counts(cfg, scores: pd.DataFrame, by: str, folds: int) -> dict:
-    """How many rows the budget allowed, how many of those cleared the evidence floor, and why not the rest."""
-    budget = within_budget(scores[by].to_numpy(dtype=np.float64), scores["rank"].to_numpy(), cfg.flag_rule())
-    t = scores["net_harm_t"].to_numpy()
-    return {"score": cfg.flag_by, "min_evidence": cfg.flag_evidence, "folds": folds,
-            "within_budget": int(budget.sum()), "flagged": int(scores["flagged"].sum()),
-            "below_evidence": int((budget & ~(t >= cfg.flag_evidence)).sum()) if cfg.flag_evidence > 0 else 0,
-            "net_harm_not_positive": int((budget & ~(t > 0)).sum())}
-
-
-def _retrain_summary(cfg, ds, results: list[dict]) -> dict:
-    """Per-variant mean ± std, the paired verdict, and the evaluation split's size and accuracy error."""
-    summary = summarise(results)
-    eval_split = results[0]["eval_split"]
-    n_eval = len(ds.splits[eval_split])
-    return {"seeds": cfg.seeds, "fix": cfg.fix, "eval_split": eval_split, "eval_rows": n_eval,
-            "accuracy_stderr": accuracy_stderr(summary["original"].mean, n_eval),
-            **retrain_verdict({k: v.values for k, v in summary.items()}),
-            "summary": {k: v.as_dict() for k, v in summary.items()},
-            "loss": {k: v.as_dict() for k, v in summarise(results, "loss").items()},
-            "runs": results}
 
 
 def _warn_if_runner_ignored(runner: str) -> None:
@@ -305,174 +260,6 @@ def _warn_if_runner_ignored(runner: str) -> None:
     if expected not in active:
         get_run_logger().warning("config asks for runner %r but this run uses %s (a deployment runs the flow "
                                  "directly); use `fastif clean --runner %s` to get it", runner, active, runner)
-
-
-def _class_names(ds, codes) -> list[str]:
-    return [str(ds.classes[int(c)]) for c in codes]
-
-
-FLAG_TABLE_SCORES = ("harm_score", "self_influence", "n_errors_harmed", "rank", "flagged", "train_loss", "net_harm",
-                     "net_harm_t", "combined_score")
-
-
-def _flags_table(ds, scores: pd.DataFrame, predictions: dict, targets: np.ndarray | None) -> pd.DataFrame:
-    train = ds.splits["train"]
-    table = pd.DataFrame({
-        "train_id": train.ids,
-        "label": _class_names(ds, train.labels),
-        "predicted": _class_names(ds, predictions["train"]["predictions"]),
-        **{col: scores[col].to_numpy() for col in FLAG_TABLE_SCORES},
-    })
-    if targets is not None:  # fix: relabel — the label each flagged row would get
-        table["suggested_label"] = np.where(table["flagged"], _class_names(ds, targets), None)
-    for col in train.extra.columns:  # truth columns of an exported noisy dataset, for scoring
-        table[col] = train.extra[col].astype(str).to_numpy() if col == "true_label" else train.extra[col].to_numpy()
-    return table
-
-
-def _influence_table(ds, influence: pd.DataFrame, errors: np.ndarray) -> pd.DataFrame:
-    valid_ids = ds.splits["valid"].ids
-    train_ids = ds.splits["train"].ids
-    table = pd.DataFrame({
-        "test_id": valid_ids[errors[influence["test_pos"].to_numpy()]] if len(influence) else valid_ids[:0],
-        "train_id": train_ids[influence["train_index"].to_numpy()],
-        "influence": influence["influence"].to_numpy(),
-    })
-    table["rank"] = (table.groupby("test_id", sort=False)["influence"]
-                     .rank(ascending=False, method="first").astype(np.int64)) if len(table) else np.zeros(0, np.int64)
-    return table
-
-
-def _class_mix(flags: pd.DataFrame) -> dict:
-    """Flags per given label vs the training rows' class mix, and the total-variation distance between them."""
-    train = flags["label"].value_counts()
-    flagged = flags.loc[flags["flagged"], "label"].value_counts().reindex(train.index, fill_value=0)
-    n_flagged = int(flagged.sum())
-    share_train = train / train.sum()
-    share_flagged = flagged / n_flagged if n_flagged else share_train * 0
-    return {"classes": [{"label": str(c), "train": int(train[c]), "flagged": int(flagged[c]),
-                         "train_share": float(share_train[c]), "flagged_share": float(share_flagged[c])}
-                        for c in train.index],
-            "distance": float(0.5 * (share_flagged - share_train).abs().sum()) if n_flagged else 0.0}
-
-
-def _metrics(cfg, ds, predictions, errors, flags, n_candidates, solver_info, retrain, timings, flagging) -> dict:
-    import prefect
-    import torch
-
-    before = {"valid": predictions["valid"]["accuracy"]}
-    if "test" in predictions:
-        before.update(eval=predictions["test"]["accuracy"], eval_split="test")
-    return {
-        "accuracy": {"before": before, "per_class_valid": predictions["valid"]["per_class_accuracy"],
-                     "retrain": retrain},
-        "counts": {"train": int(len(flags)), "valid": int(len(ds.splits["valid"])),
-                   "test": int(len(ds.splits["test"])) if "test" in ds.splits else 0,
-                   "errors": int(len(errors)), "distinct_candidates": n_candidates,
-                   "flagged": int(flags["flagged"].sum()),
-                   "harmful": int((flags["harm_score"] > 0).sum())},
-        "flag_by": cfg.flag_by,
-        "flagging": flagging,
-        "class_mix": _class_mix(flags),
-        "solver": solver_info,
-        "device": str(worker_device(cfg.device)),  # where the flow's own stages (training) ran
-        "sign_convention": "influence = -grad L(test)^T (H + ridge I)^-1 grad L(train); positive = harmful",
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-        "config": json.loads(cfg.model_dump_json()),
-        "versions": {"fastif": fastif_engine.__version__, "python": platform.python_version(),
-                     "torch": torch.__version__, "faiss": faiss_build(), "prefect": prefect.__version__},
-    }
-
-
-def _top_rows(ds, flags: pd.DataFrame, influence: pd.DataFrame, predictions: dict, n: int = 20) -> list[dict]:
-    """The top flagged rows with their content, and the validation errors each harms most with theirs."""
-    train, valid = ds.splits["train"], ds.splits["valid"]
-    top = flags[flags["flagged"]].sort_values("rank").head(n)
-    pos_of = {tid: i for i, tid in enumerate(train.ids)}
-    valid_pos = {tid: i for i, tid in enumerate(valid.ids)}
-    valid_predicted = predictions["valid"]["predictions"]
-    rows = []
-    for _, r in top.iterrows():
-        i = pos_of[r["train_id"]]
-        harms = influence[(influence["train_id"] == r["train_id"]) & (influence["influence"] > 0)]
-        harms = harms.sort_values("influence", ascending=False).head(3)
-        described = []
-        for t, v in zip(harms["test_id"], harms["influence"]):
-            j = valid_pos[t]
-            labels = f"{ds.classes[int(valid.labels[j])]} → predicted {ds.classes[int(valid_predicted[j])]}"
-            content = "" if ds.modality == "image" else f" “{_content(ds, valid.values[j], 60)}”"
-            described.append(f"{t} ({v:.3g}; {labels}){content}")
-        row = {"rank": int(r["rank"]), "train_id": r["train_id"], "given": r["label"], "predicted": r["predicted"],
-               "harm_score": float(r["harm_score"]), "self_influence": float(r["self_influence"]),
-               "train_loss": float(r["train_loss"]), "n_errors_harmed": int(r["n_errors_harmed"]),
-               "net_harm": float(r["net_harm"]), "net_harm_t": float(r["net_harm_t"]),
-               "combined_score": float(r["combined_score"]), "suggested": r.get("suggested_label"),
-               "harms": "; ".join(described)}
-        if ds.modality == "image":
-            row["image_png"] = thumbnail(train.values[i])
-        else:
-            row["content"] = _content(ds, train.values[i], 160)
-        rows.append(row)
-    return rows
-
-
-def _content(ds, value, width: int) -> str:
-    """A text snippet, or the first feature values, in at most about ``width`` characters."""
-    if ds.modality == "text":
-        return value if len(value) <= width else value[:width - 3] + "…"
-    n = 6 if width >= 100 else 3
-    shown = ", ".join(f"{c}={v:.3g}" for c, v in zip(ds.input_columns[:n], value[:n]))
-    return shown + (", …" if len(value) > n else "")
-
-
-def _write_outputs(out: Path, cfg, ds, flags, influence, metrics, predictions: dict) -> None:
-    """Render and write every output into a staging folder first, then move them into place.
-
-    A failure while rendering or writing (a bad value, a full disk) leaves the previous run's
-    outputs untouched; the final moves are single renames on the same filesystem.
-    """
-    plots = {}
-    flagged = flags["flagged"].to_numpy()
-    if metrics["flag_by"] != "harm":
-        plots["flag_scores"] = plot_score_distribution(flags[FLAG_SCORES[metrics["flag_by"]]].to_numpy(), flagged,
-                                                       metrics["flag_by"])
-    if (flags["harm_score"] != 0).any():
-        plots["harm_scores"] = plot_score_distribution(flags["harm_score"].to_numpy(), flagged, "harm")
-    if metrics["accuracy"]["retrain"]:
-        plots["accuracy"] = plot_accuracy(metrics["accuracy"]["retrain"]["summary"])
-    markdown, html, assets = render(metrics, _top_rows(ds, flags, influence, predictions), plots)
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".fastif-staging-", dir=out))
-    try:
-        for name, png in assets.items():
-            write_bytes(staging / "report_assets" / name, png)
-        write_parquet(staging / "flags.parquet", flags)
-        write_parquet(staging / "influence.parquet", influence)
-        write_text(staging / "fixes.csv", fixes_table(flags).to_csv(index=False))
-        write_json(staging / "metrics.json", metrics)
-        write_text(staging / "report.md", markdown)
-        write_text(staging / "report.html", html)
-        if (out / "report_assets").exists():
-            os.replace(out / "report_assets", staging / "previous_assets")
-        if (staging / "report_assets").exists():
-            os.replace(staging / "report_assets", out / "report_assets")
-        for name in OUTPUTS:
-            os.replace(staging / name, out / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    create_markdown_artifact(markdown=_artifact_markdown(markdown), key="fastif-report",
-                             description=f"fastif cleaning report for {cfg.train}")
-    top = flags[flags["flagged"]].sort_values("rank").head(50)
-    create_table_artifact(table=json.loads(top.dropna(axis="columns", how="all").to_json(orient="records")),
-                          key="fastif-flags", description=f"top flagged training rows, by {metrics['flag_by']} "
-                                                          "(positive harm = harmful)")
-    create_table_artifact(table=metrics["history"]["trend"], key="fastif-history",
-                          description="cleaning runs recorded in " + metrics["history"]["path"] + " (latest last)")
-
-
-def _artifact_markdown(markdown: str) -> str:
-    """Prefect's UI cannot see local PNGs: drop image references from the artifact copy."""
-    return "\n".join(line for line in markdown.splitlines() if not line.startswith("!["))
 
 
 def run_clean(cfg: CleanConfig) -> dict:

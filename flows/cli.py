@@ -22,7 +22,6 @@ import flows  # noqa: F401  (pins the embedded-server settings before prefect is
 from fastif_engine import __version__
 from fastif_engine.datasets import DATASETS, NOISE_MODES
 from fastif_engine.errors import FastIFError
-from fastif_engine.ranking import FLAG_SCORES
 
 # The demo's data: Rotten Tomatoes with one class under-reported (30% of its training rows carry the
 # other label), the systematic kind of label error a rushed annotator makes; speed settings for two cores.

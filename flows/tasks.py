@@ -56,11 +56,14 @@ class StageCache:
         return self.root / f"{stage}-{key}.{ext}"
 
 
-def _reused(path: Path, stage: str) -> bool:
-    if path.exists():
-        get_run_logger().info("%s: inputs unchanged, reusing %s", stage, path.name)
-        return True
-    return False
+def _cached(cache: str, stage: str, key: str, ext: str, *, log_as: str | None = None) -> tuple[Path, bool]:
+    """This stage's output file and whether it is already there (the stage is then skipped).
+
+    ``log_as`` names the stage in the log line of a reuse (per-batch tasks reuse silently)."""
+    path = StageCache(cache).path(stage, key, ext)
+    if path.exists() and log_as:
+        get_run_logger().info("%s: inputs unchanged, reusing %s", log_as, path.name)
+    return path, path.exists()
 
 
 def _fault_point(stage: str) -> None:
@@ -159,13 +162,45 @@ def _split_tensors(inputs_path: str, split: str):
     return blob[split], torch.as_tensor(blob["labels"][split])
 
 
+@dataclasses.dataclass
+class _Work:
+    """What a stage computes with, loaded inside its worker: a private copy of the model (trained,
+    or fresh when ``model_path`` is None), the training split and the differentiated parameters."""
+
+    cfg: CleanConfig
+    inputs_path: str
+    adapter: object
+    x: object
+    y: torch.Tensor
+    flat: FlatParams
+
+    @classmethod
+    def load(cls, cfg: CleanConfig, dataset_path: str, inputs_path: str, model_path: str | None,
+             threads: int | None = None) -> "_Work":
+        if threads:
+            set_worker_threads(threads)
+        adapter = load_adapter(cfg, dataset_path, model_path)
+        x, y = _split_tensors(inputs_path, "train")
+        return cls(cfg, inputs_path, adapter, x, y, FlatParams.of(adapter))
+
+    def split(self, name: str):
+        return _split_tensors(self.inputs_path, name)
+
+    @property
+    def chunk(self) -> int:
+        return chunk_size(self.cfg, self.flat)
+
+    def solver(self, solver_path: str, name: str | None = None):
+        return stage_solver(self.cfg, self.adapter, self.x, self.y, solver_path, self.flat, name)
+
+
 # ---- stages ----
 
 @_stage_task("load + validate")
 def load_and_validate(cfg: CleanConfig, cache: str, key: str) -> str:
     """Read and check every split; nothing else runs if this fails."""
-    path = StageCache(cache).path("dataset", key, "npz")
-    if _reused(path, "load + validate"):
+    path, done = _cached(cache, "dataset", key, "npz", log_as="load + validate")
+    if done:
         return str(path)
     columns = Columns(label=cfg.label_column, id=cfg.id_column, text=cfg.text_column,
                       features=tuple(cfg.feature_columns) if cfg.feature_columns else None,
@@ -182,8 +217,8 @@ def load_and_validate(cfg: CleanConfig, cache: str, key: str) -> str:
 @_stage_task("prepare inputs")
 def prepare_inputs(cfg: CleanConfig, cache: str, key: str, dataset_path: str) -> str:
     """Model-specific inputs for every split (for text-minilm: the frozen layers' output, once)."""
-    path = StageCache(cache).path("inputs", key, "safetensors")
-    if _reused(path, "prepare inputs"):
+    path, done = _cached(cache, "inputs", key, "safetensors", log_as="prepare inputs")
+    if done:
         return str(path)
     ds = load_cached_dataset(dataset_path)
     adapter = load_adapter(cfg, dataset_path, None)
@@ -197,35 +232,34 @@ def prepare_inputs(cfg: CleanConfig, cache: str, key: str, dataset_path: str) ->
 
 @_stage_task("train model")
 def train_model(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str) -> str:
-    path = StageCache(cache).path("model", key, "pt")
-    if _reused(path, "train model"):
+    path, done = _cached(cache, "model", key, "pt", log_as="train model")
+    if done:
         return str(path)
-    adapter = load_adapter(cfg, dataset_path, None)
-    x, y = _split_tensors(inputs_path, "train")
+    w = _Work.load(cfg, dataset_path, inputs_path, None)
     t0 = time.perf_counter()
-    adapter.fit(x, y, seed=cfg.seed)
+    w.adapter.fit(w.x, w.y, seed=cfg.seed)
     with atomic_path(path) as tmp:
-        torch.save(adapter.model.state_dict(), tmp)
-    get_run_logger().info("train model: %s fitted on %d rows in %.1f s", cfg.model, len(y), time.perf_counter() - t0)
+        torch.save(w.adapter.model.state_dict(), tmp)
+    get_run_logger().info("train model: %s fitted on %d rows in %.1f s", cfg.model, len(w.y), time.perf_counter() - t0)
     return str(path)
 
 
 @_stage_task("extract features")
 def features_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
                    model_path: str) -> str:
-    path = StageCache(cache).path("features", key, "npz")
-    if _reused(path, "extract features"):
+    path, done = _cached(cache, "features", key, "npz", log_as="extract features")
+    if done:
         return str(path)
     adapter = load_adapter(cfg, dataset_path, model_path)
     blob = _inputs(inputs_path)
-    save_arrays(path, {"train": extract_features(adapter, blob["train"]), "valid": extract_features(adapter, blob["valid"])})
+    save_arrays(path, {split: extract_features(adapter, blob[split]) for split in ("train", "valid")})
     return str(path)
 
 
 @_stage_task("build index")
 def build_index(cfg: CleanConfig, cache: str, key: str, features_path: str) -> str:
-    path = StageCache(cache).path("index", key, "faiss")
-    if _reused(path, "build index"):
+    path, done = _cached(cache, "index", key, "faiss", log_as="build index")
+    if done:
         return str(path)
     feats = np.load(features_path)["train"]
     FaissIndex(cfg.index, seed=cfg.seed).build(feats).save(path)
@@ -236,8 +270,8 @@ def build_index(cfg: CleanConfig, cache: str, key: str, features_path: str) -> s
 def search_neighbours(cfg: CleanConfig, cache: str, key: str, features_path: str, index_path: str,
                       errors_path: str) -> str:
     """The k nearest training rows (feature space) of every misclassified validation row."""
-    path = StageCache(cache).path("candidates", key, "npy")
-    if _reused(path, "kNN candidates"):
+    path, done = _cached(cache, "candidates", key, "npy", log_as="kNN candidates")
+    if done:
         return str(path)
     errors = np.asarray(json.loads(Path(errors_path).read_text())["errors"], dtype=np.int64)
     _, cand = FaissIndex.load(index_path).search(np.load(features_path)["valid"][errors], cfg.k)
@@ -251,8 +285,8 @@ def find_errors(cfg: CleanConfig, cache: str, key: str, dataset_path: str, input
     """Predict on validation (and test); the misclassified validation rows are the errors.
 
     Training rows also keep their own loss under the fitted model (``flag_by: loss``)."""
-    path = StageCache(cache).path("predictions", key, "json")
-    if _reused(path, "find errors"):
+    path, done = _cached(cache, "predictions", key, "json", log_as="find errors")
+    if done:
         return str(path)
     adapter = load_adapter(cfg, dataset_path, model_path)
     blob = _inputs(inputs_path)
@@ -275,32 +309,30 @@ def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
                    model_path: str) -> str:
     """Pick the solver (``auto``: exact where the Hessian fits) and fix the scale, hence the ridge
     λ, once so every worker uses the same; the low-rank solver's eigenpairs are computed here once."""
-    path = StageCache(cache).path("solver", key, "json")
-    if _reused(path, "resolve solver"):
+    path, done = _cached(cache, "solver", key, "json", log_as="resolve solver")
+    if done:
         return str(path)
-    adapter = load_adapter(cfg, dataset_path, model_path)
-    x, y = _split_tensors(inputs_path, "train")
-    flat = FlatParams.of(adapter)
-    name = choose_solver(cfg.solver, flat.size)
+    w = _Work.load(cfg, dataset_path, inputs_path, model_path)
+    name = choose_solver(cfg.solver, w.flat.size)
     scale, estimated = cfg.scale, False
     if scale is None:
-        scale, estimated = auto_scale(adapter, flat, x, y, cfg.seed), True
+        scale, estimated = auto_scale(w.adapter, w.flat, w.x, w.y, cfg.seed), True
     sweep = []
     if cfg.scale_sweep and name == "lissa":
-        scale, sweep = _sweep_scale(cfg, adapter, flat, x, y, scale)
+        scale, sweep = _sweep_scale(cfg, w.adapter, w.flat, w.x, w.y, scale)
     settings = lissa_settings(cfg, scale)
     info = {"name": name, "requested": cfg.solver, "scale": scale, "scale_estimated": estimated,
-            "damping": cfg.damping, "ridge": settings.ridge, "parameters": flat.size, "scale_sweep": sweep,
-            "chunk_size": chunk_size(cfg, flat)}
+            "damping": cfg.damping, "ridge": settings.ridge, "parameters": w.flat.size, "scale_sweep": sweep,
+            "chunk_size": w.chunk}
     if name == "lissa":
         info.update(depth=cfg.depth, repeats=cfg.repeats, batch_size=cfg.batch_size, tolerance=cfg.tolerance)
     if name == "lowrank":
-        low = make_solver("lowrank", adapter, x, y, settings, rank=LOW_RANK, flat=flat)
+        low = make_solver("lowrank", w.adapter, w.x, w.y, settings, rank=LOW_RANK, flat=w.flat)
         save_arrays(path.with_suffix(".npz"), {"values": low.eigenvalues.cpu().numpy(),
                                                "vectors": low.eigenvectors.cpu().numpy()})
         info["rank"] = LOW_RANK
     write_json(path, info)
-    why = f" ({cfg.solver}: {flat.size:,} parameters)" if cfg.solver == "auto" else ""
+    why = f" ({cfg.solver}: {w.flat.size:,} parameters)" if cfg.solver == "auto" else ""
     get_run_logger().info("resolve solver: %s%s, scale %.4g%s, ridge λ = %.4g", name, why, scale,
                           " (estimated)" if estimated else "", info["ridge"])
     return str(path)
@@ -334,20 +366,16 @@ def s_test_batch(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inpu
                  model_path: str, errors_path: str, solver_path: str, batch: int, repeat: int,
                  threads: int) -> str:
     """s_test for one batch of errors and one LiSSA repeat (other solvers: repeat 0 only)."""
-    path = StageCache(cache).path("stest", f"{key}-b{batch}-r{repeat}", "npy")
-    if path.exists():
+    path, done = _cached(cache, "stest", f"{key}-b{batch}-r{repeat}", "npy")
+    if done:
         return str(path)
-    set_worker_threads(threads)
     _fault_point("s_test")
-    adapter = load_adapter(cfg, dataset_path, model_path)
+    w = _Work.load(cfg, dataset_path, inputs_path, model_path, threads)
     errors = np.asarray(json.loads(Path(errors_path).read_text())["errors"])
     rows = errors[batch * cfg.tests_per_batch:(batch + 1) * cfg.tests_per_batch]
-    xv, yv = _split_tensors(inputs_path, "valid")
-    x, y = _split_tensors(inputs_path, "train")
-    flat = FlatParams.of(adapter)
-    v = gradient_matrix(adapter, take(xv, torch.as_tensor(rows)), yv[rows], chunk_size=chunk_size(cfg, flat),
-                        flat=flat)
-    solver = stage_solver(cfg, adapter, x, y, solver_path, flat)
+    xv, yv = w.split("valid")
+    v = gradient_matrix(w.adapter, take(xv, torch.as_tensor(rows)), yv[rows], chunk_size=w.chunk, flat=w.flat)
+    solver = w.solver(solver_path)
     s = solver.solve_repeat(v, repeat) if isinstance(solver, LissaSolver) else solver.solve(v)
     write_npy(path, s.float().cpu().numpy())
     return str(path)
@@ -358,18 +386,16 @@ def influence_part(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
                    model_path: str, stest_path: str, candidates_path: str, part: int, parts: int,
                    threads: int) -> str:
     """Scores for the candidates in this part (distinct training rows split across workers)."""
-    path = StageCache(cache).path("influence", f"{key}-p{part}of{parts}", "parquet")
-    if path.exists():
+    path, done = _cached(cache, "influence", f"{key}-p{part}of{parts}", "parquet")
+    if done:
         return str(path)
-    set_worker_threads(threads)
-    adapter = load_adapter(cfg, dataset_path, model_path)
-    x, y = _split_tensors(inputs_path, "train")
+    w = _Work.load(cfg, dataset_path, inputs_path, model_path, threads)
     cand = np.load(candidates_path)
     union = np.unique(cand[cand >= 0])  # an approximate index pads short results with -1
     mine = union[part::parts]
     lists = [row[np.isin(row, mine)] for row in cand]
-    s = torch.from_numpy(np.load(stest_path)).to(adapter.dtype)
-    res = influence_on_candidates(adapter, x, y, s, lists, chunk_size=chunk_size(cfg, FlatParams.of(adapter)))
+    s = torch.from_numpy(np.load(stest_path)).to(w.adapter.dtype)
+    res = influence_on_candidates(w.adapter, w.x, w.y, s, lists, chunk_size=w.chunk, flat=w.flat)
     write_parquet(path, pd.DataFrame({"test_pos": res.test_pos, "train_index": res.train_index,
                                       "influence": res.influence}))
     return str(path)
@@ -380,16 +406,12 @@ def net_harm_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
                    solver_path: str, threads: int) -> str:
     """``[n_train, folds]``: every training row's influence on each validation fold's summed loss
     (one s_test per fold, all folds solved together; see fastif_engine.net_harm)."""
-    path = StageCache(cache).path("netharm", key, "npy")
-    if _reused(path, "net harm"):
+    path, done = _cached(cache, "netharm", key, "npy", log_as="net harm")
+    if done:
         return str(path)
-    set_worker_threads(threads)
-    adapter = load_adapter(cfg, dataset_path, model_path)
-    x, y = _split_tensors(inputs_path, "train")
-    xv, yv = _split_tensors(inputs_path, "valid")
-    flat = FlatParams.of(adapter)
-    solver = stage_solver(cfg, adapter, x, y, solver_path, flat)
-    result = net_harm(adapter, x, y, xv, yv, solver, seed=cfg.seed, chunk_size=chunk_size(cfg, flat), flat=flat)
+    w = _Work.load(cfg, dataset_path, inputs_path, model_path, threads)
+    result = net_harm(w.adapter, w.x, w.y, *w.split("valid"), w.solver(solver_path), seed=cfg.seed,
+                      chunk_size=w.chunk, flat=w.flat)
     write_npy(path, result.per_fold)
     return str(path)
 
@@ -399,15 +421,13 @@ def relabel_targets(cfg: CleanConfig, cache: str, key: str, dataset_path: str, i
                     flagged_path: str, threads: int) -> str:
     """The class a model trained without the flagged rows (seed ``cfg.seed``) predicts for every training
     row: what ``fix: relabel`` sets a fixed row's label to (the flags' own labels never vote)."""
-    path = StageCache(cache).path("targets", key, "npy")
-    if _reused(path, "relabel targets"):
+    path, done = _cached(cache, "targets", key, "npy", log_as="relabel targets")
+    if done:
         return str(path)
-    set_worker_threads(threads)
-    adapter = load_adapter(cfg, dataset_path, None)
-    x, y = _split_tensors(inputs_path, "train")
+    w = _Work.load(cfg, dataset_path, inputs_path, None, threads)
     keep = torch.as_tensor(np.flatnonzero(~np.load(flagged_path)))
-    adapter.fit(take(x, keep), y[keep], seed=cfg.seed)
-    write_npy(path, evaluate(adapter, x, y).predictions.astype(np.int64))
+    w.adapter.fit(take(w.x, keep), w.y[keep], seed=cfg.seed)
+    write_npy(path, evaluate(w.adapter, w.x, w.y).predictions.astype(np.int64))
     return str(path)
 
 
@@ -417,19 +437,15 @@ def self_influence_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: s
     """∇L(z)ᵀ(H + λI)⁻¹∇L(z) per training row. Under ``auto`` an indefinite Hessian (the model
     is not at a minimum) skips this second score with a warning instead of failing the run,
     unless it is the score that flags rows (``flag_by: self-influence``)."""
-    path = StageCache(cache).path("selfinf", key, "npy")
-    if _reused(path, "self-influence"):
+    path, done = _cached(cache, "selfinf", key, "npy", log_as="self-influence")
+    if done:
         return str(path)
-    set_worker_threads(threads)
-    adapter = load_adapter(cfg, dataset_path, model_path)
-    x, y = _split_tensors(inputs_path, "train")
-    flat = FlatParams.of(adapter)
+    w = _Work.load(cfg, dataset_path, inputs_path, model_path, threads)
     try:  # one factorisation serves every row; a LiSSA chain per row would not scale
-        name = "exact" if flat.size <= EXACT_MAX_PARAMS else "lowrank"
+        name = "exact" if w.flat.size <= EXACT_MAX_PARAMS else "lowrank"
         if name == "lowrank":
-            get_run_logger().info("self-influence: rank-%d Hessian over %d parameters (Lanczos)", LOW_RANK, flat.size)
-        solver = stage_solver(cfg, adapter, x, y, solver_path, flat, name=name)
-        scores = self_influence(adapter, x, y, solver, chunk_size=chunk_size(cfg, flat), flat=flat)
+            get_run_logger().info("self-influence: rank-%d Hessian over %d parameters (Lanczos)", LOW_RANK, w.flat.size)
+        scores = self_influence(w.adapter, w.x, w.y, w.solver(solver_path, name), chunk_size=w.chunk, flat=w.flat)
     except (SolverSetupError, LissaDivergenceError) as exc:
         if cfg.self_influence == "on" or cfg.flag_by == "self-influence":
             raise
@@ -442,16 +458,12 @@ def self_influence_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: s
 @_stage_task("retrain", retries=1, retry_delay_seconds=1)
 def retrain_one(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
                 flagged_path: str, variant: str, seed: int, threads: int, targets_path: str | None = None) -> str:
-    path = StageCache(cache).path("retrain", f"{key}-{variant}-s{seed}", "json")
-    if path.exists():
+    path, done = _cached(cache, "retrain", f"{key}-{variant}-s{seed}", "json")
+    if done:
         return str(path)
-    set_worker_threads(threads)
-    adapter = load_adapter(cfg, dataset_path, None)
-    blob = _inputs(inputs_path)
-    eval_split = "test" if "test" in blob else "valid"
-    flagged = np.load(flagged_path)
-    result = retrain_and_evaluate(adapter, blob["train"], torch.as_tensor(blob["labels"]["train"]),
-                                  blob[eval_split], torch.as_tensor(blob["labels"][eval_split]),
-                                  flagged, variant, seed, np.load(targets_path) if targets_path else None)
+    w = _Work.load(cfg, dataset_path, inputs_path, None, threads)
+    eval_split = "test" if "test" in _inputs(inputs_path) else "valid"
+    result = retrain_and_evaluate(w.adapter, w.x, w.y, *w.split(eval_split), np.load(flagged_path), variant, seed,
+                                  np.load(targets_path) if targets_path else None)
     write_json(path, {**result, "eval_split": eval_split})
     return str(path)

@@ -54,3 +54,12 @@ def test_frozen_parameters_are_not_differentiated(mlp):
         assert flat.size == sum(p.numel() for p in mlp.model.parameters() if p.requires_grad)
     finally:
         mlp.model.body[0].weight.requires_grad_(True)
+
+
+def test_chunk_rows_follow_the_memory_budget():
+    from fastif_engine.gradients import MAX_CHUNK_ROWS, chunk_rows
+
+    p = 1_775_234  # text-minilm's top layer + head
+    assert chunk_rows(p, 0.5) == int(0.5e9 // (3 * 4 * p)) == 23  # three [rows, P] float32 copies fit 0.5 GB
+    assert chunk_rows(p, 1.0) == 46 and chunk_rows(p, 1e-6) == 1
+    assert chunk_rows(650, 0.5) == MAX_CHUNK_ROWS  # small models: activations, not gradients, bound the chunk

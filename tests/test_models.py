@@ -168,3 +168,17 @@ def test_same_seed_same_weights_across_threads():
         weights = list(pool.map(build, range(8)))
     for w in weights[1:]:
         torch.testing.assert_close(w, weights[0], rtol=0, atol=0)
+
+
+def test_length_grouped_minibatches_cover_each_row_once_with_less_padding():
+    from fastif_engine.training import minibatches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 65, size=1000)
+    batches = minibatches(1000, 32, torch.Generator().manual_seed(1), lengths)
+    rows = torch.cat(batches).numpy()
+    assert sorted(rows.tolist()) == list(range(1000))
+    plain = minibatches(1000, 32, torch.Generator().manual_seed(1))
+    assert torch.equal(torch.cat(plain), torch.randperm(1000, generator=torch.Generator().manual_seed(1)))
+    padded = lambda bs: sum(len(b) * int(lengths[b.numpy()].max()) for b in bs)  # noqa: E731
+    assert padded(batches) < 0.7 * padded(plain)  # random batches pad to near the longest row

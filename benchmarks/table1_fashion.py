@@ -1,0 +1,102 @@
+"""The seed's Table 1 where the kNN restriction can pay: N/k ≥ 100 (Fashion-MNIST, image-cnn).
+
+    python benchmarks/table1_fashion.py [--k 500] [--depth 100] [--errors 3] [--repeats 3]
+
+image-cnn (influence over fc + head: 101,066 parameters) trained once on all 55,000 Fashion-MNIST
+training images (cached under ``--cache``). For each of ``--errors`` misclassified validation images,
+side by side in one run, with the same LiSSA depth J, damping and scale (estimated once on single
+rows, so stable for B = 128 too):
+
+  original   LiSSA B = 128, T = 1, then one autograd call per training row over all N rows
+  fast       LiSSA B = 1, T = 1, then batched per-sample gradients over the k nearest rows only
+
+The original row is timed once per error (minutes); the fast row ``--repeats`` times (median).
+The speed-up is original / fast per error; the table gives each error and the median.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _shared import loop_influence, timed
+from fastif_engine.api import extract_features
+from fastif_engine.batching import take
+from fastif_engine.data import load_dataset
+from fastif_engine.datasets import export
+from fastif_engine.gradients import FlatParams, gradient_matrix
+from fastif_engine.influence import influence_on_candidates
+from fastif_engine.knn import FaissIndex
+from fastif_engine.models import DataInfo, create_model
+from fastif_engine.solvers import LissaSettings, LissaSolver, auto_scale
+
+DAMPING = 0.01
+ORIGINAL_B = 128
+
+
+def setup(cache: Path):
+    cache.mkdir(parents=True, exist_ok=True)
+    paths = export("fashion-mnist", cache / "fashion-mnist", seed=0)
+    ds = load_dataset({k: str(v) for k, v in paths.items()})
+    model = create_model("image-cnn", DataInfo("image", ds.n_classes, ds.input_shape))
+    x, y = model.prepare(ds.splits["train"].values), torch.as_tensor(ds.splits["train"].labels)
+    xv, yv = model.prepare(ds.splits["valid"].values), torch.as_tensor(ds.splits["valid"].labels)
+    state = cache / "fashion-cnn.pt"
+    if state.exists():
+        model.model.load_state_dict(torch.load(state, weights_only=True))
+        model.model.eval()
+    else:
+        model.fit(x, y, seed=0)
+        torch.save(model.model.state_dict(), state)
+    return model, (x, y), (xv, yv)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--k", type=int, default=500)
+    ap.add_argument("--depth", type=int, default=100)
+    ap.add_argument("--errors", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cache", type=Path, default=Path("benchmarks/.cache"))
+    args = ap.parse_args()
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    model, (x, y), (xv, yv) = setup(args.cache)
+    n, flat = len(y), FlatParams.of(model)
+    wrong = (model.predict(xv) != yv).nonzero().ravel()[:args.errors]
+    scale = auto_scale(model, flat, x, y)
+    original = LissaSettings(depth=args.depth, batch_size=ORIGINAL_B, repeats=1, damping=DAMPING, scale=scale)
+    fast = LissaSettings(depth=args.depth, batch_size=1, repeats=1, damping=DAMPING, scale=scale)
+    print(f"N = {n:,} training rows, k = {args.k} (N/k = {n / args.k:.0f}), {flat.size:,} parameters, "
+          f"J = {args.depth}, damping {DAMPING}, scale {scale:.4g}\n")
+    index = FaissIndex("flat").build(extract_features(model, x))
+
+    print("| error | original: s_test B=128 (s) | original: loop over N (s) | original total (s) | "
+          "fast: s_test B=1 (s) | fast: batched k (s) | fast total (s, median) | speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
+    ratios = []
+    for e in wrong.tolist():
+        test = take(xv, torch.tensor([e]))
+        v = gradient_matrix(model, test, yv[e:e + 1], flat=flat)
+        s_orig, t_s = timed(lambda: LissaSolver(model, x, y, original, flat=flat).solve(v)[0])
+        _, t_g = timed(lambda: loop_influence(model, x, y, s_orig, np.arange(n)))
+        fast_runs = []
+        for _ in range(args.repeats):
+            (_, cand), t_knn = timed(lambda: index.search(extract_features(model, test), args.k))
+            s_fast, t_fs = timed(lambda: LissaSolver(model, x, y, fast, flat=flat).solve(v))
+            _, t_fg = timed(lambda: influence_on_candidates(model, x, y, s_fast, [cand[0]], flat=flat))
+            fast_runs.append((t_fs, t_knn + t_fg))
+        fs = statistics.median(r[0] for r in fast_runs)
+        fg = statistics.median(r[1] for r in fast_runs)
+        total = statistics.median(sum(r) for r in fast_runs)
+        ratios.append((t_s + t_g) / total)
+        print(f"| {e} | {t_s:.2f} | {t_g:.2f} | {t_s + t_g:.2f} | {fs:.3f} | {fg:.3f} | {total:.3f} | "
+              f"{ratios[-1]:.0f}× |", flush=True)
+    print(f"\nmedian speed-up over {len(ratios)} errors: {statistics.median(ratios):.0f}×")
+
+
+if __name__ == "__main__":
+    main()
