@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from cleaning import NOISE, SETUPS
+from fastif_engine.datasets import pixels_as_columns
 
 SCORES = ("combined", "net-harm", "harm", "self-influence", "loss")
 
@@ -47,29 +48,14 @@ def fastif(*args: str) -> None:
         raise SystemExit(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stderr[-2000:]}")
 
 
-def as_feature_columns(data: Path) -> None:
-    """Rewrite exported image splits as one numeric column per pixel (what a tabular user has)."""
-    import numpy as np
-
-    from fastif_engine.data import load_dataset
-
-    paths = {split: str(data / f"{split}.parquet") for split in ("train", "valid", "test")}
-    ds = load_dataset(paths)
-    for split, path in paths.items():
-        frame = pd.read_parquet(path)
-        pixels = ds.splits[split].values.reshape(len(frame), -1).astype(np.float32)
-        table = pd.DataFrame(pixels, columns=[f"px{i}" for i in range(pixels.shape[1])])
-        pd.concat([frame.drop(columns="image").reset_index(drop=True), table], axis=1).to_parquet(path, index=False)
-
-
 def one_seed(dataset: str, mode: str, seed: int, max_train: int | None, retrain_seeds: int,
              work: Path, scores: list[str]) -> list[dict]:
     data = work / f"data-{seed}"
     export = ["datasets", "export", dataset, "--out", str(data), "--noise", str(NOISE[mode]), "--noise-mode", mode,
               "--seed", str(seed)]
     fastif(*export, *(["--max-train", str(max_train)] if max_train else []))
-    if SETUPS[dataset][0].startswith("tabular"):
-        as_feature_columns(data)
+    if SETUPS[dataset][0].startswith("tabular"):  # the pixels as feature columns, what a tabular user has
+        pixels_as_columns({split: data / f"{split}.parquet" for split in ("train", "valid", "test")}, suffix="")
     rows = []
     for score in scores:
         out = work / f"run-{seed}"

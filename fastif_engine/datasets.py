@@ -32,6 +32,22 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Sneaker", "Bag", "Ankle boot")
 
 
+def pixels_as_columns(paths: dict[str, Path], suffix: str = "-pixels") -> dict[str, Path]:
+    """Exported image splits as one numeric column per pixel (``px0``, ``px1``, …), what a user with
+    tabular data has; written beside them as ``<split><suffix>.parquet`` (``suffix=""`` replaces them)."""
+    from .data import load_dataset
+
+    ds = load_dataset({split: str(path) for split, path in paths.items()})
+    out = {}
+    for split, path in paths.items():
+        frame = pd.read_parquet(path).drop(columns="image").reset_index(drop=True)
+        pixels = ds.splits[split].values.reshape(len(frame), -1).astype(np.float32)
+        columns = pd.DataFrame(pixels, columns=[f"px{i}" for i in range(pixels.shape[1])])
+        out[split] = Path(path).with_name(f"{split}{suffix}.parquet")
+        pd.concat([frame, columns], axis=1).to_parquet(out[split], index=False)
+    return out
+
+
 def export(name: str, out_dir: str | Path, *, noise: float = 0.0, seed: int = 0,
            noise_mode: str = "uniform", max_train: int | None = None) -> dict[str, Path]:
     """Write ``train.parquet``, ``valid.parquet``, ``test.parquet`` to ``out_dir``; return their paths.

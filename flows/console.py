@@ -18,16 +18,20 @@ def enable(verbose: bool) -> None:
     """Print stage lines from now on; without ``verbose``, Prefect's console shows warnings only."""
     global _enabled
     _enabled = True
-    if verbose:
-        return
-    # worker processes (process pool, local Dask) read this at start-up; this process is set below
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     from prefect.logging.configuration import setup_logging
     from prefect.logging.handlers import PrefectConsoleHandler
 
+    if not verbose:  # worker processes (process pool, local Dask) read this at start-up
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     setup_logging()
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, PrefectConsoleHandler):
+    # Prefect sets its console handlers up once per process, on the stderr of that moment: a later
+    # command in the same process (a notebook, a test) must print to its own stderr
+    loggers = [logging.getLogger(), *(lg for lg in logging.root.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for handler in {h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)}:
+        handler.stream = sys.stderr  # (setStream would flush the old one, which may be closed)
+        handler.console.file = sys.stderr
+        if not verbose:
             handler.setLevel(logging.WARNING)
 
 
