@@ -30,7 +30,7 @@ import torch
 from .adapter import ModelAdapter
 from .batching import Inputs, n_rows, take
 from .errors import LissaDivergenceError, SolverSetupError
-from .gradients import FlatParams
+from .gradients import FlatParams, gradient_matrix
 from .hessian import explicit_hessian, full_hvp, hvp_on_batch, lanczos_eigenpairs, top_eigenvalue
 
 log = logging.getLogger("fastif")
@@ -199,6 +199,32 @@ class LissaSolver(InverseHVPSolver):
                 h_checkpoint = h
         self.iterations_used.append(steps)
         return h / s
+
+
+def sweep_scale(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, settings: LissaSettings, *,
+                flat: FlatParams | None = None, tries: int = 6, probe_rows: int = 4,
+                max_depth: int = 200) -> tuple[float, list[dict]]:
+    """Probe LiSSA (≤ ``max_depth`` steps, on a few training gradients) at ``settings.scale``, 10×,
+    100×, … until it stays bounded; returns that scale and every try. Raises LissaDivergenceError
+    when none does. Only on request (``--scale-sweep``): a given scale is otherwise never changed."""
+    flat = flat or FlatParams.of(adapter)
+    rows = torch.arange(min(probe_rows, n_rows(inputs)))
+    probe = gradient_matrix(adapter, take(inputs, rows), labels[rows], flat=flat)
+    scale, tried = settings.scale, []
+    for _ in range(tries):
+        probe_settings = dataclasses.replace(settings, scale=scale, depth=min(settings.depth, max_depth),
+                                             repeats=1, tolerance=None)
+        try:
+            LissaSolver(adapter, inputs, labels, probe_settings, flat=flat).solve_repeat(probe, 0)
+        except LissaDivergenceError:
+            tried.append({"scale": scale, "diverged": True})
+            scale *= 10
+            continue
+        tried.append({"scale": scale, "diverged": False})
+        return scale, tried
+    scales = ", ".join(f"{t['scale']:g}" for t in tried)
+    raise LissaDivergenceError(f"LiSSA diverged at every scale tried ({scales}); raise --damping or check "
+                               "the model for a loss that is not smooth")
 
 
 class _BatchStream:

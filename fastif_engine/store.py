@@ -125,20 +125,37 @@ def _refused(path, exc: Exception) -> CacheError:
 
 
 def save_tensors(path: str | Path, tensors: dict) -> None:
-    """``{name: tensor}`` as safetensors (names may contain ``/``)."""
+    """``{name: tensor or {name: tensor, …}}`` as safetensors; nested names are joined with ``/``."""
+    import torch
     from safetensors.torch import save_file
 
+    def flat(tree: dict, prefix: str = ""):
+        for name, value in tree.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{name}/")
+            else:
+                yield f"{prefix}{name}", torch.as_tensor(value).contiguous()
+
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        save_file(dict(flat(tensors)), str(tmp))
 
 
 def load_tensors(path: str | Path) -> dict:
+    """What :func:`save_tensors` wrote, nested again; a file fastif did not write is refused."""
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except Exception as exc:
         raise _refused(path, exc) from None
+    tree: dict = {}
+    for name, tensor in tensors.items():
+        *parents, leaf = name.split("/")
+        node = tree
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = tensor
+    return tree
 
 
 def pack_strings(values) -> dict:

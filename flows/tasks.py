@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 import threading
 import time
@@ -32,7 +33,7 @@ from fastif_engine.net_harm import net_harm
 from fastif_engine.models import DataInfo, create_model
 from fastif_engine.retrain import retrain_and_evaluate
 from fastif_engine.solvers import (EXACT_MAX_PARAMS, LOW_RANK, LissaSettings, LissaSolver, LowRankSolver,
-                                   auto_scale, choose_solver, make_solver)
+                                   auto_scale, choose_solver, make_solver, sweep_scale)
 from fastif_engine.store import (atomic_path, load_arrays, load_tensors, save_arrays, save_tensors, write_json,
                                  write_npy, write_parquet)
 from fastif_engine.training import evaluate
@@ -90,25 +91,10 @@ def load_cached_dataset(path: str) -> Dataset:
 
 @lru_cache(maxsize=4)
 def _inputs(path: str) -> dict:
-    """``{split: tensor or {name: tensor}, "labels": {split: int64 array}}`` from safetensors."""
-    blob: dict = {"labels": {}}
-    for name, tensor in load_tensors(path).items():
-        split, _, part = name.partition("/")
-        if split == "labels":
-            blob["labels"][part] = tensor.numpy()
-        elif part:
-            blob.setdefault(split, {})[part] = tensor
-        else:
-            blob[split] = tensor
+    """``{split: tensor or {name: tensor}, "labels": {split: int64 array}}`` (safetensors, no pickle)."""
+    blob = load_tensors(path)
+    blob["labels"] = {split: labels.numpy() for split, labels in blob["labels"].items()}
     return blob
-
-
-def _save_inputs(path: Path, blob: dict) -> None:
-    tensors = {f"labels/{split}": torch.as_tensor(np.asarray(labels)) for split, labels in blob["labels"].items()}
-    for split, value in blob.items():
-        if split != "labels":
-            tensors.update({f"{split}/{k}": v for k, v in value.items()} if isinstance(value, dict) else {split: value})
-    save_tensors(path, tensors)
 
 
 @lru_cache(maxsize=2)
@@ -222,11 +208,8 @@ def prepare_inputs(cfg: CleanConfig, cache: str, key: str, dataset_path: str) ->
         return str(path)
     ds = load_cached_dataset(dataset_path)
     adapter = load_adapter(cfg, dataset_path, None)
-    blob = {"labels": {}}
-    for name, split in ds.splits.items():
-        blob[name] = adapter.prepare(split.values)
-        blob["labels"][name] = split.labels
-    _save_inputs(path, blob)
+    blob = {name: adapter.prepare(split.values) for name, split in ds.splits.items()}
+    save_tensors(path, {**blob, "labels": {name: split.labels for name, split in ds.splits.items()}})
     return str(path)
 
 
@@ -319,7 +302,10 @@ def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
         scale, estimated = auto_scale(w.adapter, w.flat, w.x, w.y, cfg.seed), True
     sweep = []
     if cfg.scale_sweep and name == "lissa":
-        scale, sweep = _sweep_scale(cfg, w.adapter, w.flat, w.x, w.y, scale)
+        scale, sweep = sweep_scale(w.adapter, w.x, w.y, lissa_settings(cfg, scale, repeats=1), flat=w.flat)
+        for t in sweep:
+            get_run_logger().log(logging.WARNING if t["diverged"] else logging.INFO, "scale sweep: LiSSA %s at "
+                                 "scale %.4g", "diverged" if t["diverged"] else "stays bounded", t["scale"])
     settings = lissa_settings(cfg, scale)
     info = {"name": name, "requested": cfg.solver, "scale": scale, "scale_estimated": estimated,
             "damping": cfg.damping, "ridge": settings.ridge, "parameters": w.flat.size, "scale_sweep": sweep,
@@ -336,29 +322,6 @@ def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
     get_run_logger().info("resolve solver: %s%s, scale %.4g%s, ridge λ = %.4g", name, why, scale,
                           " (estimated)" if estimated else "", info["ridge"])
     return str(path)
-
-
-def _sweep_scale(cfg: CleanConfig, adapter, flat: FlatParams, x, y, scale: float, tries: int = 6):
-    """Probe LiSSA (≤ 200 steps, on a few training gradients) at scale, 10×scale, … until it stays
-    bounded. Only with ``scale_sweep``: a scale the user gave is otherwise never changed."""
-    logger = get_run_logger()
-    probe = gradient_matrix(adapter, take(x, torch.arange(min(4, len(y)))), y[:4], flat=flat)
-    tried = []
-    for _ in range(tries):
-        settings = dataclasses.replace(lissa_settings(cfg, scale, repeats=1), depth=min(cfg.depth, 200),
-                                       tolerance=None)
-        try:
-            LissaSolver(adapter, x, y, settings, flat=flat).solve_repeat(probe, 0)
-            tried.append({"scale": scale, "diverged": False})
-            logger.info("scale sweep: LiSSA stays bounded at scale %.4g", scale)
-            return scale, tried
-        except LissaDivergenceError:
-            tried.append({"scale": scale, "diverged": True})
-            logger.warning("scale sweep: LiSSA diverged at scale %.4g; trying %.4g", scale, 10 * scale)
-            scale *= 10
-    scales = ", ".join(f"{t['scale']:g}" for t in tried)
-    raise LissaDivergenceError(f"LiSSA diverged at every scale tried ({scales}); raise --damping or check "
-                               "the model for a loss that is not smooth")
 
 
 @_stage_task("s_test", retries=1, retry_delay_seconds=1)
