@@ -4,16 +4,16 @@
 
 text-minilm (top layer + head: 1.78M differentiated parameters) on Rotten Tomatoes snippets: each
 configuration runs in a fresh process, which loads the model, the prepared inputs of the candidate
-rows and ``--errors`` s_test vectors, notes its peak RSS (the baseline), then scores every
-candidate against every s_test with gradient chunks sized by ``--memory-budget`` (``chunk_rows``),
-and notes the peak again. A bounded design shows a peak that follows the budget, not the number
+rows and ``--errors`` s_test vectors, notes its RSS (the baseline), then scores every
+candidate against every s_test with gradient chunks sized by ``--memory-budget`` (``chunk_rows``).
+Baseline = the RSS just before scoring; peak = the highest RSS during it (the kernel's high-water
+mark, reset just before). A bounded design shows a peak that follows the budget, not the number
 of candidates.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -22,8 +22,16 @@ from pathlib import Path
 import torch
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _status_mb(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process, in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak RSS starts again from now
 
 
 def child(inputs_path: str, candidates: int, budget: float, errors: int) -> None:
@@ -40,12 +48,13 @@ def child(inputs_path: str, candidates: int, budget: float, errors: int) -> None
     flat = FlatParams.of(model)
     s = torch.randn(errors, flat.size) * 1e-3
     chunk = chunk_rows(flat.size, budget)
-    base = _rss_mb()
+    _reset_peak()
+    base = _status_mb("VmRSS")
     t0 = time.perf_counter()
     influence_on_candidates(model, x, y, s, [torch.arange(candidates).numpy()] * errors,
                             chunk_size=chunk, flat=flat)
     print(json.dumps({"candidates": candidates, "budget_gb": budget, "chunk_rows": chunk, "baseline_mb": base,
-                      "peak_mb": _rss_mb(), "seconds": time.perf_counter() - t0}))
+                      "peak_mb": _status_mb("VmHWM"), "seconds": time.perf_counter() - t0}))
 
 
 def main() -> None:

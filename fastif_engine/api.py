@@ -13,14 +13,14 @@ import pandas as pd
 import torch
 
 from .adapter import ModelAdapter
-from .batching import Inputs, chunk_slices, n_rows, take, to_device
+from .batching import INFERENCE_ROWS, Inputs, chunk_slices, n_rows, take, to_device
 from .gradients import FlatParams, chunk_rows, gradient_matrix
 from .influence import influence_on_candidates, self_influence
 from .knn import FaissIndex
 from .solvers import InverseHVPSolver, LissaSettings, ProgressFn, make_solver
 
 
-def extract_features(adapter: ModelAdapter, inputs: Inputs, *, chunk_size: int = 1024) -> np.ndarray:
+def extract_features(adapter: ModelAdapter, inputs: Inputs, *, chunk_size: int = INFERENCE_ROWS) -> np.ndarray:
     """``adapter.features`` for every row, as float32 ``[n, d]``, in chunks."""
     parts = []
     with torch.no_grad():

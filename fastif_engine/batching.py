@@ -39,6 +39,11 @@ def unsqueeze0(inputs: Inputs) -> Inputs:
     return tree_map(lambda t: t.unsqueeze(0), inputs)
 
 
+# Rows per forward pass when only predictions or features are needed. A transformer layer's
+# activations for 1,024 text rows of 64 tokens are ~1 GB; 128 rows keep them near 0.1 GB.
+INFERENCE_ROWS = 128
+
+
 def chunk_slices(n: int, size: int) -> Iterator[slice]:
     """Consecutive slices of at most ``size`` rows covering ``range(n)``."""
     if size < 1:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .adapter import ModelAdapter
-from .batching import Inputs, chunk_slices, n_rows, take, to_device
+from .batching import INFERENCE_ROWS, Inputs, chunk_slices, n_rows, take, to_device
 from .errors import NonFiniteGradientError
 
 
@@ -146,7 +146,7 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *,
-             chunk_size: int = 1024) -> Evaluation:
+             chunk_size: int = INFERENCE_ROWS) -> Evaluation:
     """Accuracy, per-row and mean loss, and per-class accuracy, in chunks."""
     preds, losses = [], []
     for rows in chunk_slices(n_rows(inputs), chunk_size):
