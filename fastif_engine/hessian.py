@@ -16,11 +16,8 @@ from .gradients import TRANSFORM_LOCK, FlatParams, loss_function
 
 
 def hvp_on_batch(adapter: ModelAdapter, flat: FlatParams, inputs: Inputs, labels: torch.Tensor,
-                 vectors: torch.Tensor, *, include_l2: bool = True, vector_chunk: int | None = None) -> torch.Tensor:
-    """``H_S v`` for every row ``v`` of ``vectors [m, P]``, with S = (inputs, labels).
-
-    The m products are vmapped together, ``vector_chunk`` at a time (None: all): each carries
-    several P-sized tangents, so this bounds the memory of a large block of vectors."""
+                 vectors: torch.Tensor, *, include_l2: bool = True) -> torch.Tensor:
+    """``H_S v`` for every row ``v`` of ``vectors [m, P]``, with S = (inputs, labels)."""
     f = loss_function(adapter)
     x = adapter.trim_batch(to_device(inputs, adapter.device))
     y = labels.to(adapter.device)
@@ -32,7 +29,7 @@ def hvp_on_batch(adapter: ModelAdapter, flat: FlatParams, inputs: Inputs, labels
         return flat.flatten(hv)
 
     with TRANSFORM_LOCK:
-        out = vmap(one, chunk_size=vector_chunk)(vectors)
+        out = vmap(one)(vectors)
     if include_l2 and adapter.l2:
         out = out + adapter.l2 * flat.l2_mask * vectors
     return out

@@ -146,11 +146,8 @@ class LissaSolver(InverseHVPSolver):
     CHECK_EVERY = 10
 
     def __init__(self, adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor,
-                 settings: LissaSettings = LissaSettings(), *, flat: FlatParams | None = None,
-                 hvp_chunk: int | None = None):
-        """``hvp_chunk``: vectors per vmapped HVP (None: the whole block; see ``hvp_on_batch``)."""
+                 settings: LissaSettings = LissaSettings(), *, flat: FlatParams | None = None):
         self.adapter, self.inputs, self.labels = adapter, inputs, labels
-        self.hvp_chunk = hvp_chunk
         self.flat = flat or FlatParams.of(adapter)
         self.n = n_rows(inputs)
         self.settings = with_scale(adapter, inputs, labels, settings, self.flat)
@@ -183,8 +180,7 @@ class LissaSolver(InverseHVPSolver):
         steps = st.depth
         for j in range(1, st.depth + 1):
             rows = batches.next()
-            hv = hvp_on_batch(self.adapter, self.flat, take(self.inputs, rows), self.labels[rows], h,
-                              vector_chunk=self.hvp_chunk)
+            hv = hvp_on_batch(self.adapter, self.flat, take(self.inputs, rows), self.labels[rows], h)
             h = v + (1.0 - d) * h - hv / s
             if j % self.CHECK_EVERY and j != st.depth:
                 continue
@@ -323,18 +319,17 @@ def choose_solver(name: str, n_params: int, max_exact: int = EXACT_MAX_PARAMS) -
 
 def make_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor,
                 settings: LissaSettings = LissaSettings(), *, rank: int = LOW_RANK,
-                flat: FlatParams | None = None, hvp_chunk: int | None = None) -> InverseHVPSolver:
+                flat: FlatParams | None = None) -> InverseHVPSolver:
     """Build solver ``name`` (``auto``: see :func:`choose_solver`) with one ridge for all:
     λ = ``settings.ridge`` = damping × scale, the scale estimated once if unset.
 
     Sharing λ is what makes ``exact``, ``lissa`` and ``lowrank`` comparable on the same data.
-    ``hvp_chunk`` bounds LiSSA's vectors per HVP (memory; the result is the same).
     """
     flat = flat or FlatParams.of(adapter)
     name = choose_solver(name, flat.size)
     settings = with_scale(adapter, inputs, labels, settings, flat)
     if name == "lissa":
-        return LissaSolver(adapter, inputs, labels, settings, flat=flat, hvp_chunk=hvp_chunk)
+        return LissaSolver(adapter, inputs, labels, settings, flat=flat)
     if name == "exact":
         return ExactSolver(adapter, inputs, labels, ridge=settings.ridge, flat=flat)
     return LowRankSolver(adapter, inputs, labels, ridge=settings.ridge, rank=rank, seed=settings.seed, flat=flat)

@@ -45,9 +45,6 @@ _LOCK = threading.Lock()
 # Self-influence needs (H + λI)⁻¹ for every training row: with an explicit Hessian that is one
 # factorisation, cheap up to a few thousand parameters; "auto" computes it only then.
 SELF_INFLUENCE_AUTO_LIMIT = 4096
-# P-sized tensors one vmapped Hessian-vector product holds per vector (tangents of the parameters,
-# the gradient and its linearisation), a rough count that sizes LiSSA's vector chunks
-HVP_COPIES = 8
 
 
 class StageCache:
@@ -100,13 +97,6 @@ def _inputs(path: str) -> dict:
     return blob
 
 
-@lru_cache(maxsize=1)
-def _stest_block(path: str) -> torch.Tensor:
-    """The errors' ``[m, P]`` s_test block, loaded once per process: the influence parts on threads share
-    it (for the demo's text model it is 0.5 GB)."""
-    return torch.from_numpy(np.load(path))
-
-
 @lru_cache(maxsize=2)
 def _base_model(model: str, options_json: str, info: DataInfo):
     return create_model(model, info, **json.loads(options_json))
@@ -150,8 +140,7 @@ def stage_solver(cfg: CleanConfig, adapter, x, y, solver_path: str, flat: FlatPa
         saved = load_arrays(eigenpairs)
         return LowRankSolver.from_eigenpairs(torch.from_numpy(saved["values"]).to(adapter.placement),
                                              torch.from_numpy(saved["vectors"]).to(adapter.placement), info["ridge"])
-    return make_solver(name, adapter, x, y, lissa_settings(cfg, info["scale"]), rank=LOW_RANK, flat=flat,
-                       hvp_chunk=chunk_rows(flat.size, cfg.memory_budget, copies=HVP_COPIES))
+    return make_solver(name, adapter, x, y, lissa_settings(cfg, info["scale"]), rank=LOW_RANK, flat=flat)
 
 
 def _split_tensors(inputs_path: str, split: str):
@@ -368,7 +357,7 @@ def influence_part(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
     union = np.unique(cand[cand >= 0])  # an approximate index pads short results with -1
     mine = union[part::parts]
     lists = [row[np.isin(row, mine)] for row in cand]
-    s = _stest_block(stest_path).to(w.adapter.dtype)
+    s = torch.from_numpy(np.load(stest_path)).to(w.adapter.dtype)
     res = influence_on_candidates(w.adapter, w.x, w.y, s, lists, chunk_size=w.chunk, flat=w.flat)
     write_parquet(path, pd.DataFrame({"test_pos": res.test_pos, "train_index": res.train_index,
                                       "influence": res.influence}))
