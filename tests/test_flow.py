@@ -290,6 +290,17 @@ def test_default_settings_give_the_exact_influence(digits_noisy, model, tmp_path
     assert np.corrcoef(merged["influence_x"], merged["influence_y"])[0, 1] >= 0.99
 
 
+def test_lowrank_solver_computes_its_eigenpairs_once(tabular, tmp_path):
+    out = tmp_path / "out"
+    assert clean(tabular, out, "--solver", "lowrank", "--self-influence", "on") == 0
+    solver = json.loads((out / "metrics.json").read_text())["solver"]
+    assert (solver["name"], solver["requested"], solver["rank"]) == ("lowrank", "lowrank", 32)
+    saved = list((out / ".fastif-cache").glob("solver-*.npz"))
+    assert len(saved) == 1 and np.load(saved[0])["vectors"].shape == (32, solver["parameters"])
+    assert np.isfinite(pd.read_parquet(out / "influence.parquet")["influence"]).all()
+    assert (pd.read_parquet(out / "flags.parquet")["self_influence"] >= 0).all()
+
+
 def test_exact_and_lissa_agree(tabular, tmp_path):
     """Issue #2 through the CLI: the same run with each solver, influence Pearson ≥ 0.99."""
     common = ["--depth", "1000", "--repeats", "4", "--batch-size", "16", "--self-influence", "off"]
