@@ -76,7 +76,7 @@ def influence_on_candidates(
 
     # [P, m] as a transposed view, not a copy: m s_test vectors of P values can be the largest
     # array of the stage (74 errors × 1.78M parameters = 0.5 GB for the text model)
-    s_t = s_tests.to(adapter.device).T
+    s_t = s_tests.to(device=adapter.device, dtype=adapter.dtype).T  # the gradients' device and dtype
     total = -(-len(union) // chunk_size)
     for done, (part, grads) in enumerate(
             per_sample_gradients(adapter, train_inputs, train_labels, chunk_size=chunk_size,

@@ -137,9 +137,9 @@ def with_scale(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, sett
     """``settings`` with the scale filled in (estimated and logged when unset)."""
     if settings.scale is not None:
         return settings
-    scale = auto_scale(adapter, flat, inputs, labels, settings.seed)
-    log.info("scale estimated from the curvature: %.4g (ridge λ = %.4g)", scale, scale * settings.damping)
-    return dataclasses.replace(settings, scale=scale)
+    settings = dataclasses.replace(settings, scale=auto_scale(adapter, flat, inputs, labels, settings.seed))
+    log.info("scale estimated from the curvature: %.4g (ridge λ = %.4g)", settings.scale, settings.ridge)
+    return settings
 
 
 class LissaSolver(InverseHVPSolver):

@@ -145,6 +145,8 @@ def clean_dataset(config: CleanConfig) -> dict:
     with timer.stage("resolve solver"):
         solver_path = tasks.resolve_solver(key=key["solver"], **loaded, **common)
     solver_info = json.loads(Path(solver_path).read_text())
+    # not in the cached solver file: the memory budget may change between runs that share it
+    solver_info["chunk_size"] = tasks.chunk_size(cfg, solver_info["parameters"])
     if len(errors):
         repeats = cfg.repeats if solver_info["name"] == "lissa" else 1
         batches = math.ceil(len(errors) / cfg.tests_per_batch)

@@ -120,14 +120,14 @@ def load_adapter(cfg: CleanConfig, dataset_path: str, state_path: str | None):
     return adapter
 
 
-def lissa_settings(cfg: CleanConfig, scale: float | None, repeats: int | None = None) -> LissaSettings:
-    return LissaSettings(depth=cfg.depth, repeats=repeats or cfg.repeats, batch_size=cfg.batch_size,
+def lissa_settings(cfg: CleanConfig, scale: float | None) -> LissaSettings:
+    return LissaSettings(depth=cfg.depth, repeats=cfg.repeats, batch_size=cfg.batch_size,
                          damping=cfg.damping, scale=scale, tolerance=cfg.tolerance, seed=cfg.seed)
 
 
-def chunk_size(cfg: CleanConfig, flat: FlatParams) -> int:
+def chunk_size(cfg: CleanConfig, n_params: int) -> int:
     """Rows per per-sample-gradient chunk: ``cfg.chunk_size``, or what ``cfg.memory_budget`` allows for P."""
-    return cfg.chunk_size or chunk_rows(flat.size, cfg.memory_budget)
+    return cfg.chunk_size or chunk_rows(n_params, cfg.memory_budget)
 
 
 def stage_solver(cfg: CleanConfig, adapter, x, y, solver_path: str, flat: FlatParams, name: str | None = None):
@@ -174,7 +174,7 @@ class _Work:
 
     @property
     def chunk(self) -> int:
-        return chunk_size(self.cfg, self.flat)
+        return chunk_size(self.cfg, self.flat.size)
 
     def solver(self, solver_path: str, name: str | None = None):
         return stage_solver(self.cfg, self.adapter, self.x, self.y, solver_path, self.flat, name)
@@ -302,14 +302,13 @@ def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
         scale, estimated = auto_scale(w.adapter, w.flat, w.x, w.y, cfg.seed), True
     sweep = []
     if cfg.scale_sweep and name == "lissa":
-        scale, sweep = sweep_scale(w.adapter, w.x, w.y, lissa_settings(cfg, scale, repeats=1), flat=w.flat)
+        scale, sweep = sweep_scale(w.adapter, w.x, w.y, lissa_settings(cfg, scale), flat=w.flat)
         for t in sweep:
             get_run_logger().log(logging.WARNING if t["diverged"] else logging.INFO, "scale sweep: LiSSA %s at "
                                  "scale %.4g", "diverged" if t["diverged"] else "stays bounded", t["scale"])
     settings = lissa_settings(cfg, scale)
     info = {"name": name, "requested": cfg.solver, "scale": scale, "scale_estimated": estimated,
-            "damping": cfg.damping, "ridge": settings.ridge, "parameters": w.flat.size, "scale_sweep": sweep,
-            "chunk_size": w.chunk}
+            "damping": cfg.damping, "ridge": settings.ridge, "parameters": w.flat.size, "scale_sweep": sweep}
     if name == "lissa":
         info.update(depth=cfg.depth, repeats=cfg.repeats, batch_size=cfg.batch_size, tolerance=cfg.tolerance)
     if name == "lowrank":
