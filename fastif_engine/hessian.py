@@ -31,7 +31,7 @@ def hvp_on_batch(adapter: ModelAdapter, flat: FlatParams, inputs: Inputs, labels
     with TRANSFORM_LOCK:
         out = vmap(one)(vectors)
     if include_l2 and adapter.l2:
-        out = out + adapter.l2 * flat.l2_mask * vectors
+        out.addcmul_(flat.l2_mask, vectors, value=adapter.l2)
     return out
 
 

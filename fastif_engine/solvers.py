@@ -181,7 +181,7 @@ class LissaSolver(InverseHVPSolver):
         for j in range(1, st.depth + 1):
             rows = batches.next()
             hv = hvp_on_batch(self.adapter, self.flat, take(self.inputs, rows), self.labels[rows], h)
-            h = v + (1.0 - d) * h - hv / s
+            h = torch.add(v, h, alpha=1.0 - d).sub_(hv, alpha=1.0 / s)  # v + (1 − d) h − H v / s, 2 passes
             if j % self.CHECK_EVERY and j != st.depth:
                 continue
             norms = h.norm(dim=1)

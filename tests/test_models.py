@@ -109,6 +109,24 @@ def test_minilm_gradients_through_the_top_layer(minilm, reviews):
     assert acc > 0.6  # 500 training snippets, 4 epochs of one layer + head
 
 
+def test_minilm_packed_tokens_match_the_padded_layer(minilm, reviews, monkeypatch):
+    """Training, inference and HVPs run the top layer on real tokens only; per-example gradients
+    (vmap over rows) run transformers' own layer on the padded batch. Same function, same HVP."""
+    from fastif_engine.models import text
+
+    va = reviews.splits["valid"]
+    x, y = minilm.prepare(va.values[:12]), torch.as_tensor(va.labels[:12])
+    lengths = x["mask"].sum(1)
+    assert lengths.min() < lengths.max()  # the batch has padding to skip
+    flat = FlatParams.of(minilm)
+    v = torch.randn(3, flat.size, generator=torch.Generator().manual_seed(0)) * 1e-2
+    packed = minilm.logits(x), hvp_on_batch(minilm, flat, x, y, v)
+    monkeypatch.setattr(text, "_inside_vmap", lambda t: True)  # force the padded path
+    padded = minilm.logits(x), hvp_on_batch(minilm, flat, x, y, v)
+    torch.testing.assert_close(packed[0], padded[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(packed[1], padded[1], rtol=1e-3, atol=1e-3 * float(padded[1].abs().max()))
+
+
 def test_builtin_options_are_checked():
     info = DataInfo("image", 10, (1, 8, 8))
     model = create_model("image-cnn", info, epochs=2, lr=0.01, width=8)
