@@ -16,20 +16,26 @@ from .gradients import TRANSFORM_LOCK, FlatParams, loss_function
 
 
 def hvp_on_batch(adapter: ModelAdapter, flat: FlatParams, inputs: Inputs, labels: torch.Tensor,
-                 vectors: torch.Tensor, *, include_l2: bool = True) -> torch.Tensor:
-    """``H_S v`` for every row ``v`` of ``vectors [m, P]``, with S = (inputs, labels)."""
+                 vectors: torch.Tensor, *, include_l2: bool = True, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``H_S v`` for every row ``v`` of ``vectors [m, P]``, with S = (inputs, labels).
+
+    ``out`` (``[m, P]``, not ``vectors``) receives the result: a loop that calls this many times
+    reuses one buffer instead of a fresh ``m × P`` block per call (on CPU each fresh block is
+    zero-filled by the kernel page by page, which costs as much as the arithmetic at B = 1).
+    """
     f = loss_function(adapter)
     x = adapter.trim_batch(to_device(inputs, adapter.device))
     y = labels.to(adapter.device)
     params = flat.as_dict()
     grad_of_mean_loss = grad(lambda p: f(p, x, y).mean())
 
-    def one(v: torch.Tensor) -> torch.Tensor:
-        _, hv = jvp(grad_of_mean_loss, (params,), (flat.unflatten(v),))
-        return flat.flatten(hv)
+    def one(v: torch.Tensor) -> dict[str, torch.Tensor]:
+        return jvp(grad_of_mean_loss, (params,), (flat.unflatten(v),))[1]
 
     with TRANSFORM_LOCK:
-        out = vmap(one)(vectors)
+        parts = vmap(one)(vectors)
+    m = vectors.shape[0]
+    out = torch.cat([parts[n].reshape(m, -1) for n in flat.names], dim=1, out=out)
     if include_l2 and adapter.l2:
         out.addcmul_(flat.l2_mask, vectors, value=adapter.l2)
     return out

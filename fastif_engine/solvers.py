@@ -28,9 +28,9 @@ from typing import Callable
 import torch
 
 from .adapter import ModelAdapter
-from .batching import Inputs, n_rows, take
+from .batching import Inputs, chunk_slices, n_rows, take
 from .errors import LissaDivergenceError, SolverSetupError
-from .gradients import FlatParams, gradient_matrix
+from .gradients import MEMORY_BUDGET_GB, FlatParams, chunk_rows, gradient_matrix
 from .hessian import explicit_hessian, full_hvp, hvp_on_batch, lanczos_eigenpairs, top_eigenvalue
 
 log = logging.getLogger("fastif")
@@ -142,16 +142,35 @@ def with_scale(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, sett
     return settings
 
 
+# One LiSSA chain over m vectors peaks at about this many m × P values (measured on the text model:
+# ~5 at B = 1, ~10 at B = 16: h, v, the H v buffer, the HVP's per-parameter parts and its transients).
+LISSA_COPIES = 8
+
+
+def lissa_block(n_params: int, budget_gb: float = MEMORY_BUDGET_GB) -> int:
+    """Vectors one LiSSA chain may carry at once within ``budget_gb`` (≥ 1)."""
+    return chunk_rows(n_params, budget_gb, copies=LISSA_COPIES)
+
+
 class LissaSolver(InverseHVPSolver):
+    """LiSSA for every vector at once, in blocks of at most ``block`` vectors (the memory bound).
+
+    Every block replays the same seeded minibatch stream, so (without a tolerance, which stops a
+    block when its slowest vector settles) a vector's result does not depend on which block, or
+    how many others, it was solved with.
+    """
+
     CHECK_EVERY = 10
 
     def __init__(self, adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor,
-                 settings: LissaSettings = LissaSettings(), *, flat: FlatParams | None = None):
+                 settings: LissaSettings = LissaSettings(), *, flat: FlatParams | None = None,
+                 block: int | None = None):
         self.adapter, self.inputs, self.labels = adapter, inputs, labels
         self.flat = flat or FlatParams.of(adapter)
         self.n = n_rows(inputs)
+        self.block = block or lissa_block(self.flat.size)
         self.settings = with_scale(adapter, inputs, labels, settings, self.flat)
-        self.iterations_used: list[int] = []
+        self.iterations_used: list[int] = []  # steps run, one entry per chain (block × repeat)
 
     @property
     def ridge(self) -> float:
@@ -168,6 +187,9 @@ class LissaSolver(InverseHVPSolver):
 
     def solve_repeat(self, vectors: torch.Tensor, repeat: int) -> torch.Tensor:
         """One independent LiSSA chain (seeded by ``settings.seed`` and ``repeat``) for all vectors."""
+        return torch.cat([self._chain(vectors[part], repeat) for part in chunk_slices(len(vectors), self.block)])
+
+    def _chain(self, vectors: torch.Tensor, repeat: int) -> torch.Tensor:
         st = self.settings
         d, s = st.damping, st.scale
         batches = _BatchStream(self.n, st.batch_size, seed=st.seed * 1_000_003 + repeat)
@@ -176,12 +198,13 @@ class LissaSolver(InverseHVPSolver):
         # With H ⪰ 0, ‖h‖ ≤ ‖v‖/d at the fixed point; a 100× overshoot means exponential blow-up.
         bound = 100.0 * v_norm / d if d > 0 else torch.full_like(v_norm, math.inf)
         h = v.clone()
-        h_checkpoint = h
+        hv = torch.empty_like(h)  # one buffer for every step's H v (see hvp_on_batch's ``out``)
+        h_checkpoint = h.clone() if st.tolerance is not None else None  # h changes in place
         steps = st.depth
         for j in range(1, st.depth + 1):
             rows = batches.next()
-            hv = hvp_on_batch(self.adapter, self.flat, take(self.inputs, rows), self.labels[rows], h)
-            h = torch.add(v, h, alpha=1.0 - d).sub_(hv, alpha=1.0 / s)  # v + (1 − d) h − H v / s, 2 passes
+            hvp_on_batch(self.adapter, self.flat, take(self.inputs, rows), self.labels[rows], h, out=hv)
+            h.mul_(1.0 - d).add_(v).sub_(hv, alpha=1.0 / s)  # h ← v + (1 − d) h − H v / s, in place
             if j % self.CHECK_EVERY and j != st.depth:
                 continue
             norms = h.norm(dim=1)
@@ -196,7 +219,7 @@ class LissaSolver(InverseHVPSolver):
                 if float(change) < st.tolerance:
                     steps = j
                     break
-                h_checkpoint = h
+                h_checkpoint.copy_(h)
         self.iterations_used.append(steps)
         return h / s
 
@@ -319,9 +342,10 @@ def choose_solver(name: str, n_params: int, max_exact: int = EXACT_MAX_PARAMS) -
 
 def make_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor,
                 settings: LissaSettings = LissaSettings(), *, rank: int = LOW_RANK,
-                flat: FlatParams | None = None) -> InverseHVPSolver:
+                flat: FlatParams | None = None, memory_budget: float = MEMORY_BUDGET_GB) -> InverseHVPSolver:
     """Build solver ``name`` (``auto``: see :func:`choose_solver`) with one ridge for all:
-    λ = ``settings.ridge`` = damping × scale, the scale estimated once if unset.
+    λ = ``settings.ridge`` = damping × scale, the scale estimated once if unset. LiSSA solves as
+    many vectors at once as ``memory_budget`` (GB) allows.
 
     Sharing λ is what makes ``exact``, ``lissa`` and ``lowrank`` comparable on the same data.
     """
@@ -329,7 +353,8 @@ def make_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.
     name = choose_solver(name, flat.size)
     settings = with_scale(adapter, inputs, labels, settings, flat)
     if name == "lissa":
-        return LissaSolver(adapter, inputs, labels, settings, flat=flat)
+        return LissaSolver(adapter, inputs, labels, settings, flat=flat,
+                           block=lissa_block(flat.size, memory_budget))
     if name == "exact":
         return ExactSolver(adapter, inputs, labels, ridge=settings.ridge, flat=flat)
     return LowRankSolver(adapter, inputs, labels, ridge=settings.ridge, rank=rank, seed=settings.seed, flat=flat)

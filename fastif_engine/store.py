@@ -62,6 +62,23 @@ def write_npy(path: str | Path, array) -> None:
             np.save(f, array)
 
 
+def write_npy_rows(path: str | Path, parts, n_rows: int, n_cols: int, dtype="float32") -> None:
+    """Write an ``[n_rows, n_cols]`` ``.npy`` from ``parts`` (arrays of rows, in order) one part at
+    a time: the whole array is never in memory, only the file on disk grows."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_rows, n_cols))
+        start = 0
+        for part in parts:
+            out[start:start + len(part)] = part
+            start += len(part)
+        if start != n_rows:
+            raise ValueError(f"{path}: expected {n_rows} rows, the parts held {start}")
+        out.flush()
+        del out
+
+
 def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)

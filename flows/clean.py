@@ -24,8 +24,9 @@ import fastif_engine
 from fastif_engine import history
 from fastif_engine.net_harm import DEFAULT_FOLDS, NetHarm
 from fastif_engine.ranking import FLAG_SCORES, harm_scores, rank_and_flag, rank_fusion
+from fastif_engine.solvers import lissa_block
 from fastif_engine.retrain import VARIANTS
-from fastif_engine.store import file_fingerprint, fingerprint, write_npy
+from fastif_engine.store import file_fingerprint, fingerprint, write_npy, write_npy_rows
 
 from . import console, tasks
 from .config import CleanConfig
@@ -147,6 +148,8 @@ def clean_dataset(config: CleanConfig) -> dict:
     solver_info = json.loads(Path(solver_path).read_text())
     # not in the cached solver file: the memory budget may change between runs that share it
     solver_info["chunk_size"] = tasks.chunk_size(cfg, solver_info["parameters"])
+    if solver_info["name"] == "lissa":
+        solver_info["lissa_block"] = lissa_block(solver_info["parameters"], cfg.memory_budget)
     if len(errors):
         repeats = cfg.repeats if solver_info["name"] == "lissa" else 1
         batches = math.ceil(len(errors) / cfg.tests_per_batch)
@@ -158,10 +161,10 @@ def clean_dataset(config: CleanConfig) -> dict:
                            for b in range(batches) for r in range(repeats)]
             paths = _progress(futures, f"s_test for {len(errors)} errors ({batches} batches × {repeats} repeats)")
             stest_path = tasks.StageCache(cache).path("stest", f"{key['stest']}-x{repeats}", "npy")
-            if not stest_path.exists():
-                blocks = [np.mean([np.load(paths[b * repeats + r]) for r in range(repeats)], axis=0)
-                          for b in range(batches)]
-                write_npy(stest_path, np.concatenate(blocks).astype(np.float32))
+            if not stest_path.exists():  # one block in memory at a time: m × P floats can be GBs
+                blocks = (np.mean([np.load(paths[b * repeats + r]) for r in range(repeats)], axis=0)
+                          for b in range(batches))
+                write_npy_rows(stest_path, blocks, len(errors), solver_info["parameters"])
         with timer.stage("kNN candidates"):
             cand_path = tasks.search_neighbours(key=key["candidates"], features_path=features_path,
                                                 index_path=index_path, errors_path=errors_path, **common)
@@ -174,6 +177,7 @@ def clean_dataset(config: CleanConfig) -> dict:
                                                        candidates_path=str(cand_path), part=p, parts=parts,
                                                        threads=threads, **common) for p in range(parts)]
             part_paths = _progress(futures, f"influence over {n_distinct} distinct candidates")
+            tasks.release_s_test()
             influence = pd.concat([pd.read_parquet(p) for p in part_paths], ignore_index=True)
             influence = influence.sort_values(["test_pos", "train_index"], kind="stable").reset_index(drop=True)
             n_candidates = int(influence["train_index"].nunique())

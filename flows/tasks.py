@@ -97,6 +97,17 @@ def _inputs(path: str) -> dict:
     return blob
 
 
+@lru_cache(maxsize=1)
+def _s_test(path: str) -> torch.Tensor:
+    """The run's s_test block ``[m, P]``, loaded once per process: influence threads only read it."""
+    return torch.from_numpy(np.load(path))
+
+
+def release_s_test() -> None:
+    """Drop this process's loaded s_test once the influence parts are done (thread runner)."""
+    _s_test.cache_clear()
+
+
 @lru_cache(maxsize=2)
 def _base_model(model: str, options_json: str, info: DataInfo):
     return create_model(model, info, **json.loads(options_json))
@@ -140,7 +151,8 @@ def stage_solver(cfg: CleanConfig, adapter, x, y, solver_path: str, flat: FlatPa
         saved = load_arrays(eigenpairs)
         return LowRankSolver.from_eigenpairs(torch.from_numpy(saved["values"]).to(adapter.placement),
                                              torch.from_numpy(saved["vectors"]).to(adapter.placement), info["ridge"])
-    return make_solver(name, adapter, x, y, lissa_settings(cfg, info["scale"]), rank=LOW_RANK, flat=flat)
+    return make_solver(name, adapter, x, y, lissa_settings(cfg, info["scale"]), rank=LOW_RANK, flat=flat,
+                       memory_budget=cfg.memory_budget)
 
 
 def _split_tensors(inputs_path: str, split: str):
@@ -356,7 +368,7 @@ def influence_part(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
     union = np.unique(cand[cand >= 0])  # an approximate index pads short results with -1
     mine = union[part::parts]
     lists = [row[np.isin(row, mine)] for row in cand]
-    s = torch.from_numpy(np.load(stest_path)).to(w.adapter.dtype)
+    s = _s_test(stest_path).to(w.adapter.dtype)
     res = influence_on_candidates(w.adapter, w.x, w.y, s, lists, chunk_size=w.chunk, flat=w.flat)
     write_parquet(path, pd.DataFrame({"test_pos": res.test_pos, "train_index": res.train_index,
                                       "influence": res.influence}))

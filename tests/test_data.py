@@ -151,3 +151,16 @@ def test_named_id_column_must_exist(tmp_path):
                  columns=Columns(id="key"))
     ds = load_dataset(write(tmp_path, {"train": tabular().drop(columns="id"), "valid": tabular()}))
     assert list(ds.splits["train"].ids) == list(range(6))  # no id column: row numbers
+
+
+def test_npy_written_part_by_part_is_the_whole_array_or_nothing(tmp_path):
+    from fastif_engine.store import write_npy_rows
+
+    whole = np.arange(35, dtype=np.float64).reshape(7, 5)
+    path = tmp_path / "s.npy"
+    write_npy_rows(path, (whole[i:i + 3] for i in range(0, 7, 3)), 7, 5)
+    got = np.load(path)
+    assert got.dtype == np.float32 and np.array_equal(got, whole.astype(np.float32))
+    with pytest.raises(ValueError, match="expected 8 rows, the parts held 7"):
+        write_npy_rows(tmp_path / "t.npy", [whole], 8, 5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]  # no half-written file left

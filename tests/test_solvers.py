@@ -6,7 +6,7 @@ from scipy.stats import spearmanr
 from fastif_engine.errors import LissaDivergenceError, SolverSetupError
 from fastif_engine.gradients import FlatParams, gradient_matrix
 from fastif_engine.influence import influence_on_candidates, self_influence
-from fastif_engine.solvers import ExactSolver, LissaSettings, LissaSolver, LowRankSolver, make_solver
+from fastif_engine.solvers import ExactSolver, LissaSettings, LissaSolver, LowRankSolver, lissa_block, make_solver
 from tests.test_hessian import reference_hessian
 
 
@@ -46,6 +46,20 @@ def test_lissa_matches_the_exact_damped_inverse(small_model, digits, batch_size,
     inf_e = influence_on_candidates(small_model, x, y, s_e).as_matrix(len(yt), len(y))
     pearson = [np.corrcoef(a, b)[0, 1] for a, b in zip(inf_l, inf_e)]
     assert min(pearson) >= 0.99, pearson
+
+
+def test_lissa_blocks_bound_memory_without_changing_results(logreg, digits):
+    """Vectors solved a few at a time (the memory budget's blocks) get the same s_test as all at once."""
+    x, y = digits["train"]
+    v = gradient_matrix(logreg, *[t[:7] for t in digits["test"]])
+    settings = LissaSettings(depth=50, batch_size=4, repeats=2, damping=0.01, scale=50.0, seed=1)
+    together = LissaSolver(logreg, x, y, settings, block=7)
+    apart = LissaSolver(logreg, x, y, settings, block=3)
+    torch.testing.assert_close(apart.solve(v), together.solve(v), rtol=1e-5, atol=1e-9)
+    assert len(apart.iterations_used) == 3 * 2 and len(together.iterations_used) == 2
+    # the block size follows the budget: 8 copies of m × P float32 values within it
+    assert lissa_block(1_775_234, 0.5) == 8 and lissa_block(1_775_234, 1.0) == 17
+    assert lissa_block(10**9, 0.5) == 1 and make_solver("lissa", logreg, x, y, settings, memory_budget=1e-5).block == 1
 
 
 def test_small_scale_diverges_with_a_clear_error(logreg, digits):
