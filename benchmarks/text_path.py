@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 
-from fastif_engine.datasets import export
 from fastif_engine.data import load_dataset
+from fastif_engine.datasets import export
 from fastif_engine.gradients import FlatParams
 from fastif_engine.models import text
 from fastif_engine.solvers import LissaSettings, LissaSolver
@@ -50,8 +51,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     args = ap.parse_args()
     torch.set_num_threads(2)
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         paths = export("rotten-tomatoes", tmp, max_train=args.rows, noise=0.3, noise_mode="class-conditional")
         ds = load_dataset({s: str(p) for s, p in paths.items()})

@@ -24,8 +24,8 @@ import fastif_engine
 from fastif_engine import history
 from fastif_engine.net_harm import DEFAULT_FOLDS, NetHarm
 from fastif_engine.ranking import FLAG_SCORES, harm_scores, rank_and_flag, rank_fusion
-from fastif_engine.solvers import lissa_block
 from fastif_engine.retrain import VARIANTS
+from fastif_engine.solvers import lissa_block
 from fastif_engine.store import file_fingerprint, fingerprint, write_npy, write_npy_rows
 
 from . import console, tasks

@@ -98,14 +98,20 @@ def _inputs(path: str) -> dict:
 
 
 @lru_cache(maxsize=1)
-def _s_test(path: str) -> torch.Tensor:
-    """The run's s_test block ``[m, P]``, loaded once per process: influence threads only read it."""
+def _load_s_test(path: str) -> torch.Tensor:
     return torch.from_numpy(np.load(path))
+
+
+def _s_test(path: str) -> torch.Tensor:
+    """The run's s_test block ``[m, P]``, loaded once per process (influence threads only read it;
+    the lock keeps two threads from loading it twice at the same time)."""
+    with _LOCK:
+        return _load_s_test(path)
 
 
 def release_s_test() -> None:
     """Drop this process's loaded s_test once the influence parts are done (thread runner)."""
-    _s_test.cache_clear()
+    _load_s_test.cache_clear()
 
 
 @lru_cache(maxsize=2)
