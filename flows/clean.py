@@ -37,9 +37,12 @@ from .runtime import gpus_for, task_runner, threads_per_worker
 CACHE_DIR = ".fastif-cache"
 
 
-def stage_keys(cfg: CleanConfig) -> dict[str, str]:
+def stage_keys(cfg: CleanConfig, solver: str | None = None) -> dict[str, str]:
     """Cache key per stage: the input files' contents, fastif's version, the model's recipe, and the
-    settings each stage's output depends on (each key extends the one of the stage it reads)."""
+    settings each stage's output depends on (each key extends the one of the stage it reads).
+
+    ``solver``: the resolved solver, once known; LiSSA's settings then key the solving stages only
+    when it is ``lissa`` (``auto`` → exact does not solve again for a new ``--depth``)."""
     from fastif_engine.models import model_recipe
 
     files = [_safe_fingerprint(p) for p in (cfg.train, cfg.valid, cfg.test)]
@@ -51,10 +54,12 @@ def stage_keys(cfg: CleanConfig) -> dict[str, str]:
     k["candidates"] = fingerprint("cand", k["index"], cfg.k)
     k["solver"] = fingerprint("solver", k["model"], cfg.solver, cfg.damping, cfg.scale, cfg.seed,
                               cfg.scale_sweep and cfg.depth)
-    lissa = (cfg.depth, cfg.batch_size, cfg.tolerance)
+    is_lissa = solver in (None, "lissa")
+    lissa = (cfg.depth, cfg.batch_size, cfg.tolerance) if is_lissa else ()
+    repeats = cfg.repeats if is_lissa else 1  # s_test files are per repeat: more repeats reuse the first
     k["stest"] = fingerprint("stest", k["solver"], *lissa, cfg.tests_per_batch)
-    k["influence"] = fingerprint("influence", k["stest"], cfg.repeats, k["candidates"])
-    k["net harm"] = fingerprint("netharm", k["solver"], *lissa, cfg.repeats, DEFAULT_FOLDS)
+    k["influence"] = fingerprint("influence", k["stest"], repeats, k["candidates"])
+    k["net harm"] = fingerprint("netharm", k["solver"], *lissa, repeats, DEFAULT_FOLDS)
     k["self-influence"] = fingerprint("selfinf", k["solver"])
     return k
 
@@ -146,6 +151,7 @@ def clean_dataset(config: CleanConfig) -> dict:
     with timer.stage("resolve solver"):
         solver_path = tasks.resolve_solver(key=key["solver"], **loaded, **common)
     solver_info = json.loads(Path(solver_path).read_text())
+    key = stage_keys(cfg, solver_info["name"])
     # not in the cached solver file: the memory budget may change between runs that share it
     solver_info["chunk_size"] = tasks.chunk_size(cfg, solver_info["parameters"])
     if solver_info["name"] == "lissa":

@@ -222,6 +222,12 @@ def test_a_new_fastif_version_or_model_recipe_is_not_served_from_an_old_cache(ta
     changed = stage_keys(cfg)
     assert changed["data"] == keys["data"] and all(changed[k] != keys[k] for k in ("prep", "model", "stest"))
     monkeypatch.undo()
+    # LiSSA's settings key the solving stages only when LiSSA solves (auto → exact: a new depth reuses them)
+    deeper = cfg.model_copy(update={"depth": cfg.depth + 1, "repeats": 2})
+    solving = ("stest", "influence", "net harm")
+    assert all(stage_keys(deeper, "exact")[k] == stage_keys(cfg, "exact")[k] for k in solving)
+    assert all(stage_keys(deeper, "lissa")[k] != stage_keys(cfg, "lissa")[k] for k in solving)
+    assert stage_keys(cfg, "lissa") == keys
 
     out = tmp_path / "out"
     assert clean(tabular, out, "--self-influence", "off") == 0
