@@ -64,19 +64,24 @@ def write_npy(path: str | Path, array) -> None:
 
 def write_npy_rows(path: str | Path, parts, n_rows: int, n_cols: int, dtype="float32") -> None:
     """Write an ``[n_rows, n_cols]`` ``.npy`` from ``parts`` (arrays of rows, in order) one part at
-    a time: the whole array is never in memory, only the file on disk grows."""
+    a time: the whole array is never in memory. Plain writes, not a memory map, whose written
+    pages would count in the process's resident memory."""
     import numpy as np
 
+    dtype = np.dtype(dtype)
     with atomic_path(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_rows, n_cols))
-        start = 0
-        for part in parts:
-            out[start:start + len(part)] = part
-            start += len(part)
-        if start != n_rows:
-            raise ValueError(f"{path}: expected {n_rows} rows, the parts held {start}")
-        out.flush()
-        del out
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                     "fortran_order": False, "shape": (n_rows, n_cols)})
+            written = 0
+            for part in parts:
+                part = np.ascontiguousarray(part, dtype=dtype)
+                if part.ndim != 2 or part.shape[1] != n_cols:
+                    raise ValueError(f"{path}: a part of shape {part.shape} does not have {n_cols} columns")
+                part.tofile(f)
+                written += len(part)
+        if written != n_rows:
+            raise ValueError(f"{path}: expected {n_rows} rows, the parts held {written}")
 
 
 def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
