@@ -14,11 +14,16 @@ every training row by
 * ``harm-norm``  the same with each error's scores divided by its largest |score| (each
                  error counts once)
 * ``net-harm``   influence on the whole validation loss (errors and correct rows), from 10
-                 fold s_tests (fastif_engine.net_harm); ``net-t`` its fold t-statistic
+                 fold s_tests (fastif_engine.net_harm), the class prior as the product's default
+                 ``auto`` takes it: refitted to validation unless validation's class mix differs
+                 from the model's predictions with z ≥ 2; ``net-t`` its fold t-statistic;
+                 ``net-harm-refit`` always refitted; ``net-harm-model``, ``net-t-model`` never
+                 (0.2.1's net harm)
 * ``self-influence``  ∇L(z)ᵀ(H + λI)⁻¹∇L(z), same ridge λ (exact inverse for small models,
                  rank-32 Lanczos above 10k parameters)
 * ``loss``       the row's own training loss under the fitted model
-* ``combined``   mean percentile rank of net-harm and loss (fastif's default flag score)
+* ``combined``   mean percentile rank of net-harm and loss (fastif's default flag score);
+                 ``combined-refit``, ``combined-model`` the same with those net harms
 * ``cleanlab``   confident learning: 1 − self-confidence of out-of-sample probabilities from
                  3-fold cross-validation with the same model and recipe
 
@@ -66,8 +71,10 @@ SETUPS = {
     "rotten-tomatoes": ("text-minilm", 2_000, 200, "lissa", LissaSettings(depth=100, batch_size=4, damping=0.05)),
 }
 NOISE = {"uniform": 0.1, "class-conditional": 0.3}  # noise kind → rate
-SCORES = ("harm", "harm-norm", "net-harm", "net-t", "self-influence", "loss", "combined", "cleanlab")
-FLAGGED = ("net-harm", "combined")  # scores whose evidence-floored flags are removed / relabelled
+SCORES = ("harm", "harm-norm", "net-harm-model", "net-t-model", "net-harm-refit", "net-harm", "net-t",
+          "self-influence", "loss", "combined-model", "combined-refit", "combined", "cleanlab")
+# scores whose evidence-floored flags are removed / relabelled
+FLAGGED = ("net-harm", "combined-model", "combined-refit", "combined")
 MIN_EVIDENCE = 2.0  # net-harm t a flag needs (the product's default flag_evidence)
 BUDGETS = (0.05, 0.10, 0.20)
 REMOVAL = 0.10  # share of training rows removed before retraining (= the share flipped)
@@ -100,7 +107,7 @@ def row_losses(model, x, y, chunk: int = 512) -> np.ndarray:
     return np.concatenate(out)
 
 
-def run(dataset: str, mode: str, seed: int, workdir: Path) -> dict:
+def run(dataset: str, mode: str, seed: int, workdir: Path, dump: Path | None = None) -> dict:
     from cleanlab.rank import get_label_quality_scores
 
     model_name, max_train, k, solver_name, lissa = SETUPS[dataset]
@@ -119,6 +126,8 @@ def run(dataset: str, mode: str, seed: int, workdir: Path) -> dict:
     model.fit(x["train"], y["train"], seed=seed)
     timings["train"] = time.perf_counter() - t
     wrong = (model.predict(x["valid"]) != y["valid"]).nonzero().ravel()
+    with torch.no_grad():
+        valid_prob = torch.softmax(model.logits(x["valid"]).double(), -1).cpu().numpy()
 
     t = time.perf_counter()
     fi = FastIF(model, x["train"], y["train"], solver=solver_name, lissa=lissa, k=min(k, len(train)))
@@ -130,9 +139,12 @@ def run(dataset: str, mode: str, seed: int, workdir: Path) -> dict:
     timings["influence"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    net = net_harm(model, x["train"], y["train"], x["valid"], y["valid"], fi.solver, seed=seed, chunk_size=64,
-                   flat=fi.flat)
+    net_refit = net_harm(model, x["train"], y["train"], x["valid"], y["valid"], fi.solver, seed=seed, chunk_size=64,
+                         flat=fi.flat, prior="refit")
     timings["net-harm"] = time.perf_counter() - t
+    net_model = net_harm(model, x["train"], y["train"], x["valid"], y["valid"], fi.solver, seed=seed, chunk_size=64,
+                         flat=fi.flat, prior="model")
+    net = net_refit if net_refit.prior.z < MIN_EVIDENCE else net_model  # what prior="auto" computes
 
     t = time.perf_counter()
     if fi.flat.size <= EXACT_MAX_PARAMS:
@@ -150,8 +162,11 @@ def run(dataset: str, mode: str, seed: int, workdir: Path) -> dict:
     cl = 1.0 - get_label_quality_scores(train.labels, probs, method="self_confidence")
     timings["cleanlab"] = time.perf_counter() - t
 
-    scores = {"harm": harm, "harm-norm": harm_norm, "net-harm": net.score, "net-t": net.t,
-              "self-influence": selfinf, "loss": losses, "combined": rank_fusion(net.score, losses),
+    scores = {"harm": harm, "harm-norm": harm_norm, "net-harm-model": net_model.score, "net-t-model": net_model.t,
+              "net-harm-refit": net_refit.score, "net-harm": net.score,
+              "net-t": net.t, "self-influence": selfinf, "loss": losses,
+              "combined-model": rank_fusion(net_model.score, losses),
+              "combined-refit": rank_fusion(net_refit.score, losses), "combined": rank_fusion(net.score, losses),
               "cleanlab": cl}
     n = len(train)
     top = {name: np.lexsort((np.arange(n), -s)) for name, s in scores.items()}
@@ -162,10 +177,19 @@ def run(dataset: str, mode: str, seed: int, workdir: Path) -> dict:
                            **{f"recall@{int(b * 100)}%": float(flipped[top[name][:round(b * n)]].sum() / flipped.sum())
                               for b in BUDGETS}}
 
+    if dump is not None:  # every row's scores, for studies of flag rules that need no retraining
+        dump.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(dump / f"cleaning-{dataset}-{mode}-{seed}.npz", label=train.labels, flipped=flipped,
+                            per_fold_refit=net_refit.per_fold, per_fold_model=net_model.per_fold,
+                            class_offset=net_refit.prior.offset, prior_z=net_refit.prior.z,
+                            valid_label=ds.splits["valid"].labels, test_label=ds.splits["test"].labels,
+                            valid_prob=valid_prob,
+                            **{name.replace("-", "_"): s for name, s in scores.items()})
     budget = round(REMOVAL * n)
-    evident = net.t >= MIN_EVIDENCE
-    flags = {name: np.array([i for i in top[name][:budget] if evident[i] and scores[name][i] > 0], dtype=np.int64)
-             for name in FLAGGED}
+    nets = {"model": net_model, "refit": net_refit}
+    evident = {name: nets.get(name.rpartition("-")[2], net).t >= MIN_EVIDENCE for name in FLAGGED}
+    flags = {name: np.array([i for i in top[name][:budget] if evident[name][i] and scores[name][i] > 0],
+                            dtype=np.int64) for name in FLAGGED}
     random_rows = np.random.default_rng(10_000 + seed).choice(n, len(flags["combined"]), replace=False)
     accuracy = {}
 
@@ -194,12 +218,15 @@ def run(dataset: str, mode: str, seed: int, workdir: Path) -> dict:
             "parameters": fi.flat.size, "detection": detection, "accuracy": accuracy,
             "flagged": {name: int(len(rows)) for name, rows in flagged_sets.items()},
             "flipped_in_flagged": {name: int(flipped[rows].sum()) for name, rows in flagged_sets.items()},
-            "seconds": timings}
+            "flagged_class_mix": {name: np.bincount(train.labels[rows], minlength=ds.n_classes).tolist()
+                                  for name, rows in flagged_sets.items()},
+            "train_class_mix": np.bincount(train.labels, minlength=ds.n_classes).tolist(),
+            "class_prior": {**net_refit.prior.as_dict(), "refitted": net is net_refit}, "seconds": timings}
 
 
 def summary(results_dir: Path) -> None:
     results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("cleaning-*.json"))]
-    results = [r for r in results if "noise" in r]
+    results = [_renamed(r) for r in results if "noise" in r]
     for dataset in SETUPS:
         for mode in NOISE:
             runs = [r for r in results if r["dataset"] == dataset and r["noise"] == mode]
@@ -207,28 +234,54 @@ def summary(results_dir: Path) -> None:
                 _summary_tables(runs)
 
 
+def _renamed(result: dict) -> dict:
+    """Results written before the class prior was refitted (no "net-harm-model" score) measured net
+    harm at the model's prior: file their net-harm and combined scores and flags under the -model names."""
+    if "net-harm-model" in result["detection"]:
+        return result
+    old = {"net-harm": "net-harm-model", "net-t": "net-t-model", "combined": "combined-model"}
+
+    def rename(key: str) -> str:
+        verb, _, name = key.rpartition(" ")  # "minus combined" → ("minus", "combined")
+        return f"{verb} {old[name]}" if verb and name in old else old.get(key, key)
+
+    return {**result, **{part: {rename(k): v for k, v in result[part].items()}
+                         for part in ("detection", "accuracy", "flagged", "flipped_in_flagged")}}
+
+
 def _summary_tables(runs: list[dict]) -> None:
+    """Mean ± sd over seeds; a score or variant measured on only some seeds (results written before
+    it existed) says on how many, and one measured on none is left out."""
     r0 = runs[0]
     solver = r0["solver"] + (f" J {r0['lissa']['depth']} B {r0['lissa']['batch_size']}" if r0.get("lissa") else "")
     print(f"\n#### {r0['dataset']}, {r0['noise']} noise {r0['rate']:.0%}: {r0['model']}, {r0['train_rows']} training "
           f"rows, {ms([r['flipped'] for r in runs], 0)} flipped, {ms([r['valid_errors'] for r in runs], 0)} "
           f"validation errors, k = {r0['k']}, {solver} (λ = {r0['ridge']:.3g}), {r0['test_rows']} test rows, "
           f"{len(runs)} seeds ({', '.join(str(r['seed']) for r in runs)})\n")
+
+    def some(key: str, name: str) -> tuple[list[dict], str]:
+        have = [r for r in runs if name in r[key]]
+        return have, ("" if len(have) == len(runs) else f" ({len(have)} of {len(runs)} seeds)")
+
     print("| score | recall top 5% | top 10% | top 20% | AUROC |\n|---|---|---|---|---|")
     for name in SCORES:
-        cells = [ms([r["detection"][name][f"recall@{int(b * 100)}%"] for r in runs]) for b in BUDGETS]
-        print(f"| {name} | " + " | ".join(cells) + f" | {ms([r['detection'][name]['auroc'] for r in runs])} |")
+        have, note = some("detection", name)
+        if have:
+            cells = [ms([r["detection"][name][f"recall@{int(b * 100)}%"] for r in have]) for b in BUDGETS]
+            print(f"| {name}{note} | " + " | ".join(cells) + f" | {ms([r['detection'][name]['auroc'] for r in have])} |")
     print("\n| training set | test accuracy | − noisy: mean [95% CI] | − random: mean [95% CI] "
           "| rows removed or relabelled (flipped among them) |\n|---|---|---|---|---|")
-    for variant in r0["accuracy"]:
+    variants = dict.fromkeys(v for r in runs for v in r["accuracy"])
+    for variant in variants:
+        have, note = some("accuracy", variant)
         rows = variant.split(" ", 1)[-1]
-        acc = [r["accuracy"][variant] for r in runs]
-        vs = {base: paired_ci(acc, [r["accuracy"][base] for r in runs]) for base in ("noisy", "minus random")}
+        acc = [r["accuracy"][variant] for r in have]
+        vs = {base: paired_ci(acc, [r["accuracy"][base] for r in have]) for base in ("noisy", "minus random")}
         cells = [f"{c.mean:+.3f} [{c.low:+.3f}, {c.high:+.3f}]" if c.low == c.low else f"{c.mean:+.3f}"
                  for c in vs.values()]
-        touched = (f"{ms([r['flagged'][rows] for r in runs], 0)} ({ms([r['flipped_in_flagged'][rows] for r in runs], 0)})"
+        touched = (f"{ms([r['flagged'][rows] for r in have], 0)} ({ms([r['flipped_in_flagged'][rows] for r in have], 0)})"
                    if rows in r0["flagged"] and variant not in ("true labels", "noisy") else "")
-        print(f"| {variant} | {ms(acc)} | {cells[0]} | {cells[1]} | {touched} |")
+        print(f"| {variant}{note} | {ms(acc)} | {cells[0]} | {cells[1]} | {touched} |")
 
 
 def ms(values: list[float], digits: int = 3) -> str:
@@ -243,6 +296,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--summary", action="store_true", help="only print tables from saved results")
+    ap.add_argument("--dump", type=Path, help="also save every row's scores here (one .npz per run)")
     args = ap.parse_args()
     if not args.summary:
         args.results.mkdir(parents=True, exist_ok=True)
@@ -252,7 +306,7 @@ def main() -> None:
                 for mode in args.noise_modes:
                     for seed in args.seeds:
                         t = time.perf_counter()
-                        result = run(dataset, mode, seed, Path(tmp))
+                        result = run(dataset, mode, seed, Path(tmp), args.dump)
                         name = f"cleaning-{dataset}-{mode}-{seed}.json"
                         (args.results / name).write_text(json.dumps(result, indent=1))
                         print(f"{dataset} {mode} seed {seed}: {time.perf_counter() - t:.0f} s "

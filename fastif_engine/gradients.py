@@ -71,11 +71,13 @@ class FlatParams:
 TRANSFORM_LOCK = threading.RLock()
 
 
-def loss_function(adapter: ModelAdapter) -> Callable[[dict, Inputs, torch.Tensor], torch.Tensor]:
+def loss_function(adapter: ModelAdapter, logit_offset: torch.Tensor | None = None
+                  ) -> Callable[[dict, Inputs, torch.Tensor], torch.Tensor]:
     """``f(params, inputs, labels) -> per-example loss [n]``, functional in the differentiated params.
 
     Parameters not in ``params`` (frozen layers) enter detached, so no autograd graph is built
-    through them; buffers come from the module itself.
+    through them; buffers come from the module itself. ``logit_offset`` (``[C]``, a constant) is
+    added to the logits before the loss: a shifted class prior (``net_harm.class_offsets``).
     """
     model = adapter.model
     tracked = set(adapter.parameter_names())
@@ -83,6 +85,8 @@ def loss_function(adapter: ModelAdapter) -> Callable[[dict, Inputs, torch.Tensor
 
     def f(params: dict[str, torch.Tensor], inputs: Inputs, labels: torch.Tensor) -> torch.Tensor:
         logits = functional_call(model, (params, frozen), (inputs,), strict=False)
+        if logit_offset is not None:
+            logits = logits + logit_offset.to(logits.device, logits.dtype)
         return adapter.loss(logits, labels)
 
     return f
@@ -106,15 +110,17 @@ def per_sample_gradients(
     chunk_size: int = 256,
     flat: FlatParams | None = None,
     index: np.ndarray | None = None,
+    logit_offset: torch.Tensor | None = None,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yield ``(part, G)`` with ``G[i] = ∇θ L(z_j, θ̂)`` as flat ``[len(part), P]`` chunks.
 
     ``j`` runs over ``index[part]`` (all rows in order when ``index`` is None). One vmapped
     call per chunk (no Python loop over examples); peak memory is ``chunk_size × P``
-    gradients plus the model's activations for one chunk.
+    gradients plus the model's activations for one chunk. ``logit_offset``: see
+    :func:`loss_function`.
     """
     flat = flat or FlatParams.of(adapter)
-    f = loss_function(adapter)
+    f = loss_function(adapter, logit_offset)
 
     def single(params, x, y):
         return f(params, unsqueeze0(x), y.unsqueeze(0)).squeeze(0)

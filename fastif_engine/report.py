@@ -199,12 +199,35 @@ def verdict_line(metrics: dict) -> str | None:
             f"({retrain['eval_split']} accuracy {_ci(ci).replace('**', '')}, over {retrain['seeds']} seeds{caveat}).")
 
 
+def prior_parts(prior: dict | None, evidence: float) -> list | None:
+    """What net harm did about the class prior (fastif_engine.net_harm, ``--net-harm-prior``), as parts."""
+    if not prior or "z" not in prior:
+        return None
+    gap = [o - e for o, e in zip(prior["observed"], prior["expected"])]
+    c = max(range(len(gap)), key=lambda i: abs(gap[i]))
+    mix = [f"validation has {prior['observed'][c]} rows of ", Code(prior["classes"][c]),
+           f", the model predicts {prior['expected'][c]:.0f} for them (z = {prior['z']:.2f} over all classes)"]
+    if prior["setting"] != "auto":
+        how = "refitted to validation" if prior["refitted"] else "the model's own"
+        return [f"Class prior of net harm's validation loss: {how} (`--net-harm-prior {prior['setting']}`); ", *mix,
+                "."]
+    if prior["refitted"]:
+        return ["Net harm's validation loss is taken at the class prior refitted to validation: ", *mix,
+                f", within sampling noise (z < {evidence:g}), so a shift of the class mix alone flags no rows."]
+    return ["Validation's class mix differs from the model's predictions beyond sampling noise: ", *mix,
+            f", ≥ {evidence:g}. Net harm keeps the model's class prior, so rows that cause the shift can be flagged "
+            "(expected when one class's labels are the noisy ones)."]
+
+
 def _flagging_blocks(metrics: dict) -> list[Block]:
     f = metrics.get("flagging")
     if not f:
         return []
     blocks = [_p(f"The budget allowed **{f['within_budget']}** rows with a positive {f['score']} score; "
                  f"**{f['flagged']}** were flagged.")]
+    prior = prior_parts(f.get("class_prior"), f["min_evidence"])
+    if prior:
+        blocks.append(_p(*prior))
     if f["min_evidence"] > 0 and f["below_evidence"]:
         were = "was" if f["below_evidence"] == 1 else "were"
         blocks.append(_p(f"{f['below_evidence']} {were} not: their net harm on the validation loss did not reach the "

@@ -59,7 +59,8 @@ def stage_keys(cfg: CleanConfig, solver: str | None = None) -> dict[str, str]:
     repeats = cfg.repeats if is_lissa else 1  # s_test files are per repeat: more repeats reuse the first
     k["stest"] = fingerprint("stest", k["solver"], *lissa, cfg.tests_per_batch)
     k["influence"] = fingerprint("influence", k["stest"], repeats, k["candidates"])
-    k["net harm"] = fingerprint("netharm", k["solver"], *lissa, repeats, DEFAULT_FOLDS)
+    prior_gate = cfg.flag_evidence if cfg.net_harm_prior == "auto" else None
+    k["net harm"] = fingerprint("netharm", k["solver"], *lissa, repeats, DEFAULT_FOLDS, cfg.net_harm_prior, prior_gate)
     k["self-influence"] = fingerprint("selfinf", k["solver"])
     return k
 
@@ -191,8 +192,10 @@ def clean_dataset(config: CleanConfig) -> dict:
         logger.info("no misclassified validation examples: nothing to explain%s",
                     ", nothing flagged" if cfg.flag_by in ("combined", "net-harm", "harm") else "")
     with timer.stage("net harm"):
-        net = NetHarm(np.load(tasks.net_harm_stage(key=key["net harm"], **loaded, solver_path=solver_path,
-                                                   threads=threads, **common)))
+        net_path = tasks.net_harm_stage(key=key["net harm"], **loaded, solver_path=solver_path, threads=threads,
+                                        **common)
+        net = NetHarm(np.load(net_path))
+        class_prior = {**json.loads(tasks.prior_path(net_path).read_text()), "classes": [str(c) for c in ds.classes]}
 
     with timer.stage("rank + flag"):
         self_inf = None
@@ -213,7 +216,7 @@ def clean_dataset(config: CleanConfig) -> dict:
                                min_evidence=cfg.flag_evidence)
         if not len(errors) and cfg.flag_by in ("combined", "net-harm", "harm"):
             scores["flagged"] = False  # no validation error to fix: influence-based scores flag nothing
-        flagging = flagging_counts(cfg, scores, by, net.per_fold.shape[1])
+        flagging = {**flagging_counts(cfg, scores, by, net.per_fold.shape[1]), "class_prior": class_prior}
     flagged = scores["flagged"].to_numpy()
     flag_key = fingerprint("retrain", key["prep"], np.flatnonzero(flagged).tolist())
     flagged_path = tasks.StageCache(cache).path("flagged", flag_key, "npy")

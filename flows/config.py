@@ -82,6 +82,10 @@ class CleanConfig(BaseModel):
     flag_evidence: float = _setting(2.0, group="flags", help="flag only rows whose net harm has a t-statistic "
                                     "over the validation folds of at least this (0: no floor, the budget is a "
                                     "quota)", ge=0.0)
+    net_harm_prior: Literal["auto", "refit", "model"] = _setting(
+        "auto", group="flags", help="class prior of net harm's validation loss: auto refits it to the validation "
+        "rows unless their class mix differs from the model's predictions with z ≥ flag_evidence; refit: always; "
+        "model: never (a shift of the prior alone then flags rows of the over-predicted class)")
     fix: Literal["remove", "relabel"] = _setting(
         "remove", group="flags", help="what the retrain does with the flags: remove them, or relabel them to the "
                                       "class a model trained without them predicts")

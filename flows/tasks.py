@@ -391,9 +391,20 @@ def net_harm_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
         return str(path)
     w = _Work.load(cfg, dataset_path, inputs_path, model_path, threads)
     result = net_harm(w.adapter, w.x, w.y, *w.split("valid"), w.solver(solver_path), seed=cfg.seed,
-                      chunk_size=w.chunk, flat=w.flat)
+                      chunk_size=w.chunk, flat=w.flat, prior=cfg.net_harm_prior, evidence=cfg.flag_evidence)
+    prior = {"setting": cfg.net_harm_prior, "refitted": result.refitted,
+             **(result.prior.as_dict() if result.prior is not None else {})}
+    if result.prior is not None:
+        get_run_logger().info("net harm: validation's class mix vs the model's predictions z = %.2f: %s", result.prior.z,
+                              "class prior refitted to validation" if result.refitted else "model's class prior kept")
+    write_json(prior_path(path), prior)  # before the scores: their file's presence marks the stage done
     write_npy(path, result.per_fold)
     return str(path)
+
+
+def prior_path(net_harm_path: str | Path) -> Path:
+    """Where the net harm stage records its class-prior check, beside the scores."""
+    return Path(net_harm_path).with_suffix(".prior.json")
 
 
 @_stage_task("relabel targets")

@@ -36,7 +36,9 @@ def _metrics():
         "flag_by": "combined",
         "accuracy": {"before": {"valid": 0.5}, "retrain": None},
         "flagging": {"score": "combined", "within_budget": 1, "flagged": 1, "min_evidence": 2.0, "below_evidence": 0,
-                     "folds": 2, "net_harm_not_positive": 0},
+                     "folds": 2, "net_harm_not_positive": 0,
+                     "class_prior": {"setting": "auto", "refitted": True, "z": 0.4, "observed": [1, 1],
+                                     "expected": [0.8, 1.2], "offset": [0.1, -0.1], "classes": [NASTY[2], label]}},
         "class_mix": {"classes": [{"label": label, "train": 2, "flagged": 1, "train_share": 2 / 3,
                                    "flagged_share": 1.0}], "distance": 0.1},
         "history": {"path": "h.parquet", "changes": {"previous_time": "t0", "new": NASTY[1:3], "still": [],
@@ -65,6 +67,8 @@ def test_html_escapes_user_data_and_keeps_every_table_cell():
     assert cells["train id"] == NASTY[0] and cells["given"] == NASTY[1] and cells["predicted"] == NASTY[2]
     assert cells["content"] == " ".join(NASTY) and cells["suggested action"] == "relabel to " + NASTY[0]
     assert parsed.tables[0][1][0] == NASTY[0] + " " + NASTY[1]  # the class-mix label
+    # the class-prior sentence names the class furthest from the model's predictions, as code
+    assert "at the class prior refitted to validation: validation has 1 rows of <code>it&#39;s &#34;quoted&#34;</code>" in html
 
 
 def test_markdown_tables_keep_their_columns_and_user_markup_is_inert():
