@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from fastif_engine import __version__
 from fastif_engine.api import FastIF
 from fastif_engine.batching import take
 from fastif_engine.data import load_dataset
@@ -211,7 +212,7 @@ def run(dataset: str, mode: str, seed: int, workdir: Path, dump: Path | None = N
     fit_and_test("minus loss", y["train"], top["loss"][:budget])
     timings["retrain"] = time.perf_counter() - t
     flagged_sets = {**flags, "random": random_rows, "cleanlab": top["cleanlab"][:budget], "loss": top["loss"][:budget]}
-    return {"dataset": dataset, "noise": mode, "rate": NOISE[mode], "seed": seed, "model": model_name,
+    return {"version": __version__, "dataset": dataset, "noise": mode, "rate": NOISE[mode], "seed": seed, "model": model_name,
             "train_rows": n, "flipped": int(flipped.sum()), "valid_errors": int(len(wrong)),
             "test_rows": int(len(y["test"])), "k": k, "solver": solver_name, "ridge": fi.solver.ridge,
             "lissa": {"depth": lissa.depth, "batch_size": lissa.batch_size} if solver_name == "lissa" else None,
