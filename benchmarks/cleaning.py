@@ -281,7 +281,7 @@ def _summary_tables(runs: list[dict]) -> None:
         cells = [f"{c.mean:+.3f} [{c.low:+.3f}, {c.high:+.3f}]" if c.low == c.low else f"{c.mean:+.3f}"
                  for c in vs.values()]
         touched = (f"{ms([r['flagged'][rows] for r in have], 0)} ({ms([r['flipped_in_flagged'][rows] for r in have], 0)})"
-                   if rows in r0["flagged"] and variant not in ("true labels", "noisy") else "")
+                   if rows in have[0]["flagged"] and variant not in ("true labels", "noisy") else "")
         print(f"| {variant}{note} | {ms(acc)} | {cells[0]} | {cells[1]} | {touched} |")
 
 

@@ -206,17 +206,17 @@ def prior_parts(prior: dict | None, evidence: float) -> list | None:
     gap = [o - e for o, e in zip(prior["observed"], prior["expected"])]
     c = max(range(len(gap)), key=lambda i: abs(gap[i]))
     mix = [f"validation has {prior['observed'][c]} rows of ", Code(prior["classes"][c]),
-           f", the model predicts {prior['expected'][c]:.0f} for them (z = {prior['z']:.2f} over all classes)"]
+           f", the model predicts {prior['expected'][c]:.0f} for them (z = {prior['z']:.2f} over all classes"]
     if prior["setting"] != "auto":
         how = "refitted to validation" if prior["refitted"] else "the model's own"
         return [f"Class prior of net harm's validation loss: {how} (`--net-harm-prior {prior['setting']}`); ", *mix,
-                "."]
+                ")."]
     if prior["refitted"]:
         return ["Net harm's validation loss is taken at the class prior refitted to validation: ", *mix,
-                f", within sampling noise (z < {evidence:g}), so a shift of the class mix alone flags no rows."]
+                f", below {evidence:g}: within sampling noise), so a shift of the class mix alone flags no rows."]
     return ["Validation's class mix differs from the model's predictions beyond sampling noise: ", *mix,
-            f", ≥ {evidence:g}. Net harm keeps the model's class prior, so rows that cause the shift can be flagged "
-            "(expected when one class's labels are the noisy ones)."]
+            f", at least {evidence:g}). Net harm keeps the model's class prior, so rows that cause the shift can be "
+            "flagged (expected when one class's labels are the noisy ones)."]
 
 
 def _flagging_blocks(metrics: dict) -> list[Block]:

@@ -93,6 +93,9 @@ def test_clean_writes_the_contract(tabular_run, tabular):
     assert f["flagged"] == flags["flagged"].sum() and f["within_budget"] == budget
     assert f["below_evidence"] == budget - f["flagged"] == int(((flags["rank"] <= budget) & ~expected).sum())
     assert sum(c["flagged"] for c in metrics["class_mix"]["classes"]) == f["flagged"]
+    prior = f["class_prior"]  # the prior check: refitted exactly when validation's class mix is within noise
+    assert prior["setting"] == "auto" and prior["refitted"] == (prior["z"] < 2.0)
+    assert sorted(prior["classes"]) == ["benign", "malignant"] and sum(prior["observed"]) == metrics["counts"]["valid"]
 
     retrain = metrics["accuracy"]["retrain"]
     assert retrain["seeds"] == 2 and retrain["eval_split"] == "test" and retrain["fix"] == "remove"

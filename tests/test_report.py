@@ -69,6 +69,7 @@ def test_html_escapes_user_data_and_keeps_every_table_cell():
     assert parsed.tables[0][1][0] == NASTY[0] + " " + NASTY[1]  # the class-mix label
     # the class-prior sentence names the class furthest from the model's predictions, as code
     assert "at the class prior refitted to validation: validation has 1 rows of <code>it&#39;s &#34;quoted&#34;</code>" in html
+    assert "(z = 0.40 over all classes, below 2: within sampling noise)" in html
 
 
 def test_markdown_tables_keep_their_columns_and_user_markup_is_inert():

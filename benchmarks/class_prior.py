@@ -1,0 +1,105 @@
+"""Net harm's class prior: the model's own, refitted to validation, or chosen by the prior check.
+
+    python benchmarks/class_prior.py --datasets rotten-tomatoes --noise-modes uniform class-conditional --seeds 0 1 2
+    python benchmarks/class_prior.py --summary      # the table, from benchmarks/results/class_prior-*.json
+
+Per dataset, noise kind and seed (the exports, models and solver settings of ``cleaning.py``):
+train the built-in model on the noisy labels, compute net harm twice (``prior="model"`` and
+``prior="refit"``, fastif_engine.net_harm) and the own training loss, and flag as the product
+does by default (``combined`` score, top 10%, net-harm t ≥ 2) under each prior and under
+``auto`` (refit unless the prior check's z ≥ 2). Reports the check's z, and per prior the
+recall of flipped rows in the combined score's top 10%, the flags, the flipped rows among them
+and the flags' class mix. No retraining: ``cleaning.py`` measures what fixing the flags does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastif_engine import __version__
+from fastif_engine.api import FastIF
+from fastif_engine.data import load_dataset
+from fastif_engine.datasets import export
+from fastif_engine.net_harm import net_harm
+from fastif_engine.ranking import rank_fusion
+from fastif_engine.solvers import LissaSettings
+
+from cleaning import MIN_EVIDENCE, NOISE, REMOVAL, SETUPS, build, row_losses
+
+
+def run(dataset: str, mode: str, seed: int, workdir: Path) -> dict:
+    model_name, max_train, k, solver_name, lissa = SETUPS[dataset]
+    lissa = LissaSettings(**{**lissa.__dict__, "seed": seed})
+    paths = export(dataset, workdir / f"{dataset}-{mode}-{seed}", noise=NOISE[mode], noise_mode=mode, seed=seed,
+                   max_train=max_train)
+    ds = load_dataset({s: str(p) for s, p in paths.items()})
+    labels = ds.splits["train"].labels
+    flipped = ds.splits["train"].extra["noisy"].to_numpy().astype(bool)
+    model, x = build(model_name, ds)
+    y = {s: torch.as_tensor(ds.splits[s].labels) for s in ds.splits}
+    model.fit(x["train"], y["train"], seed=seed)
+    fi = FastIF(model, x["train"], y["train"], solver=solver_name, lissa=lissa, k=min(k, len(labels)))
+    t = time.perf_counter()
+    nets = {prior: net_harm(model, x["train"], y["train"], x["valid"], y["valid"], fi.solver, seed=seed,
+                            chunk_size=64, flat=fi.flat, prior=prior) for prior in ("model", "refit")}
+    seconds = time.perf_counter() - t
+    check = nets["refit"].prior
+    nets["auto"] = nets["refit"] if check.z < MIN_EVIDENCE else nets["model"]
+    losses = row_losses(model, x["train"], y["train"])
+    n, budget = len(labels), round(REMOVAL * len(labels))
+    out = {}
+    for prior, net in nets.items():
+        combined = rank_fusion(net.score, losses)
+        top = np.lexsort((np.arange(n), -combined))[:budget]
+        flags = top[(net.t[top] >= MIN_EVIDENCE) & (net.score[top] > 0)]
+        out[prior] = {"recall@10%": float(flipped[top].sum() / flipped.sum()), "flagged": int(len(flags)),
+                      "flipped_in_flagged": int(flipped[flags].sum()),
+                      "class_mix": np.bincount(labels[flags], minlength=ds.n_classes).tolist()}
+    return {"version": __version__, "dataset": dataset, "noise": mode, "seed": seed, "model": model_name,
+            "train_rows": n, "flipped": int(flipped.sum()), "valid_rows": len(y["valid"]),
+            "prior_check": check.as_dict(), "auto": "refit" if check.z < MIN_EVIDENCE else "model",
+            "priors": out, "seconds_net_harm_both": seconds}
+
+
+def summary(results_dir: Path) -> None:
+    runs = [json.loads(p.read_text()) for p in sorted(results_dir.glob("class_prior-*.json"))]
+    print("| dataset, noise, seed | validation rows | prior check z | auto takes | "
+          + " | ".join(f"{p}: recall@10%, flags (flipped)" for p in ("model", "refit", "auto")) + " |")
+    print("|---|---|---|---|---|---|---|")
+    for r in runs:
+        cells = [f"{r['priors'][p]['recall@10%']:.3f}, {r['priors'][p]['flagged']} ({r['priors'][p]['flipped_in_flagged']})"
+                 for p in ("model", "refit", "auto")]
+        print(f"| {r['dataset']}, {r['noise']}, {r['seed']} | {r['valid_rows']} | {r['prior_check']['z']:.2f} | "
+              f"{r['auto']} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--datasets", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    ap.add_argument("--noise-modes", nargs="+", default=list(NOISE), choices=list(NOISE))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--summary", action="store_true", help="only print the table from saved results")
+    args = ap.parse_args()
+    if not args.summary:
+        args.results.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            for dataset in args.datasets:
+                for mode in args.noise_modes:
+                    for seed in args.seeds:
+                        result = run(dataset, mode, seed, Path(tmp))
+                        (args.results / f"class_prior-{dataset}-{mode}-{seed}.json").write_text(
+                            json.dumps(result, indent=1))
+                        print(json.dumps({k: result[k] for k in ("dataset", "noise", "seed", "auto")}
+                                         | {"z": result["prior_check"]["z"]}), flush=True)
+    summary(args.results)
+
+
+if __name__ == "__main__":
+    main()
