@@ -13,7 +13,6 @@ and the flags' class mix. No retraining: ``cleaning.py`` measures what fixing th
 """
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -30,7 +29,7 @@ from fastif_engine.net_harm import net_harm
 from fastif_engine.ranking import rank_fusion
 from fastif_engine.solvers import LissaSettings
 
-from cleaning import MIN_EVIDENCE, NOISE, REMOVAL, SETUPS, build, row_losses
+from cleaning import MIN_EVIDENCE, NOISE, REMOVAL, SETUPS, build, row_losses, study_arguments
 
 
 def run(dataset: str, mode: str, seed: int, workdir: Path) -> dict:
@@ -80,13 +79,7 @@ def summary(results_dir: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--datasets", nargs="+", default=list(SETUPS), choices=list(SETUPS))
-    ap.add_argument("--noise-modes", nargs="+", default=list(NOISE), choices=list(NOISE))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--summary", action="store_true", help="only print the table from saved results")
-    args = ap.parse_args()
+    args = study_arguments().parse_args()
     if not args.summary:
         args.results.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:

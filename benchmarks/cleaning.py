@@ -227,7 +227,7 @@ def run(dataset: str, mode: str, seed: int, workdir: Path, dump: Path | None = N
 
 def summary(results_dir: Path) -> None:
     results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("cleaning-*.json"))]
-    results = [_renamed(r) for r in results if "noise" in r]
+    results = sorted((_renamed(r) for r in results if "noise" in r), key=lambda r: r["seed"])
     for dataset in SETUPS:
         for mode in NOISE:
             runs = [r for r in results if r["dataset"] == dataset and r["noise"] == mode]
@@ -290,13 +290,19 @@ def ms(values: list[float], digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
 
 
-def main() -> None:
+def study_arguments() -> argparse.ArgumentParser:
+    """The options every study over SETUPS × NOISE × seeds takes (this script, class_prior.py)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--datasets", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     ap.add_argument("--noise-modes", nargs="+", default=list(NOISE), choices=list(NOISE))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--summary", action="store_true", help="only print tables from saved results")
+    ap.add_argument("--summary", action="store_true", help="only print the tables from saved results")
+    return ap
+
+
+def main() -> None:
+    ap = study_arguments()
     ap.add_argument("--dump", type=Path, help="also save every row's scores here (one .npz per run)")
     args = ap.parse_args()
     if not args.summary:
