@@ -25,11 +25,11 @@ from fastif_engine import __version__
 from fastif_engine.api import FastIF
 from fastif_engine.data import load_dataset
 from fastif_engine.datasets import export
-from fastif_engine.net_harm import net_harm
+from fastif_engine.net_harm import net_harm, refits_prior
 from fastif_engine.ranking import rank_fusion
 from fastif_engine.solvers import LissaSettings
 
-from cleaning import MIN_EVIDENCE, NOISE, REMOVAL, SETUPS, build, row_losses, study_arguments
+from cleaning import MIN_EVIDENCE, NOISE, REMOVAL, SETUPS, build, floored_flags, row_losses, study_arguments
 
 
 def run(dataset: str, mode: str, seed: int, workdir: Path) -> dict:
@@ -49,20 +49,21 @@ def run(dataset: str, mode: str, seed: int, workdir: Path) -> dict:
                             chunk_size=64, flat=fi.flat, prior=prior) for prior in ("model", "refit")}
     seconds = time.perf_counter() - t
     check = nets["refit"].prior
-    nets["auto"] = nets["refit"] if check.z < MIN_EVIDENCE else nets["model"]
+    auto = "refit" if refits_prior("auto", check.z, MIN_EVIDENCE) else "model"
+    nets["auto"] = nets[auto]
     losses = row_losses(model, x["train"], y["train"])
     n, budget = len(labels), round(REMOVAL * len(labels))
     out = {}
     for prior, net in nets.items():
         combined = rank_fusion(net.score, losses)
-        top = np.lexsort((np.arange(n), -combined))[:budget]
-        flags = top[(net.t[top] >= MIN_EVIDENCE) & (net.score[top] > 0)]
+        order = np.lexsort((np.arange(n), -combined))
+        top, flags = order[:budget], floored_flags(order, budget, combined, net.t >= MIN_EVIDENCE)
         out[prior] = {"recall@10%": float(flipped[top].sum() / flipped.sum()), "flagged": int(len(flags)),
                       "flipped_in_flagged": int(flipped[flags].sum()),
                       "class_mix": np.bincount(labels[flags], minlength=ds.n_classes).tolist()}
     return {"version": __version__, "dataset": dataset, "noise": mode, "seed": seed, "model": model_name,
             "train_rows": n, "flipped": int(flipped.sum()), "valid_rows": len(y["valid"]),
-            "prior_check": check.as_dict(), "auto": "refit" if check.z < MIN_EVIDENCE else "model",
+            "prior_check": check.as_dict(), "auto": auto,
             "priors": out, "seconds_net_harm_both": seconds}
 
 

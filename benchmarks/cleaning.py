@@ -56,7 +56,7 @@ from fastif_engine.batching import take
 from fastif_engine.data import load_dataset
 from fastif_engine.datasets import export
 from fastif_engine.influence import self_influence
-from fastif_engine.net_harm import net_harm
+from fastif_engine.net_harm import net_harm, refits_prior
 from fastif_engine.ranking import harm_scores, rank_fusion
 from fastif_engine.solvers import EXACT_MAX_PARAMS, ExactSolver, LissaSettings, LowRankSolver
 from fastif_engine.training import evaluate
@@ -97,6 +97,13 @@ def cross_val_probs(model, x, y, n_classes: int, seed: int, folds: int = 3) -> n
         with torch.no_grad():
             probs[held] = torch.softmax(model.logits(take(x, torch.as_tensor(held))).double(), -1).cpu().numpy()
     return probs
+
+
+def floored_flags(order: np.ndarray, budget: int, score: np.ndarray, evident: np.ndarray) -> np.ndarray:
+    """What the product flags: rows among the first ``budget`` of ``order`` with a positive score
+    and net-harm evidence (``evident``: t ≥ MIN_EVIDENCE)."""
+    top = order[:budget]
+    return top[evident[top] & (score[top] > 0)].astype(np.int64)
 
 
 def row_losses(model, x, y, chunk: int = 512) -> np.ndarray:
@@ -145,7 +152,7 @@ def run(dataset: str, mode: str, seed: int, workdir: Path, dump: Path | None = N
     timings["net-harm"] = time.perf_counter() - t
     net_model = net_harm(model, x["train"], y["train"], x["valid"], y["valid"], fi.solver, seed=seed, chunk_size=64,
                          flat=fi.flat, prior="model")
-    net = net_refit if net_refit.prior.z < MIN_EVIDENCE else net_model  # what prior="auto" computes
+    net = net_refit if refits_prior("auto", net_refit.prior.z, MIN_EVIDENCE) else net_model  # prior="auto"
 
     t = time.perf_counter()
     if fi.flat.size <= EXACT_MAX_PARAMS:
@@ -189,8 +196,7 @@ def run(dataset: str, mode: str, seed: int, workdir: Path, dump: Path | None = N
     budget = round(REMOVAL * n)
     nets = {"model": net_model, "refit": net_refit}
     evident = {name: nets.get(name.rpartition("-")[2], net).t >= MIN_EVIDENCE for name in FLAGGED}
-    flags = {name: np.array([i for i in top[name][:budget] if evident[name][i] and scores[name][i] > 0],
-                            dtype=np.int64) for name in FLAGGED}
+    flags = {name: floored_flags(top[name], budget, scores[name], evident[name]) for name in FLAGGED}
     random_rows = np.random.default_rng(10_000 + seed).choice(n, len(flags["combined"]), replace=False)
     accuracy = {}
 

@@ -177,6 +177,11 @@ class NetHarm:
         return t
 
 
+def refits_prior(prior: str, z: float, evidence: float) -> bool:
+    """Whether net harm takes the validation loss at the refitted class prior (module docstring)."""
+    return prior == "refit" or (prior == "auto" and z < evidence)
+
+
 def net_harm(adapter: ModelAdapter, train_inputs: Inputs, train_labels: torch.Tensor, valid_inputs: Inputs,
              valid_labels: torch.Tensor, solver: InverseHVPSolver, *, folds: int = DEFAULT_FOLDS, seed: int = 0,
              chunk_size: int = 256, flat: FlatParams | None = None, prior: str = "auto",
@@ -191,7 +196,7 @@ def net_harm(adapter: ModelAdapter, train_inputs: Inputs, train_labels: torch.Te
     flat = flat or FlatParams.of(adapter)
     fold = fold_of_rows(len(valid_labels), folds, seed)
     check = check_prior(adapter, valid_inputs, valid_labels) if prior != "model" else None
-    refit = prior == "refit" or (prior == "auto" and check.z < evidence)
+    refit = prior != "model" and refits_prior(prior, check.z, evidence)
     offset = torch.as_tensor(check.offset) if refit else None
     v = fold_gradients(adapter, valid_inputs, valid_labels, fold, chunk_size=chunk_size, flat=flat,
                        logit_offset=offset)
