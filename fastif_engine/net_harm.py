@@ -50,9 +50,10 @@ import numpy as np
 import torch
 
 from .adapter import ModelAdapter
-from .batching import INFERENCE_ROWS, Inputs, chunk_slices, n_rows, take, to_device
+from .batching import INFERENCE_ROWS, Inputs, n_rows
 from .gradients import FlatParams, per_sample_gradients
 from .solvers import InverseHVPSolver
+from .training import logits_in_chunks
 
 DEFAULT_FOLDS = 10
 PRIORS = ("auto", "refit", "model")  # net harm's class prior: refit unless the shift is evident / always / never
@@ -68,12 +69,6 @@ def fold_of_rows(n_valid: int, folds: int = DEFAULT_FOLDS, seed: int = 0) -> np.
     return out
 
 
-def _logits(adapter: ModelAdapter, inputs: Inputs, chunk_size: int = INFERENCE_ROWS) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([adapter.model(adapter.trim_batch(to_device(take(inputs, rows), adapter.device)))
-                          .double().cpu() for rows in chunk_slices(n_rows(inputs), chunk_size)])
-
-
 def class_offsets(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *,
                   chunk_size: int = INFERENCE_ROWS, logits: torch.Tensor | None = None) -> torch.Tensor:
     """``[C]``: the logit offsets δ* that minimise the mean loss of ``logits + δ`` on these rows.
@@ -82,7 +77,7 @@ def class_offsets(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *
     share of the rows: the class prior the rows ask for. Centred (softmax ignores a common
     shift); a vanishing ridge keeps δ* finite when a class is absent from the rows.
     """
-    logits = _logits(adapter, inputs, chunk_size) if logits is None else logits
+    logits = logits_in_chunks(adapter, inputs, chunk_size=chunk_size).double() if logits is None else logits
     labels = labels.cpu()
     delta = torch.zeros(logits.shape[1], dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([delta], lr=1.0, max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-15,
@@ -119,7 +114,7 @@ def check_prior(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *,
     """Does validation's class mix differ from what the model predicts for it beyond sampling noise?"""
     from scipy.stats import chi2, norm
 
-    logits = _logits(adapter, inputs, chunk_size)
+    logits = logits_in_chunks(adapter, inputs, chunk_size=chunk_size).double()
     n_classes = logits.shape[1]
     observed = np.bincount(labels.cpu().numpy(), minlength=n_classes)
     expected = torch.softmax(logits, -1).sum(0).numpy()

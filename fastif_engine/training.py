@@ -145,20 +145,22 @@ class Evaluation:
 
 
 @torch.no_grad()
+def logits_in_chunks(adapter: ModelAdapter, inputs: Inputs, *, chunk_size: int = INFERENCE_ROWS) -> torch.Tensor:
+    """``[n, C]`` logits of every row on the CPU, computed ``chunk_size`` rows at a time."""
+    return torch.cat([adapter.model(adapter.trim_batch(to_device(take(inputs, rows), adapter.device))).cpu()
+                      for rows in chunk_slices(n_rows(inputs), chunk_size)])
+
+
+@torch.no_grad()
 def evaluate(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *,
              chunk_size: int = INFERENCE_ROWS) -> Evaluation:
     """Accuracy, per-row and mean loss, and per-class accuracy, in chunks."""
-    preds, losses = [], []
-    for rows in chunk_slices(n_rows(inputs), chunk_size):
-        logits = adapter.model(adapter.trim_batch(to_device(take(inputs, rows), adapter.device)))
-        y = labels[rows].to(adapter.device)
-        preds.append(logits.argmax(-1).cpu())
-        losses.append(adapter.loss(logits, y).cpu())
-    pred = torch.cat(preds).numpy()
+    logits = logits_in_chunks(adapter, inputs, chunk_size=chunk_size)
+    pred = logits.argmax(-1).numpy()
     y = labels.cpu().numpy()
     correct = pred == y
     per_class = {int(c): float(correct[y == c].mean()) for c in np.unique(y)}
-    row_losses = torch.cat(losses).double().numpy()
+    row_losses = adapter.loss(logits, labels.cpu()).double().numpy()
     return Evaluation(float(correct.mean()), float(row_losses.mean()), per_class, pred, row_losses)
 
 
