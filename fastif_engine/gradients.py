@@ -96,7 +96,7 @@ MAX_CHUNK_ROWS = 512  # beyond this a chunk's activations, not its gradients, se
 MEMORY_BUDGET_GB = 0.5  # default budget of one gradient chunk (per worker)
 
 
-def chunk_rows(n_params: int, budget_gb: float = MEMORY_BUDGET_GB, copies: int = 3, bytes_per_value: int = 4) -> int:
+def chunk_rows(n_params: int, budget_gb: float = MEMORY_BUDGET_GB, copies: float = 3, bytes_per_value: int = 4) -> int:
     """Rows per gradient chunk so that one chunk fits ``budget_gb``: vmap's per-parameter gradients,
     their flat ``[rows, P]`` copy and one product with them are ``copies`` × rows × P values."""
     return int(min(MAX_CHUNK_ROWS, max(1, budget_gb * 1e9 // (copies * bytes_per_value * max(n_params, 1)))))

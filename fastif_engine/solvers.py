@@ -142,14 +142,16 @@ def with_scale(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, sett
     return settings
 
 
-# One LiSSA chain over m vectors peaks at about this many m × P values (measured on the text model:
-# ~5 at B = 1, ~10 at B = 16: h, v, the H v buffer, the HVP's per-parameter parts and its transients).
-LISSA_COPIES = 8
+def lissa_copies(batch_size: int) -> float:
+    """m × P values one LiSSA chain over m vectors peaks at: h, v, the H v buffer, the HVP's
+    per-parameter parts and its transients, which grow with the minibatch (measured on the text
+    model: ~5 at B = 1, ~10 at B = 16; linear between, and beyond)."""
+    return 5.0 + 5.0 * (max(batch_size, 1) - 1) / 15.0
 
 
-def lissa_block(n_params: int, budget_gb: float = MEMORY_BUDGET_GB) -> int:
-    """Vectors one LiSSA chain may carry at once within ``budget_gb`` (≥ 1)."""
-    return chunk_rows(n_params, budget_gb, copies=LISSA_COPIES)
+def lissa_block(n_params: int, budget_gb: float = MEMORY_BUDGET_GB, batch_size: int = 16) -> int:
+    """Vectors one LiSSA chain with minibatch ``batch_size`` may carry at once within ``budget_gb`` (≥ 1)."""
+    return chunk_rows(n_params, budget_gb, copies=lissa_copies(batch_size))
 
 
 class LissaSolver(InverseHVPSolver):
@@ -168,8 +170,8 @@ class LissaSolver(InverseHVPSolver):
         self.adapter, self.inputs, self.labels = adapter, inputs, labels
         self.flat = flat or FlatParams.of(adapter)
         self.n = n_rows(inputs)
-        self.block = block or lissa_block(self.flat.size)
         self.settings = with_scale(adapter, inputs, labels, settings, self.flat)
+        self.block = block or lissa_block(self.flat.size, batch_size=self.settings.batch_size)
         self.iterations_used: list[int] = []  # steps run, one entry per chain (block × repeat)
 
     @property
@@ -354,7 +356,7 @@ def make_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.
     settings = with_scale(adapter, inputs, labels, settings, flat)
     if name == "lissa":
         return LissaSolver(adapter, inputs, labels, settings, flat=flat,
-                           block=lissa_block(flat.size, memory_budget))
+                           block=lissa_block(flat.size, memory_budget, settings.batch_size))
     if name == "exact":
         return ExactSolver(adapter, inputs, labels, ridge=settings.ridge, flat=flat)
     return LowRankSolver(adapter, inputs, labels, ridge=settings.ridge, rank=rank, seed=settings.seed, flat=flat)

@@ -32,7 +32,7 @@ from . import console, tasks
 from .config import CleanConfig
 from .outputs import (OUTPUTS, flagging_counts, flags_table, history_record, influence_table, metrics_record,
                       retrain_summary, write_outputs)
-from .runtime import gpus_for, task_runner, threads_per_worker
+from .runtime import gpus_for, return_freed_memory, task_runner, threads_per_worker
 
 CACHE_DIR = ".fastif-cache"
 
@@ -94,6 +94,7 @@ class _Timer:
         t0 = time.perf_counter()
         yield
         seconds = time.perf_counter() - t0
+        return_freed_memory()
         self.timings[name] = self.timings.get(name, 0.0) + seconds
         self.peak_rss_mb[name] = round(_peak_rss_mb(), 1)
         console.stage_done(name, seconds)
@@ -156,7 +157,7 @@ def clean_dataset(config: CleanConfig) -> dict:
     # not in the cached solver file: the memory budget may change between runs that share it
     solver_info["chunk_size"] = tasks.chunk_size(cfg, solver_info["parameters"])
     if solver_info["name"] == "lissa":
-        solver_info["lissa_block"] = lissa_block(solver_info["parameters"], cfg.memory_budget)
+        solver_info["lissa_block"] = lissa_block(solver_info["parameters"], tasks.task_budget(cfg), cfg.batch_size)
     if len(errors):
         repeats = cfg.repeats if solver_info["name"] == "lissa" else 1
         batches = math.ceil(len(errors) / cfg.tests_per_batch)

@@ -104,9 +104,9 @@ class CleanConfig(BaseModel):
                                                       help="auto: a GPU when the worker sees one")
     workers: int = _setting(2, group="execution", help="parallel workers", ge=1)
     tests_per_batch: int = _setting(16, group="execution", help="errors solved together in one s_test task", ge=1)
-    memory_budget: float = _setting(MEMORY_BUDGET_GB, group="execution", help="GB one worker's per-sample-gradient chunk or "
-                                    "LiSSA block may take; sets chunk rows and vectors solved at once from the "
-                                    "parameter count", gt=0.0)
+    memory_budget: float = _setting(MEMORY_BUDGET_GB, group="execution", help="GB the per-sample-gradient chunks and "
+                                    "LiSSA blocks of one process may take at once (thread workers share it); sets "
+                                    "chunk rows and vectors solved at once from the parameter count", gt=0.0)
     chunk_size: Optional[int] = _setting(None, group="execution", help="rows per per-sample-gradient chunk "
                                          "(unset: from --memory-budget)", ge=1)
 

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+import functools
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from fastif_engine.store import (atomic_path, load_arrays, load_tensors, save_ar
 from fastif_engine.training import evaluate
 
 from .config import CleanConfig
-from .runtime import set_worker_threads, worker_device
+from .runtime import return_freed_memory, set_worker_threads, worker_device
 
 _LOCK = threading.Lock()
 # Self-influence needs (H + λI)⁻¹ for every training row: with an explicit Hessian that is one
@@ -78,7 +79,16 @@ def _fault_point(stage: str) -> None:
 
 
 def _stage_task(name: str, **options):
-    return task(name=name, cache_policy=NO_CACHE, **options)
+    """A Prefect task that hands what it freed back to the OS when it ends (see ``return_freed_memory``)."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                return_freed_memory()
+        return task(name=name, cache_policy=NO_CACHE, **options)(run)
+    return decorate
 
 
 # ---- loading shared state inside a worker (threads share these; processes load once each) ----
@@ -142,9 +152,15 @@ def lissa_settings(cfg: CleanConfig, scale: float | None) -> LissaSettings:
                          damping=cfg.damping, scale=scale, tolerance=cfg.tolerance, seed=cfg.seed)
 
 
+def task_budget(cfg: CleanConfig) -> float:
+    """GB one task's gradient chunks and LiSSA blocks may take: ``--memory-budget`` is per process,
+    so the thread runner's workers, which run at once in the flow's process, share it."""
+    return cfg.memory_budget / (cfg.workers if cfg.runner == "thread" else 1)
+
+
 def chunk_size(cfg: CleanConfig, n_params: int) -> int:
-    """Rows per per-sample-gradient chunk: ``cfg.chunk_size``, or what ``cfg.memory_budget`` allows for P."""
-    return cfg.chunk_size or chunk_rows(n_params, cfg.memory_budget)
+    """Rows per per-sample-gradient chunk: ``cfg.chunk_size``, or what the task's budget allows for P."""
+    return cfg.chunk_size or chunk_rows(n_params, task_budget(cfg))
 
 
 def stage_solver(cfg: CleanConfig, adapter, x, y, solver_path: str, flat: FlatParams, name: str | None = None):
@@ -158,7 +174,7 @@ def stage_solver(cfg: CleanConfig, adapter, x, y, solver_path: str, flat: FlatPa
         return LowRankSolver.from_eigenpairs(torch.from_numpy(saved["values"]).to(adapter.placement),
                                              torch.from_numpy(saved["vectors"]).to(adapter.placement), info["ridge"])
     return make_solver(name, adapter, x, y, lissa_settings(cfg, info["scale"]), rank=LOW_RANK, flat=flat,
-                       memory_budget=cfg.memory_budget)
+                       memory_budget=task_budget(cfg))
 
 
 def _split_tensors(inputs_path: str, split: str):

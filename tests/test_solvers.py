@@ -57,8 +57,10 @@ def test_lissa_blocks_bound_memory_without_changing_results(logreg, digits):
     apart = LissaSolver(logreg, x, y, settings, block=3)
     torch.testing.assert_close(apart.solve(v), together.solve(v), rtol=1e-5, atol=1e-9)
     assert len(apart.iterations_used) == 3 * 2 and len(together.iterations_used) == 2
-    # the block size follows the budget: 8 copies of m × P float32 values within it
-    assert lissa_block(1_775_234, 0.5) == 8 and lissa_block(1_775_234, 1.0) == 17
+    # the block size follows the budget: 5 (B = 1) to 10 (B = 16) copies of m × P float32 values within it
+    assert lissa_block(1_775_234, 0.5, batch_size=16) == 7 and lissa_block(1_775_234, 1.0, batch_size=16) == 14
+    assert lissa_block(1_775_234, 0.25, batch_size=1) == 7  # 0.25e9 // (5 × 4 × 1,775,234)
+    assert make_solver("lissa", logreg, x, y, settings, memory_budget=10.5 * 6.0 * 4 * 650 / 1e9).block == 10  # B = 4: 6 copies
     assert lissa_block(10**9, 0.5) == 1 and make_solver("lissa", logreg, x, y, settings, memory_budget=1e-5).block == 1
 
 
