@@ -44,15 +44,22 @@ def training_set(variant: str, labels: torch.Tensor, flagged: np.ndarray, seed: 
 
 def retrain_and_evaluate(adapter: TrainableAdapter, train_inputs: Inputs, train_labels: torch.Tensor,
                          eval_inputs: Inputs, eval_labels: torch.Tensor, flagged: np.ndarray,
-                         variant: str, seed: int, targets: np.ndarray | None = None) -> dict:
-    """Fit a fresh model on ``variant``'s rows with ``seed``; its accuracy and loss on the eval split."""
+                         variant: str, seed: int, targets: np.ndarray | None = None, *,
+                         fitted: bool = False) -> dict:
+    """Fit a fresh model on ``variant``'s rows with ``seed``; its accuracy and loss on the eval split.
+
+    ``fitted``: ``adapter`` already is that fit, so it is only evaluated. Only the original rows
+    qualify (the model a run trained with its own seed is the original variant's fit for that seed)."""
+    if fitted and variant != "original":
+        raise ValueError(f"only the original variant can reuse a fitted model, not {variant!r}")
     rows, labels = training_set(variant, train_labels, flagged, seed, targets)
     idx = torch.as_tensor(rows)
-    adapter.fit(take(train_inputs, idx), labels[idx], seed=seed)
+    if not fitted:
+        adapter.fit(take(train_inputs, idx), labels[idx], seed=seed)
     ev = evaluate(adapter, eval_inputs, eval_labels)
     changed = int((labels != train_labels).sum())
     return {"variant": variant, "seed": seed, "rows": int(len(rows)), "relabelled": changed,
-            "accuracy": ev.accuracy, "loss": ev.loss}
+            "accuracy": ev.accuracy, "loss": ev.loss, "reused_fit": fitted}
 
 
 @dataclass

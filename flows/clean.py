@@ -240,7 +240,7 @@ def clean_dataset(config: CleanConfig) -> dict:
                 futures = [tasks.retrain_one.submit(key=retrain_key, dataset_path=dataset_path,
                                                     inputs_path=inputs_path, flagged_path=str(flagged_path),
                                                     variant=v, seed=cfg.seed + s, threads=threads,
-                                                    targets_path=targets_path, **common)
+                                                    targets_path=targets_path, model_path=model_path, **common)
                            for s in range(cfg.seeds) for v in VARIANTS]
             results = [json.loads(Path(p).read_text())
                        for p in _progress(futures, f"retrain {len(VARIANTS)} variants × {cfg.seeds} seeds")]

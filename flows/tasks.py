@@ -464,13 +464,17 @@ def self_influence_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: s
 
 @_stage_task("retrain", retries=1, retry_delay_seconds=1)
 def retrain_one(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
-                flagged_path: str, variant: str, seed: int, threads: int, targets_path: str | None = None) -> str:
+                flagged_path: str, variant: str, seed: int, threads: int, targets_path: str | None = None,
+                model_path: str | None = None) -> str:
+    """One variant × seed of the retrain. ``model_path``: the run's trained model, which is the
+    original variant's fit for ``cfg.seed`` (same rows, labels, recipe and seed): evaluated, not refitted."""
     path, done = _cached(cache, "retrain", f"{key}-{variant}-s{seed}", "json")
     if done:
         return str(path)
-    w = _Work.load(cfg, dataset_path, inputs_path, None, threads)
+    reuse = model_path is not None and variant == "original" and seed == cfg.seed
+    w = _Work.load(cfg, dataset_path, inputs_path, model_path if reuse else None, threads)
     eval_split = "test" if "test" in _inputs(inputs_path) else "valid"
     result = retrain_and_evaluate(w.adapter, w.x, w.y, *w.split(eval_split), np.load(flagged_path), variant, seed,
-                                  np.load(targets_path) if targets_path else None)
+                                  np.load(targets_path) if targets_path else None, fitted=reuse)
     write_json(path, {**result, "eval_split": eval_split})
     return str(path)

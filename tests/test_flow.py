@@ -104,6 +104,9 @@ def test_clean_writes_the_contract(tabular_run, tabular):
     assert retrain["fixed_minus_original"]["mean"] == pytest.approx(np.mean(diffs))
     assert retrain["eval_rows"] == len(pd.read_parquet(tabular["test"]))
     assert retrain["verdict"].split(",")[0] in ("helped", "hurt", "no measurable effect")
+    # the run's trained model is the original variant's fit for its seed: evaluated, not fitted again
+    assert [(r["variant"], r["seed"]) for r in retrain["runs"] if r["reused_fit"]] == [("original", 0)]
+    assert retrain["summary"]["original"]["values"][0] == metrics["accuracy"]["before"]["eval"]
     assert metrics["config"]["model"] == "tabular-mlp" and "faiss" in metrics["versions"]
     assert metrics["solver"]["ridge"] == pytest.approx(metrics["solver"]["damping"] * metrics["solver"]["scale"])
     for name in ("report.md", "report.html"):
