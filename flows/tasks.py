@@ -13,8 +13,7 @@ import logging
 import os
 import threading
 import time
-import functools
-from functools import lru_cache
+from functools import lru_cache, wraps
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +80,7 @@ def _fault_point(stage: str) -> None:
 def _stage_task(name: str, **options):
     """A Prefect task that hands what it freed back to the OS when it ends (see ``return_freed_memory``)."""
     def decorate(fn):
-        @functools.wraps(fn)
+        @wraps(fn)
         def run(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
