@@ -10,7 +10,7 @@ from fastif_engine.datasets import export
 from fastif_engine.gradients import FlatParams, gradient_matrix
 from fastif_engine.hessian import hvp_on_batch
 from fastif_engine.models import DataInfo, ModelLoadError, create_model
-from fastif_engine.training import evaluate
+from fastif_engine.training import evaluate, objective, seeded
 from tests.test_gradients import loop_gradients
 
 
@@ -135,6 +135,34 @@ def test_builtin_options_are_checked():
         create_model("image-cnn", info, wings=3)
     with pytest.raises(ModelLoadError, match="epochs must be a whole number"):
         create_model("image-cnn", info, epochs=0)
+    with pytest.raises(ModelLoadError, match="schedule must be 'constant' or 'linear', got 'cosine'"):
+        create_model("image-cnn", info, schedule="cosine")
+
+
+def test_linear_schedule_is_adam_with_a_falling_rate():
+    """Three full-batch Adam steps at lr, 2/3 lr, 1/3 lr, stepped by hand, give the same weights."""
+    info = DataInfo("tabular", 3, (4,))
+    x, y = torch.randn(16, 4, generator=torch.Generator().manual_seed(0)), torch.arange(16) % 3
+    model = create_model("tabular-mlp", info, epochs=3, lr=0.05, batch_size=16, schedule="linear")
+    fitted = model.fit(x, y, seed=2).model
+
+    by_hand = create_model("tabular-mlp", info)
+    with seeded(2):  # the same initial weights and input scaling as fit(seed=2)
+        net = by_hand._build()
+    net.scale.fit(x)
+    by_hand._net = net
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=0.05)
+    net.train()
+    for step in range(3):
+        opt.param_groups[0]["lr"] = 0.05 * (3 - step) / 3
+        opt.zero_grad()
+        objective(by_hand, x, y).backward()
+        opt.step()
+    for a, b in zip(fitted.parameters(), net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    constant = create_model("tabular-mlp", info, epochs=3, lr=0.05, batch_size=16).fit(x, y, seed=2).model
+    assert not torch.allclose(constant.head.weight, fitted.head.weight, atol=1e-4)
 
 
 def test_model_must_fit_the_data():

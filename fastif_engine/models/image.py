@@ -39,7 +39,8 @@ class _CNN(nn.Module):
 class CNNAdapter(TrainableAdapter):
     def __init__(self, side: int, n_classes: int, *, width: int = 16, hidden: int = 64,
                  influence_layers: str = "top", l2: float = 1e-3,
-                 settings: TrainSettings = TrainSettings(optimizer="adam", epochs=8, lr=2e-3, batch_size=128)):
+                 settings: TrainSettings = TrainSettings(optimizer="adam", epochs=8, lr=2e-3, batch_size=128,
+                                                          schedule="linear")):
         if side < 4:
             raise ValueError(f"image-cnn needs images of at least 4×4 pixels, got {side}×{side}")
         if influence_layers not in ("top", "all"):
