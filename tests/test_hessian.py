@@ -41,6 +41,23 @@ def test_hvp_on_batch_matches_explicit_product(logreg, digits):
                                v @ reference_hessian(logreg, x[:100], y[:100]))
 
 
+def test_one_vector_hvp_matches_explicit_product(small_model, digits):
+    """A single vector takes plain autograd's reverse-over-reverse path, many the vmapped one: the
+    same exact product either way, also when the caller holds no_grad."""
+    x, y = digits["train"]
+    flat = FlatParams.of(small_model)
+    h = reference_hessian(small_model, x[:12], y[:12])
+    v = torch.randn(3, flat.size, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    many = hvp_on_batch(small_model, flat, x[:12], y[:12], v)
+    torch.testing.assert_close(many, v @ h)
+    for i in range(3):
+        with torch.no_grad():
+            one = hvp_on_batch(small_model, flat, x[:12], y[:12], v[i:i + 1])
+        torch.testing.assert_close(one, v[i:i + 1] @ h)
+    one = hvp_on_batch(small_model, flat, x[:1], y[:1], v[:1])  # B = 1, as fast s_test uses
+    torch.testing.assert_close(one, v[:1] @ reference_hessian(small_model, x[:1], y[:1]))
+
+
 def test_objective_gradient_vanishes_at_the_trained_logreg(logreg, digits):
     """The Hessian is only meaningful at a stationary point of the same objective."""
     x, y = digits["train"]

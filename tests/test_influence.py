@@ -13,8 +13,11 @@ from fastif_engine.training import TrainSettings, train
 from tests.test_hessian import reference_hessian
 
 
-def test_candidate_scores_equal_dense_formula(mlp, digits):
-    """Shared-gradient scoring gives exactly −s_test·∇L(z) for each requested pair, in order."""
+@pytest.mark.parametrize("pairs_per_row", [0, 100], ids=["shared-gradients", "forward-mode"])
+def test_candidate_scores_equal_dense_formula(mlp, digits, monkeypatch, pairs_per_row):
+    """Both ways of scoring (shared per-sample gradients; one jvp per test example) give exactly
+    −s_test·∇L(z) for each requested pair, in order."""
+    monkeypatch.setattr("fastif_engine.influence.FORWARD_MODE_PAIRS_PER_ROW", pairs_per_row)
     x, y = digits["train"]
     xt, yt = digits["test"]
     gen = torch.Generator().manual_seed(0)

@@ -7,7 +7,7 @@ from fastif_engine import FastIF, LissaSettings
 from fastif_engine.batching import take
 from fastif_engine.data import load_dataset
 from fastif_engine.datasets import export
-from fastif_engine.gradients import FlatParams, gradient_matrix
+from fastif_engine.gradients import FlatParams, directional_derivatives, gradient_matrix
 from fastif_engine.hessian import hvp_on_batch
 from fastif_engine.models import DataInfo, ModelLoadError, create_model
 from fastif_engine.training import evaluate, objective, seeded
@@ -105,6 +105,9 @@ def test_minilm_gradients_through_the_top_layer(minilm, reviews):
     rows = torch.as_tensor(first.train_index.to_numpy().copy())
     direct = -(loop_gradients(minilm, take(x, rows), y[rows]) @ s[0])
     np.testing.assert_allclose(first.influence.to_numpy(), direct.numpy(), rtol=5e-3)  # float32, 1.78M terms
+    # forward mode (one test example's candidates, chunked by length) gives the same dot products
+    forward = directional_derivatives(minilm, x, y, s[0], index=rows.numpy(), chunk_size=4)
+    np.testing.assert_allclose(-forward, direct.numpy(), rtol=5e-3)
     acc = evaluate(minilm, minilm.prepare(va.values), torch.as_tensor(va.labels)).accuracy
     assert acc > 0.6  # 500 training snippets, 4 epochs of one layer + head
 
