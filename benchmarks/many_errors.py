@@ -4,8 +4,9 @@
 
 image-cnn on Fashion-MNIST (a seeded subset of the training images), LiSSA J = 100, B = 1,
 T = 1, fixed scale. *Together*: one LiSSA run for the block of m test gradients (vmapped
-HVPs), then every distinct candidate's gradient once, dotted with all m s_test vectors
-(what ``fastif clean`` does). *One at a time*: the same two steps per error. Both give the
+HVPs), then ``influence_on_candidates`` for all m (every distinct candidate's gradient once,
+dotted with all m s_test vectors; forward mode where candidates are hardly shared): what
+``fastif clean`` does. *One at a time*: the same two steps per error. Both give the
 same scores (checked); reported: median seconds over the repeats, distinct candidates,
 candidate pairs.
 """
