@@ -44,13 +44,18 @@ def history_record(cfg, data_key: str, metrics: dict, flags: pd.DataFrame) -> di
 
 
 def flagging_counts(cfg, scores: pd.DataFrame, by: str, folds: int) -> dict:
-    """How many rows the budget allowed, how many of those cleared the evidence floor, and why not the rest."""
-    budget = within_budget(scores[by].to_numpy(dtype=np.float64), scores["rank"].to_numpy(), cfg.flag_rule())
+    """How many rows the budget allowed, how many of those cleared the evidence floor, and why not the rest;
+    ``past_budget``: rows outside the budget that would clear the floor too (the budget, not the evidence,
+    stopped there; counted only where there is a floor)."""
+    score = scores[by].to_numpy(dtype=np.float64)
+    budget = within_budget(score, scores["rank"].to_numpy(), cfg.flag_rule())
     t = scores["net_harm_t"].to_numpy()
+    floor = cfg.flag_evidence > 0
     return {"score": cfg.flag_by, "min_evidence": cfg.flag_evidence, "folds": folds,
             "within_budget": int(budget.sum()), "flagged": int(scores["flagged"].sum()),
-            "below_evidence": int((budget & ~(t >= cfg.flag_evidence)).sum()) if cfg.flag_evidence > 0 else 0,
-            "net_harm_not_positive": int((budget & ~(t > 0)).sum())}
+            "below_evidence": int((budget & ~(t >= cfg.flag_evidence)).sum()) if floor else 0,
+            "net_harm_not_positive": int((budget & ~(t > 0)).sum()),
+            "past_budget": int((~budget & (score > 0) & (t >= cfg.flag_evidence)).sum()) if floor else 0}
 
 
 def retrain_summary(cfg, ds, results: list[dict]) -> dict:

@@ -92,6 +92,8 @@ def test_clean_writes_the_contract(tabular_run, tabular):
     f = metrics["flagging"]
     assert f["flagged"] == flags["flagged"].sum() and f["within_budget"] == budget
     assert f["below_evidence"] == budget - f["flagged"] == int(((flags["rank"] <= budget) & ~expected).sum())
+    past = (flags["rank"] > budget) & (flags["net_harm_t"] >= 2.0)  # the budget, not the floor, stopped these
+    assert f["past_budget"] == int(past.sum())
     assert sum(c["flagged"] for c in metrics["class_mix"]["classes"]) == f["flagged"]
     prior = f["class_prior"]  # the prior check: refitted exactly when validation's class mix is within noise
     assert prior["setting"] == "auto" and prior["refitted"] == (prior["z"] < 2.0)

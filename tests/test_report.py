@@ -36,7 +36,7 @@ def _metrics():
         "flag_by": "combined",
         "accuracy": {"before": {"valid": 0.5}, "retrain": None},
         "flagging": {"score": "combined", "within_budget": 1, "flagged": 1, "min_evidence": 2.0, "below_evidence": 0,
-                     "folds": 2, "net_harm_not_positive": 0,
+                     "folds": 2, "net_harm_not_positive": 0, "past_budget": 7,
                      "class_prior": {"setting": "auto", "refitted": True, "z": 0.4, "observed": [1, 1],
                                      "expected": [0.8, 1.2], "offset": [0.1, -0.1], "classes": [NASTY[2], label]}},
         "class_mix": {"classes": [{"label": label, "train": 2, "flagged": 1, "train_share": 2 / 3,
@@ -70,6 +70,7 @@ def test_html_escapes_user_data_and_keeps_every_table_cell():
     # the class-prior sentence names the class furthest from the model's predictions, as code
     assert "at the class prior refitted to validation: validation has 1 rows of <code>it&#39;s &#34;quoted&#34;</code>" in html
     assert "(z = 0.40 over all classes, below 2: within sampling noise)" in html
+    assert "A further <b>7</b> rows past the budget clear the evidence floor too" in html
 
 
 def test_markdown_tables_keep_their_columns_and_user_markup_is_inert():
