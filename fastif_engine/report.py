@@ -239,7 +239,8 @@ def _flagging_blocks(metrics: dict) -> list[Block]:
     if f.get("past_budget"):
         blocks.append(_p(f"A further **{f['past_budget']}** rows past the budget clear the evidence floor too: the budget, "
                          "not the evidence, stopped the flags there. Where more rows may be mislabelled than the budget "
-                         "holds, a larger `--flag-fraction` flags them, and the retrain verdict says whether that paid "
+                         "holds, a larger budget (`--flag-fraction`, `--flag-top`) flags them, and the retrain verdict says "
+                         "whether that paid "
                          "(docs/BENCHMARKS.md, \"Cleaning\": on Fashion-MNIST with 15% of rows flipped, a 10% budget "
                          "recovered little of the accuracy the noise cost, a 15% one much more)."))
     mix = metrics.get("class_mix")

@@ -227,7 +227,7 @@ def _print_summary(cfg, metrics: dict, seconds: float) -> None:
              if f["below_evidence"] and f["min_evidence"] > 0 else "")
     if f.get("past_budget"):
         floor += (f"; {f['past_budget']} rows past the budget clear the evidence floor too "
-                  "(a larger --flag-fraction would flag them)")
+                  "(a larger --flag-fraction or --flag-top would flag them)")
     print(f"\n{c['errors']} of {c['valid']} validation rows misclassified; {c['distinct_candidates']} training "
           f"rows scored against them; {c['flagged']} of {c['train']} flagged by {metrics['flag_by']}{floor}.")
     retrain = metrics["accuracy"]["retrain"]
