@@ -226,8 +226,7 @@ def _print_summary(cfg, metrics: dict, seconds: float) -> None:
     floor = (f" ({f['below_evidence']} more within the budget lacked evidence of net harm, t < {f['min_evidence']:g})"
              if f["below_evidence"] and f["min_evidence"] > 0 else "")
     if f.get("past_budget"):
-        floor += (f"; {f['past_budget']} rows past the budget clear the evidence floor too "
-                  "(a larger --flag-fraction or --flag-top would flag them)")
+        floor += f"; {f['past_budget']} rows past the budget clear the evidence floor too (see the report)"
     print(f"\n{c['errors']} of {c['valid']} validation rows misclassified; {c['distinct_candidates']} training "
           f"rows scored against them; {c['flagged']} of {c['train']} flagged by {metrics['flag_by']}{floor}.")
     retrain = metrics["accuracy"]["retrain"]
