@@ -238,10 +238,10 @@ def _flagging_blocks(metrics: dict) -> list[Block]:
                            "(`--flag-evidence 0` turns the floor off)."))
     if f.get("past_budget"):
         blocks.append(_p(f"A further **{f['past_budget']}** rows past the budget clear the evidence floor too. The floor "
-                         "is lenient (the demo's data has 980 such rows for 262 mislabelled), so this count is no "
-                         "estimate of the label errors left; but where you expect more of them than the budget holds, "
-                         "a larger budget (`--flag-fraction`, `--flag-top`) flags more, and the retrain verdict says "
-                         "whether that paid (docs/BENCHMARKS.md, \"Cleaning\": Fashion-MNIST with 15% of rows flipped)."))
+                         "is lenient (the demo's data has 880 such rows for its 262 mislabelled ones), so this count is "
+                         "no estimate of the label errors left; but where you expect more of them than the budget "
+                         "holds, a larger budget (`--flag-fraction`, `--flag-top`) flags more, and the retrain verdict "
+                         "says whether that paid (docs/BENCHMARKS.md, \"How large a budget\")."))
     mix = metrics.get("class_mix")
     if mix and f["flagged"]:
         blocks.append(Block("table", header=["given label", "training rows", "share", "flagged", "share of flags"],

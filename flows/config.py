@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fastif_engine.errors import FastIFError
 from fastif_engine.gradients import MEMORY_BUDGET_GB
+from fastif_engine.ranking import DEFAULT_FLAG_FRACTION
 from fastif_engine.solvers import EXACT_MAX_PARAMS, LOW_RANK
 
 
@@ -76,7 +77,8 @@ class CleanConfig(BaseModel):
         "combined", group="flags", help="score that ranks and flags rows: combined (net harm on the validation "
         "loss and the row's own loss, by rank), net-harm, harm (to the errors only), self-influence or loss")
     flag_fraction: Optional[float] = _setting(None, group="flags", help="flag at most this fraction of training "
-                                              "rows (0.1 when no other rule is given)", ge=0.0, le=1.0)
+                                              f"rows ({DEFAULT_FLAG_FRACTION:g} when no other rule is given)",
+                                              ge=0.0, le=1.0)
     flag_top: Optional[int] = _setting(None, group="flags", help="flag at most the N top-scoring rows", ge=0)
     flag_threshold: Optional[float] = _setting(None, group="flags", help="flag rows whose score is above this")
     flag_evidence: float = _setting(2.0, group="flags", help="flag only rows whose net harm has a t-statistic "
@@ -130,7 +132,7 @@ class CleanConfig(BaseModel):
             return FlagRule(fraction=None, top=self.flag_top)
         if self.flag_threshold is not None:
             return FlagRule(fraction=None, threshold=self.flag_threshold)
-        return FlagRule(fraction=0.1 if self.flag_fraction is None else self.flag_fraction)
+        return FlagRule(fraction=DEFAULT_FLAG_FRACTION if self.flag_fraction is None else self.flag_fraction)
 
 
 def load_config(path: str | None, overrides: dict) -> CleanConfig:

@@ -57,7 +57,7 @@ def clean(paths, out, *extra, model="tabular-mlp"):
 @pytest.fixture(scope="module")
 def tabular_run(tabular, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
-    assert clean(tabular, out, "--retrain", "--seeds", "2", "--flag-fraction", "0.1") == 0
+    assert clean(tabular, out, "--retrain", "--seeds", "2") == 0
     return out
 
 
@@ -68,8 +68,8 @@ def test_clean_writes_the_contract(tabular_run, tabular):
     assert len(flags) == len(train) and list(flags["train_id"]) == list(train["id"])
     assert set(flags["label"]) <= {"benign", "malignant"}
     assert sorted(flags["rank"]) == list(range(1, len(flags) + 1))
-    # the default score ranks; a flag needs a rank within the 10% budget *and* net-harm evidence t ≥ 2
-    budget = round(0.1 * len(train))
+    # the default score ranks; a flag needs a rank within the default 15% budget *and* net-harm evidence t ≥ 2
+    budget = round(0.15 * len(train))
     expected = (flags["rank"] <= budget) & (flags["net_harm_t"] >= 2.0)
     assert (flags["flagged"] == expected).all() and 0 < flags["flagged"].sum() <= budget
     order = flags.sort_values("combined_score", ascending=False, kind="stable")["train_id"].tolist()
@@ -333,11 +333,11 @@ def _flipped(tabular, flags):
 
 def test_flag_by_self_influence_of_a_large_model_finds_flipped_labels(tabular, tmp_path):
     """13k parameters: above the exact solver's limit, so the rank-32 Lanczos inverse is used;
-    --flag-by self-influence turns self-influence on and flags its top 10% (no evidence floor: a quota)."""
+    --flag-by self-influence turns self-influence on and, with no evidence floor, flags its top 10% (a quota)."""
     from sklearn.metrics import roc_auc_score
 
     assert clean(tabular, tmp_path, "--flag-by", "self-influence", "--model-option", "hidden=400",
-                 "--flag-evidence", "0") == 0
+                 "--flag-evidence", "0", "--flag-fraction", "0.1") == 0
     flags = pd.read_parquet(tmp_path / "flags.parquet")
     flipped = _flipped(tabular, flags)
     assert flags["self_influence"].notna().all() and (flags["self_influence"] >= 0).all()
@@ -351,7 +351,7 @@ def test_flag_by_self_influence_of_a_large_model_finds_flipped_labels(tabular, t
 
 def test_flag_by_loss_flags_the_rows_the_model_disagrees_with(tabular, tmp_path, capsys):
     assert clean(tabular, tmp_path, "--flag-by", "loss", "--self-influence", "off", "--flag-evidence", "0",
-                 model="tabular-logreg") == 0
+                 "--flag-fraction", "0.1", model="tabular-logreg") == 0
     flags = pd.read_parquet(tmp_path / "flags.parquet")
     found = int(_flipped(tabular, flags)[flags["flagged"]].sum())
     assert f"flipped labels among the flags: {found} of 34 (" in capsys.readouterr().out
