@@ -19,29 +19,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from fastif_engine import __version__
 from fastif_engine.api import FastIF
-from fastif_engine.data import load_dataset
-from fastif_engine.datasets import export
 from fastif_engine.net_harm import net_harm, refits_prior
 from fastif_engine.ranking import rank_fusion
-from fastif_engine.solvers import LissaSettings
 
-from cleaning import MIN_EVIDENCE, NOISE, REMOVAL, SETUPS, build, floored_flags, row_losses, study_arguments
+from cleaning import MIN_EVIDENCE, REMOVAL, floored_flags, noisy_setup, row_losses, study_arguments
 
 
 def run(dataset: str, mode: str, seed: int, workdir: Path) -> dict:
-    model_name, max_train, k, solver_name, lissa = SETUPS[dataset]
-    lissa = LissaSettings(**{**lissa.__dict__, "seed": seed})
-    paths = export(dataset, workdir / f"{dataset}-{mode}-{seed}", noise=NOISE[mode], noise_mode=mode, seed=seed,
-                   max_train=max_train)
-    ds = load_dataset({s: str(p) for s, p in paths.items()})
+    setup = noisy_setup(dataset, mode, seed, workdir)
+    model_name, k, solver_name, lissa = setup.model_name, setup.k, setup.solver_name, setup.lissa
+    ds, flipped, model, x, y = setup.ds, setup.flipped, setup.model, setup.x, setup.y
     labels = ds.splits["train"].labels
-    flipped = ds.splits["train"].extra["noisy"].to_numpy().astype(bool)
-    model, x = build(model_name, ds)
-    y = {s: torch.as_tensor(ds.splits[s].labels) for s in ds.splits}
     model.fit(x["train"], y["train"], seed=seed)
     fi = FastIF(model, x["train"], y["train"], solver=solver_name, lissa=lissa, k=min(k, len(labels)))
     t = time.perf_counter()

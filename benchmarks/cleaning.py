@@ -44,6 +44,7 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,33 @@ def build(model_name: str, ds):
     return model, {s: inputs(s) for s in ds.splits}
 
 
+@dataclass
+class Setup:
+    """One (dataset, noise kind, seed) of the study, exported and ready to fit (nothing fitted yet)."""
+
+    model_name: str
+    k: int
+    solver_name: str
+    lissa: LissaSettings  # the dataset's settings, seeded with the noise seed
+    ds: object  # the loaded dataset
+    flipped: np.ndarray  # [n] bool: the training row's label was flipped
+    model: object
+    x: dict  # split → model inputs
+    y: dict  # split → label tensor
+
+
+def noisy_setup(dataset: str, mode: str, seed: int, workdir: Path) -> Setup:
+    """Export ``dataset`` with ``mode`` noise at its study rate and seed, load it, build its model."""
+    model_name, max_train, k, solver_name, lissa = SETUPS[dataset]
+    paths = export(dataset, workdir / f"{dataset}-{mode}-{seed}", noise=NOISE[mode], noise_mode=mode, seed=seed,
+                   max_train=max_train)
+    ds = load_dataset({s: str(p) for s, p in paths.items()})
+    model, x = build(model_name, ds)
+    return Setup(model_name, k, solver_name, LissaSettings(**{**lissa.__dict__, "seed": seed}), ds,
+                 ds.splits["train"].extra["noisy"].to_numpy().astype(bool), model, x,
+                 {s: torch.as_tensor(ds.splits[s].labels) for s in ds.splits})
+
+
 def cross_val_probs(model, x, y, n_classes: int, seed: int, folds: int = 3) -> np.ndarray:
     """Out-of-sample class probabilities for every training row (cleanlab's input)."""
     order = np.random.default_rng(seed).permutation(len(y))
@@ -120,16 +148,11 @@ def row_losses(model, x, y, chunk: int = 512) -> np.ndarray:
 def run(dataset: str, mode: str, seed: int, workdir: Path, dump: Path | None = None) -> dict:
     from cleanlab.rank import get_label_quality_scores
 
-    model_name, max_train, k, solver_name, lissa = SETUPS[dataset]
-    lissa = LissaSettings(**{**lissa.__dict__, "seed": seed})
-    paths = export(dataset, workdir / f"{dataset}-{mode}-{seed}", noise=NOISE[mode], noise_mode=mode, seed=seed,
-                   max_train=max_train)
-    ds = load_dataset({s: str(p) for s, p in paths.items()})
+    setup = noisy_setup(dataset, mode, seed, workdir)
+    model_name, k, solver_name, lissa = setup.model_name, setup.k, setup.solver_name, setup.lissa
+    ds, flipped, model, x, y = setup.ds, setup.flipped, setup.model, setup.x, setup.y
     train = ds.splits["train"]
-    flipped = train.extra["noisy"].to_numpy().astype(bool)
     true_codes = np.searchsorted(np.array(ds.classes), train.extra["true_label"].to_numpy())
-    model, x = build(model_name, ds)
-    y = {s: torch.as_tensor(ds.splits[s].labels) for s in ds.splits}
     timings = {}
 
     t = time.perf_counter()

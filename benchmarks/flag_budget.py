@@ -23,27 +23,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cleaning import MIN_EVIDENCE, NOISE, SETUPS, build, floored_flags
+from cleaning import MIN_EVIDENCE, NOISE, SETUPS, floored_flags, noisy_setup
 from fastif_engine.api import FastIF
 from fastif_engine.batching import take
-from fastif_engine.data import load_dataset
-from fastif_engine.datasets import export
 from fastif_engine.net_harm import net_harm
 from fastif_engine.ranking import rank_fusion
-from fastif_engine.solvers import LissaSettings
 from fastif_engine.training import evaluate
 from fastif_engine.verdict import paired_ci
 
 
 def run(dataset: str, mode: str, seed: int, budgets: list[float], workdir: Path) -> dict:
-    model_name, max_train, k, solver_name, lissa = SETUPS[dataset]
-    lissa = LissaSettings(**{**lissa.__dict__, "seed": seed})
-    paths = export(dataset, workdir / f"{dataset}-{mode}-{seed}", noise=NOISE[mode], noise_mode=mode, seed=seed,
-                   max_train=max_train)
-    ds = load_dataset({s: str(p) for s, p in paths.items()})
-    flipped = ds.splits["train"].extra["noisy"].to_numpy().astype(bool)
-    model, x = build(model_name, ds)
-    y = {s: torch.as_tensor(ds.splits[s].labels) for s in ds.splits}
+    setup = noisy_setup(dataset, mode, seed, workdir)
+    flipped, model, x, y = setup.flipped, setup.model, setup.x, setup.y
     n = len(y["train"])
     fits: dict[frozenset, float] = {}
 
@@ -56,7 +47,7 @@ def run(dataset: str, mode: str, seed: int, budgets: list[float], workdir: Path)
         return fits[key]
 
     noisy = accuracy()  # also the model the scores are taken on
-    fi = FastIF(model, x["train"], y["train"], solver=solver_name, lissa=lissa, k=min(k, n))
+    fi = FastIF(model, x["train"], y["train"], solver=setup.solver_name, lissa=setup.lissa, k=min(setup.k, n))
     net = net_harm(model, x["train"], y["train"], x["valid"], y["valid"], fi.solver, seed=seed, chunk_size=64,
                    flat=fi.flat, prior="auto", evidence=MIN_EVIDENCE)
     losses = evaluate(model, x["train"], y["train"]).losses
