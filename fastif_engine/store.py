@@ -84,6 +84,52 @@ def write_npy_rows(path: str | Path, parts, n_rows: int, n_cols: int, dtype="flo
             raise ValueError(f"{path}: expected {n_rows} rows, the parts held {written}")
 
 
+class NpyRows:
+    """Rows of a 2-D ``.npy`` file, read when asked for (``rows[index]``) with plain reads.
+
+    Not a memory map: the pages a map touches count in the process's resident memory until it
+    is closed, so reading a ``[m, P]`` s_test block through one holds all of it in the end."""
+
+    def __init__(self, path: str | Path):
+        import numpy as np
+
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if len(shape) != 2 or fortran or dtype.hasobject:
+            raise CacheError(f"{self.path}: expected a C-ordered 2-D numeric array, found shape {shape}")
+        self.shape, self.dtype = tuple(shape), dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        """``[len(index), n_cols]`` for an int array of row positions (runs of rows read at once)."""
+        import numpy as np
+
+        index = np.asarray(index, dtype=np.int64).ravel()
+        if len(index) and (index.min() < 0 or index.max() >= self.shape[0]):
+            raise IndexError(f"{self.path}: row index outside 0..{self.shape[0] - 1}")
+        row_bytes = self.shape[1] * self.dtype.itemsize
+        out = np.empty((len(index), self.shape[1]), dtype=self.dtype)
+        order = np.argsort(index, kind="stable")
+        with open(self.path, "rb") as f:
+            start = 0
+            while start < len(order):  # a run of consecutive rows: one read
+                stop = start + 1
+                while stop < len(order) and index[order[stop]] == index[order[stop - 1]] + 1:
+                    stop += 1
+                f.seek(self.offset + int(index[order[start]]) * row_bytes)
+                block = np.fromfile(f, dtype=self.dtype, count=(stop - start) * self.shape[1])
+                out[order[start:stop]] = block.reshape(stop - start, self.shape[1])
+                start = stop
+        return out
+
+
 def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)

@@ -156,6 +156,7 @@ def clean_dataset(config: CleanConfig) -> dict:
     key = stage_keys(cfg, solver_info["name"])
     # not in the cached solver file: the memory budget may change between runs that share it
     solver_info["chunk_size"] = tasks.chunk_size(cfg, solver_info["parameters"])
+    solver_info["s_test_rows_held"] = tasks.s_test_rows(cfg, solver_info["parameters"])
     if solver_info["name"] == "lissa":
         solver_info["lissa_block"] = lissa_block(solver_info["parameters"], tasks.task_budget(cfg), cfg.batch_size)
     if len(errors):
@@ -185,7 +186,6 @@ def clean_dataset(config: CleanConfig) -> dict:
                                                        candidates_path=str(cand_path), part=p, parts=parts,
                                                        threads=threads, **common) for p in range(parts)]
             part_paths = _progress(futures, f"influence over {n_distinct} distinct candidates")
-            tasks.release_s_test()
             influence = pd.concat([pd.read_parquet(p) for p in part_paths], ignore_index=True)
             influence = influence.sort_values(["test_pos", "train_index"], kind="stable").reset_index(drop=True)
             n_candidates = int(influence["train_index"].nunique())

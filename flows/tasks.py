@@ -34,8 +34,8 @@ from fastif_engine.models import DataInfo, create_model
 from fastif_engine.retrain import retrain_and_evaluate
 from fastif_engine.solvers import (EXACT_MAX_PARAMS, LOW_RANK, LissaSettings, LissaSolver, LowRankSolver,
                                    auto_scale, choose_solver, make_solver, sweep_scale)
-from fastif_engine.store import (atomic_path, load_arrays, load_tensors, save_arrays, save_tensors, write_json,
-                                 write_npy, write_parquet)
+from fastif_engine.store import (NpyRows, atomic_path, load_arrays, load_tensors, save_arrays, save_tensors,
+                                 write_json, write_npy, write_parquet)
 from fastif_engine.training import evaluate
 
 from .config import CleanConfig
@@ -106,23 +106,6 @@ def _inputs(path: str) -> dict:
     return blob
 
 
-@lru_cache(maxsize=1)
-def _load_s_test(path: str) -> torch.Tensor:
-    return torch.from_numpy(np.load(path))
-
-
-def _s_test(path: str) -> torch.Tensor:
-    """The run's s_test block ``[m, P]``, loaded once per process (influence threads only read it;
-    the lock keeps two threads from loading it twice at the same time)."""
-    with _LOCK:
-        return _load_s_test(path)
-
-
-def release_s_test() -> None:
-    """Drop this process's loaded s_test once the influence parts are done (thread runner)."""
-    _load_s_test.cache_clear()
-
-
 @lru_cache(maxsize=2)
 def _base_model(model: str, options_json: str, info: DataInfo):
     return create_model(model, info, **json.loads(options_json))
@@ -160,6 +143,12 @@ def task_budget(cfg: CleanConfig) -> float:
 def chunk_size(cfg: CleanConfig, n_params: int) -> int:
     """Rows per per-sample-gradient chunk: ``cfg.chunk_size``, or what the task's budget allows for P."""
     return cfg.chunk_size or chunk_rows(n_params, task_budget(cfg))
+
+
+def s_test_rows(cfg: CleanConfig, n_params: int) -> int:
+    """s_test vectors an influence task holds at once: what the task's budget allows for P, on top
+    of its gradient chunks (so the stage takes up to twice the budget, whatever the number of errors)."""
+    return max(1, int(task_budget(cfg) * 1e9 // (4 * max(n_params, 1))))  # float32 rows, as the s_test file
 
 
 def stage_solver(cfg: CleanConfig, adapter, x, y, solver_path: str, flat: FlatParams, name: str | None = None):
@@ -389,8 +378,9 @@ def influence_part(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
     union = np.unique(cand[cand >= 0])  # an approximate index pads short results with -1
     mine = union[part::parts]
     lists = [row[np.isin(row, mine)] for row in cand]
-    s = _s_test(stest_path).to(w.adapter.dtype)
-    res = influence_on_candidates(w.adapter, w.x, w.y, s, lists, chunk_size=w.chunk, flat=w.flat)
+    s = NpyRows(stest_path)  # read a group of errors' rows at a time, never the whole [m, P] block
+    res = influence_on_candidates(w.adapter, w.x, w.y, s, lists, chunk_size=w.chunk, flat=w.flat,
+                                  max_vectors=s_test_rows(cfg, w.flat.size))
     write_parquet(path, pd.DataFrame({"test_pos": res.test_pos, "train_index": res.train_index,
                                       "influence": res.influence}))
     return str(path)

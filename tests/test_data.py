@@ -153,6 +153,23 @@ def test_named_id_column_must_exist(tmp_path):
     assert list(ds.splits["train"].ids) == list(range(6))  # no id column: row numbers
 
 
+def test_npy_rows_reads_any_rows_without_loading_the_file(tmp_path):
+    from fastif_engine.store import CacheError, NpyRows, write_npy_rows
+
+    whole = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+    write_npy_rows(tmp_path / "s.npy", [whole[:25], whole[25:]], 40, 6)
+    rows = NpyRows(tmp_path / "s.npy")
+    assert rows.shape == (40, 6) and len(rows) == 40
+    index = np.array([7, 8, 9, 0, 39, 8, 21])  # runs, out of order, a repeat
+    assert np.array_equal(rows[index], whole[index])
+    assert rows[np.array([], dtype=np.int64)].shape == (0, 6)
+    with pytest.raises(IndexError, match="outside 0..39"):
+        rows[np.array([40])]
+    np.save(tmp_path / "v.npy", np.zeros(3))
+    with pytest.raises(CacheError, match="2-D"):
+        NpyRows(tmp_path / "v.npy")
+
+
 def test_npy_written_part_by_part_is_the_whole_array_or_nothing(tmp_path):
     from fastif_engine.store import write_npy_rows
 

@@ -32,6 +32,42 @@ def test_candidate_scores_equal_dense_formula(mlp, digits, monkeypatch, pairs_pe
     assert res.n_distinct_candidates == len(np.unique(cands))
 
 
+@pytest.mark.parametrize("pairs_per_row", [0, 100], ids=["shared-gradients", "forward-mode"])
+def test_scores_in_groups_of_errors_from_disk_equal_all_at_once(mlp, digits, monkeypatch, tmp_path, pairs_per_row):
+    """Holding at most 2 of 7 s_test vectors (read from a file) gives the same pairs, in the same
+    order, as holding all of them."""
+    from fastif_engine.store import NpyRows
+
+    monkeypatch.setattr("fastif_engine.influence.FORWARD_MODE_PAIRS_PER_ROW", pairs_per_row)
+    x, y = digits["train"]
+    s = torch.randn(7, sum(p.numel() for p in mlp.model.parameters()), generator=torch.Generator().manual_seed(1))
+    np.save(tmp_path / "s.npy", s.numpy())
+    rng = np.random.default_rng(1)
+    cands = [rng.integers(0, len(y), size=n) for n in (30, 5, 30, 12, 0, 30, 8)]  # ragged, one empty
+    whole = influence_on_candidates(mlp, x, y, s, cands, chunk_size=13)
+    seen = []
+    grouped = influence_on_candidates(mlp, x, y, NpyRows(tmp_path / "s.npy"), cands, chunk_size=13,
+                                      max_vectors=2, progress=lambda done, total: seen.append((done, total)))
+    np.testing.assert_allclose(grouped.influence, whole.influence, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(grouped.test_pos, whole.test_pos)
+    np.testing.assert_array_equal(grouped.train_index, whole.train_index)
+    assert grouped.n_distinct_candidates == whole.n_distinct_candidates
+    assert seen == [(i, 4) for i in range(1, 5)]  # 7 errors in groups of ≤ 2
+
+
+def test_error_groups_put_errors_that_share_candidates_together():
+    from fastif_engine.influence import error_groups
+
+    # two neighbourhoods, their errors interleaved: 0, 2, 4 near rows 0–9; 1, 3, 5 near rows 100–109
+    rng = np.random.default_rng(0)
+    lists = [rng.choice(np.arange(10) + 100 * (i % 2), size=8, replace=False) for i in range(6)]
+    groups = error_groups(lists, 3)
+    assert sorted(map(sorted, (g.tolist() for g in groups))) == [[0, 2, 4], [1, 3, 5]]
+    assert [len(g) for g in error_groups(lists, 4)] == [4, 2]
+    assert np.array_equal(np.sort(np.concatenate(error_groups(lists, 1))), np.arange(6))
+    assert [g.tolist() for g in error_groups(lists, 6)] == [list(range(6))]
+
+
 def test_ragged_candidate_lists_and_bad_index(logreg, digits):
     x, y = digits["train"]
     s = torch.zeros(2, 650, dtype=torch.float64)

@@ -7,7 +7,7 @@ import pytest
 
 from fastif_engine.gradients import chunk_rows
 from flows.config import CleanConfig
-from flows.tasks import chunk_size, task_budget
+from flows.tasks import chunk_size, s_test_rows, task_budget
 
 
 def _config(**kw) -> CleanConfig:
@@ -23,6 +23,9 @@ def test_thread_workers_share_the_memory_budget_and_worker_processes_each_have_i
     assert chunk_size(_config(runner="process", workers=2, memory_budget=1.0), 1_775_234) == 46
     assert chunk_size(_config(runner="thread", workers=2, chunk_size=5), 1_775_234) == 5
     assert chunk_rows(1_775_234, 1.0) == 46
+    # the influence stage's s_test vectors held at once, on top of its chunks: 70 for each of two threads
+    assert s_test_rows(_config(runner="thread", workers=2, memory_budget=1.0), 1_775_234) == 70
+    assert s_test_rows(_config(runner="process", workers=2, memory_budget=1.0), 31) > 10**6
 
 
 # Run in a fresh interpreter: where glibc places the blocks depends on the heap's history.
