@@ -105,6 +105,9 @@ class TrainableAdapter(ModelAdapter):
     """
 
     placement: torch.device | None = None  # where fit() builds the model; None = CPU
+    # Input leaves (by name, of dict inputs) the flow writes to disk and reads by rows
+    # (``batching.RowFile``); ``prepare`` must give their rows one shape whatever the values.
+    rows_on_disk: tuple[str, ...] = ()
 
     def to(self, device: torch.device | str) -> "TrainableAdapter":
         """Move the model to ``device`` and build every later ``fit`` there (e.g. ``"cuda"``)."""

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .adapter import TrainableAdapter
-from .batching import Inputs, take
+from .batching import Inputs, select
 from .training import evaluate
 
 VARIANTS = ("original", "cleaned", "random")
@@ -55,7 +55,7 @@ def retrain_and_evaluate(adapter: TrainableAdapter, train_inputs: Inputs, train_
     rows, labels = training_set(variant, train_labels, flagged, seed, targets)
     idx = torch.as_tensor(rows)
     if not fitted:
-        adapter.fit(take(train_inputs, idx), labels[idx], seed=seed)
+        adapter.fit(select(train_inputs, idx), labels[idx], seed=seed)
     ev = evaluate(adapter, eval_inputs, eval_labels)
     changed = int((labels != train_labels).sum())
     return {"variant": variant, "seed": seed, "rows": int(len(rows)), "relabelled": changed,

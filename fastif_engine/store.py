@@ -62,30 +62,43 @@ def write_npy(path: str | Path, array) -> None:
             np.save(f, array)
 
 
-def write_npy_rows(path: str | Path, parts, n_rows: int, n_cols: int, dtype="float32") -> None:
-    """Write an ``[n_rows, n_cols]`` ``.npy`` from ``parts`` (arrays of rows, in order) one part at
-    a time: the whole array is never in memory. Plain writes, not a memory map, whose written
-    pages would count in the process's resident memory."""
+@contextmanager
+def npy_writer(path: str | Path, n_rows: int, row_shape: tuple, dtype="float32"):
+    """Write an ``[n_rows, *row_shape]`` ``.npy`` a block of rows at a time: ``with npy_writer(...)
+    as write: write(rows)`` in order. The whole array is never in memory; the file appears only
+    once every row is written (plain writes, not a memory map, whose written pages would count in
+    the process's resident memory)."""
     import numpy as np
 
-    dtype = np.dtype(dtype)
+    dtype, row_shape = np.dtype(dtype), tuple(int(d) for d in row_shape)
+    written = 0
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                                     "fortran_order": False, "shape": (n_rows, n_cols)})
-            written = 0
-            for part in parts:
+                                                     "fortran_order": False, "shape": (n_rows, *row_shape)})
+
+            def write(part) -> None:
+                nonlocal written
                 part = np.ascontiguousarray(part, dtype=dtype)
-                if part.ndim != 2 or part.shape[1] != n_cols:
-                    raise ValueError(f"{path}: a part of shape {part.shape} does not have {n_cols} columns")
+                if part.shape[1:] != row_shape:
+                    raise ValueError(f"{path}: a part of shape {part.shape} does not have rows of shape {row_shape}")
                 part.tofile(f)
                 written += len(part)
+
+            yield write
         if written != n_rows:
             raise ValueError(f"{path}: expected {n_rows} rows, the parts held {written}")
 
 
+def write_npy_rows(path: str | Path, parts, n_rows: int, n_cols: int, dtype="float32") -> None:
+    """Write an ``[n_rows, n_cols]`` ``.npy`` from ``parts`` (arrays of rows, in order), one part in memory at a time."""
+    with npy_writer(path, n_rows, (n_cols,), dtype) as write:
+        for part in parts:
+            write(part)
+
+
 class NpyRows:
-    """Rows of a 2-D ``.npy`` file, read when asked for (``rows[index]``) with plain reads.
+    """Rows of an ``.npy`` file (``[n, ...]``), read when asked for (``rows[index]``) with plain reads.
 
     Not a memory map: the pages a map touches count in the process's resident memory until it
     is closed, so reading a ``[m, P]`` s_test block through one holds all of it in the end."""
@@ -95,39 +108,39 @@ class NpyRows:
 
         self.path = Path(path)
         with open(self.path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = read_header(f)
+            try:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(f)
+            except ValueError as exc:
+                raise CacheError(f"{self.path}: not an .npy file fastif wrote ({exc})") from None
             self.offset = f.tell()
-        if len(shape) != 2 or fortran or dtype.hasobject:
-            raise CacheError(f"{self.path}: expected a C-ordered 2-D numeric array, found shape {shape}")
+        if len(shape) < 1 or fortran or dtype.hasobject:
+            raise CacheError(f"{self.path}: expected a C-ordered numeric array of rows, found shape {shape}")
         self.shape, self.dtype = tuple(shape), dtype
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, index):
-        """``[len(index), n_cols]`` for an int array of row positions (runs of rows read at once)."""
+        """``[len(index), ...]`` for an int array of row positions (runs of rows read at once)."""
         import numpy as np
 
         index = np.asarray(index, dtype=np.int64).ravel()
         if len(index) and (index.min() < 0 or index.max() >= self.shape[0]):
             raise IndexError(f"{self.path}: row index outside 0..{self.shape[0] - 1}")
-        row_bytes = self.shape[1] * self.dtype.itemsize
-        out = np.empty((len(index), self.shape[1]), dtype=self.dtype)
+        row_values = int(np.prod(self.shape[1:], dtype=np.int64))
+        row_bytes = row_values * self.dtype.itemsize
+        out = np.empty((len(index), row_values), dtype=self.dtype)
         order = np.argsort(index, kind="stable")
+        starts = np.flatnonzero(np.diff(index[order], prepend=-2) != 1)  # where a run of consecutive rows begins
         with open(self.path, "rb") as f:
-            start = 0
-            while start < len(order):  # a run of consecutive rows: one read
-                stop = start + 1
-                while stop < len(order) and index[order[stop]] == index[order[stop - 1]] + 1:
-                    stop += 1
+            for start, stop in zip(starts, np.append(starts[1:], len(order))):
                 f.seek(self.offset + int(index[order[start]]) * row_bytes)
-                block = np.fromfile(f, dtype=self.dtype, count=(stop - start) * self.shape[1])
-                out[order[start:stop]] = block.reshape(stop - start, self.shape[1])
-                start = stop
-        return out
+                block = np.fromfile(f, dtype=self.dtype, count=int(stop - start) * row_values)
+                out[order[start:stop]] = block.reshape(stop - start, row_values)
+        return out.reshape(len(index), *self.shape[1:])
 
 
 def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
@@ -192,8 +205,9 @@ def _refused(path, exc: Exception) -> CacheError:
                       "not loaded. Delete it (or the whole .fastif-cache folder) and run again.")
 
 
-def save_tensors(path: str | Path, tensors: dict) -> None:
-    """``{name: tensor or {name: tensor, …}}`` as safetensors; nested names are joined with ``/``."""
+def save_tensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """``{name: tensor or {name: tensor, …}}`` as safetensors; nested names are joined with ``/``;
+    ``metadata``: strings stored in the file's header (:func:`tensors_metadata`)."""
     import torch
     from safetensors.torch import save_file
 
@@ -205,7 +219,18 @@ def save_tensors(path: str | Path, tensors: dict) -> None:
                 yield f"{prefix}{name}", torch.as_tensor(value).contiguous()
 
     with atomic_path(path) as tmp:
-        save_file(dict(flat(tensors)), str(tmp))
+        save_file(dict(flat(tensors)), str(tmp), metadata=metadata)
+
+
+def tensors_metadata(path: str | Path) -> dict[str, str]:
+    """The strings :func:`save_tensors` stored with ``metadata`` (``{}`` if none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:
+        raise _refused(path, exc) from None
 
 
 def load_tensors(path: str | Path) -> dict:

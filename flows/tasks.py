@@ -6,6 +6,7 @@ atomically; a stage whose output already exists is not recomputed (see ``StageCa
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -23,7 +24,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from fastif_engine.api import extract_features
-from fastif_engine.batching import take
+from fastif_engine.batching import RowFile, chunk_slices, select, take
 from fastif_engine.data import Columns, Dataset, dataset_arrays, dataset_from_arrays, load_dataset
 from fastif_engine.gradients import FlatParams, chunk_rows, gradient_matrix
 from fastif_engine.errors import LissaDivergenceError, SolverSetupError
@@ -34,8 +35,8 @@ from fastif_engine.models import DataInfo, create_model
 from fastif_engine.retrain import retrain_and_evaluate
 from fastif_engine.solvers import (EXACT_MAX_PARAMS, LOW_RANK, LissaSettings, LissaSolver, LowRankSolver,
                                    auto_scale, choose_solver, make_solver, sweep_scale)
-from fastif_engine.store import (NpyRows, atomic_path, load_arrays, load_tensors, save_arrays, save_tensors,
-                                 write_json, write_npy, write_parquet)
+from fastif_engine.store import (NpyRows, atomic_path, load_arrays, load_tensors, npy_writer, save_arrays, save_tensors,
+                                 tensors_metadata, write_json, write_npy, write_parquet)
 from fastif_engine.training import evaluate
 
 from .config import CleanConfig
@@ -100,9 +101,13 @@ def load_cached_dataset(path: str) -> Dataset:
 
 @lru_cache(maxsize=4)
 def _inputs(path: str) -> dict:
-    """``{split: tensor or {name: tensor}, "labels": {split: int64 array}}`` (safetensors, no pickle)."""
+    """``{split: tensor or {name: tensor}, "labels": {split: int64 array}}`` (safetensors, no pickle);
+    the leaves ``prepare_inputs`` wrote to disk come back as ``RowFile``s, read by rows when used."""
     blob = load_tensors(path)
     blob["labels"] = {split: labels.numpy() for split, labels in blob["labels"].items()}
+    for name, file_name in json.loads(tensors_metadata(path).get("rows_on_disk", "{}")).items():
+        split, leaf = name.split("/")
+        blob.setdefault(split, {})[leaf] = RowFile(Path(path).with_name(file_name))
     return blob
 
 
@@ -230,9 +235,37 @@ def prepare_inputs(cfg: CleanConfig, cache: str, key: str, dataset_path: str) ->
         return str(path)
     ds = load_cached_dataset(dataset_path)
     adapter = load_adapter(cfg, dataset_path, None)
-    blob = {name: adapter.prepare(split.values) for name, split in ds.splits.items()}
-    save_tensors(path, {**blob, "labels": {name: split.labels for name, split in ds.splits.items()}})
+    on_disk: dict[str, str] = {}
+    blob = {name: _prepare_split(adapter, split.values, path, name, on_disk) for name, split in ds.splits.items()}
+    # written last: its presence marks the stage done, the row files beside it already complete
+    save_tensors(path, {**blob, "labels": {name: split.labels for name, split in ds.splits.items()}},
+                 metadata={"rows_on_disk": json.dumps(on_disk)})
     return str(path)
+
+
+PREPARE_ROWS = 1024  # rows prepared at a time where some input leaves go to disk
+
+
+def _prepare_split(adapter, values, path: Path, split: str, on_disk: dict[str, str]):
+    """A split's inputs; the leaves in ``adapter.rows_on_disk`` are written to an ``.npy`` of their
+    own, ``PREPARE_ROWS`` rows at a time (``on_disk`` records the file), the others returned."""
+    if not adapter.rows_on_disk or not len(values):
+        return adapter.prepare(values)
+    kept: dict[str, list] = {}
+    with contextlib.ExitStack() as files:
+        writers = {}
+        for rows in chunk_slices(len(values), PREPARE_ROWS):
+            for leaf, tensor in adapter.prepare(values[rows]).items():
+                if leaf not in adapter.rows_on_disk:
+                    kept.setdefault(leaf, []).append(tensor)
+                    continue
+                if leaf not in writers:
+                    file = path.with_name(f"{path.stem}.{split}.{leaf}.npy")
+                    writers[leaf] = files.enter_context(npy_writer(file, len(values), tensor.shape[1:],
+                                                                   tensor.numpy().dtype))
+                    on_disk[f"{split}/{leaf}"] = file.name
+                writers[leaf](tensor.numpy())
+    return {leaf: torch.cat(parts) for leaf, parts in kept.items()}
 
 
 @_stage_task("train model")
@@ -422,7 +455,7 @@ def relabel_targets(cfg: CleanConfig, cache: str, key: str, dataset_path: str, i
         return str(path)
     w = _Work.load(cfg, dataset_path, inputs_path, None, threads)
     keep = torch.as_tensor(np.flatnonzero(~np.load(flagged_path)))
-    w.adapter.fit(take(w.x, keep), w.y[keep], seed=cfg.seed)
+    w.adapter.fit(select(w.x, keep), w.y[keep], seed=cfg.seed)
     write_npy(path, evaluate(w.adapter, w.x, w.y).predictions.astype(np.int64))
     return str(path)
 

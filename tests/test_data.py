@@ -165,9 +165,34 @@ def test_npy_rows_reads_any_rows_without_loading_the_file(tmp_path):
     assert rows[np.array([], dtype=np.int64)].shape == (0, 6)
     with pytest.raises(IndexError, match="outside 0..39"):
         rows[np.array([40])]
-    np.save(tmp_path / "v.npy", np.zeros(3))
-    with pytest.raises(CacheError, match="2-D"):
-        NpyRows(tmp_path / "v.npy")
+    np.save(tmp_path / "f.npy", np.asfortranarray(np.zeros((3, 4))))
+    with pytest.raises(CacheError, match="C-ordered"):
+        NpyRows(tmp_path / "f.npy")
+    cube = np.arange(60, dtype=np.float32).reshape(5, 3, 4)  # rows of any shape
+    np.save(tmp_path / "c.npy", cube)
+    assert np.array_equal(NpyRows(tmp_path / "c.npy")[np.array([4, 1, 2])], cube[[4, 1, 2]])
+
+
+def test_a_row_file_leaf_indexes_like_the_tensor_it_stores(tmp_path):
+    import torch
+
+    from fastif_engine.batching import RowFile, n_rows, select, take, to_device
+
+    whole = torch.arange(10 * 3 * 2, dtype=torch.float32).reshape(10, 3, 2)
+    np.save(tmp_path / "h.npy", whole.numpy())
+    leaf = RowFile(tmp_path / "h.npy")
+    assert leaf.shape == whole.shape and leaf.dtype == torch.float32 and to_device(leaf, "cpu") is leaf
+    for index in (slice(2, 7), slice(None, None, 3), torch.tensor([9, 0, 4]), np.array([3, 3, -1]),
+                  np.arange(10) % 2 == 0):
+        assert torch.equal(leaf[index], whole[torch.as_tensor(index)] if isinstance(index, np.ndarray) else whole[index])
+    assert torch.equal(leaf[4], whole[4])
+    inputs = {"hidden": leaf, "mask": torch.arange(10)}
+    kept = select(inputs, np.array([8, 1, 5, 2]))  # a view: still on disk
+    assert isinstance(kept["hidden"], RowFile) and n_rows(kept) == 4
+    assert torch.equal(take(kept, torch.tensor([1, 3]))["hidden"], whole[[1, 2]])
+    assert torch.equal(select(kept, slice(0, 2))["hidden"][:], whole[[8, 1]])
+    with pytest.raises(IndexError, match="outside 0..3"):
+        kept["hidden"][np.array([4])]
 
 
 def test_npy_written_part_by_part_is_the_whole_array_or_nothing(tmp_path):

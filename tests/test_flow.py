@@ -9,10 +9,14 @@ from html.parser import HTMLParser
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.datasets import load_breast_cancer
 
+from fastif_engine.batching import RowFile
 from fastif_engine.datasets import add_label_noise
+from flows.clean import CACHE_DIR
 from flows.cli import main
+from flows.config import CleanConfig
 
 FLAG_COLUMNS = ["train_id", "label", "predicted", "harm_score", "self_influence", "n_errors_harmed", "rank",
                 "flagged"]
@@ -539,7 +543,12 @@ def test_image_cnn_on_digits(tmp_path, capsys):
     assert shown.count(", predicted '") == 4 and ".0  " not in shown and "@" in shown
 
 
-def test_text_minilm_on_rotten_tomatoes(tmp_path):
+def test_text_minilm_on_rotten_tomatoes(tmp_path, monkeypatch):
+    """The text model end to end; its hidden states are prepared 128 rows at a time into a file
+    of their own and read back by rows, and equal what one in-memory ``prepare`` gives."""
+    from flows import tasks
+
+    monkeypatch.setattr(tasks, "PREPARE_ROWS", 128)
     data = tmp_path / "data"
     assert main(["datasets", "export", "rotten-tomatoes", "--out", str(data), "--noise", "0.1",
                  "--max-train", "300"]) == 0
@@ -552,3 +561,15 @@ def test_text_minilm_on_rotten_tomatoes(tmp_path):
     report = (out / "report.md").read_text()
     top = flags[flags["flagged"]].sort_values("rank").iloc[0]
     assert f"| 1 | {top['train_id']} |" in report  # shown with its text snippet
+
+    inputs = next((out / CACHE_DIR).glob("inputs-*.safetensors"))
+    assert (inputs.parent / f"{inputs.stem}.train.hidden.npy").exists()
+    train = tasks._inputs(str(inputs))["train"]
+    assert isinstance(train["hidden"], RowFile) and train["hidden"].shape == (300, 64, 384)
+    texts = pd.read_parquet(data / "train.parquet")["text"].to_numpy()
+    rows = np.array([0, 127, 128, 299])  # both sides of a part's edge
+    whole = tasks.load_adapter(CleanConfig(train="t", valid="v", out="o", model="text-minilm"),
+                               str(next((out / CACHE_DIR).glob("dataset-*.npz"))), None).prepare(texts[rows])
+    assert torch.equal(train["mask"][rows], whole["mask"])
+    real = whole["mask"].unsqueeze(-1)  # what pad positions hold depends on the batch; nothing reads them
+    torch.testing.assert_close(train["hidden"][rows] * real, whole["hidden"] * real, rtol=1e-5, atol=1e-5)

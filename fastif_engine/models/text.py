@@ -168,19 +168,22 @@ class MiniLMAdapter(TrainableAdapter):
     def regularized(self, name: str) -> bool:
         return super().regularized(name) and "LayerNorm" not in name
 
+    rows_on_disk = ("hidden",)  # the flow keeps the hidden states on disk: 98 KB per snippet
+
     @torch.no_grad()
     def prepare(self, texts, chunk_size: int = 128) -> dict:
-        """Tokenise and run the frozen layers once: ``{"hidden": [n, L, dim], "mask": [n, L]}``.
+        """Tokenise and run the frozen layers once: ``{"hidden": [n, L, dim], "mask": [n, L]}``,
+        ``L = max_length`` (rows of one shape, so a split can be prepared and stored in parts).
 
         Texts run in chunks of similar length (each padded only to its own longest), then
-        land right-padded with zeros in one tensor; padding never reaches real tokens.
+        land right-padded with zeros in one tensor; padding never reaches real tokens, and
+        ``trim_batch`` cuts the padding columns no row of a batch needs.
         """
         texts = list(texts)
         tokens = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
         lengths = np.array([len(t) for t in tokens])
-        length = int(lengths.max()) if len(lengths) else 1
-        hidden = torch.zeros(len(texts), length, self.dim)
-        mask = torch.zeros(len(texts), length, dtype=torch.long)
+        hidden = torch.zeros(len(texts), self.max_length, self.dim)
+        mask = torch.zeros(len(texts), self.max_length, dtype=torch.long)
         by_length = np.argsort(lengths, kind="stable")
         for part in chunk_slices(len(texts), chunk_size):
             rows = by_length[part]
