@@ -17,6 +17,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from .adapter import ModelAdapter
 from .batching import Inputs, chunk_slices, n_rows, take, to_device, unsqueeze0
 from .errors import NonFiniteGradientError
+from .memory import trimming
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def per_sample_gradients(
     device = adapter.device
     if index is None:
         index = np.arange(n_rows(inputs))
-    for part in chunk_slices(len(index), chunk_size):
+    for part in trimming(chunk_slices(len(index), chunk_size)):
         rows = torch.as_tensor(index[part], dtype=torch.long)
         x = adapter.trim_batch(to_device(take(inputs, rows), device))
         y = labels[rows].to(device)
@@ -168,7 +169,7 @@ def directional_derivatives(
     lengths = adapter.row_lengths(inputs)
     order = np.argsort(np.asarray(lengths)[index], kind="stable") if lengths is not None else np.arange(len(index))
     out = np.empty(len(index), dtype=np.float64)
-    for part in chunk_slices(len(index), chunk_size):
+    for part in trimming(chunk_slices(len(index), chunk_size)):
         at = order[part]
         rows = torch.as_tensor(index[at])
         x = adapter.trim_batch(to_device(take(inputs, rows), adapter.device))

@@ -15,6 +15,7 @@ import torch
 from .adapter import ModelAdapter
 from .batching import INFERENCE_ROWS, Inputs, chunk_slices, n_rows, take, to_device
 from .errors import NonFiniteGradientError
+from .memory import trimming
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def train(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, settings:
             steps = settings.epochs * -(-n // settings.batch_size)
             step = 0
             for epoch in range(settings.epochs):
-                for idx in minibatches(n, settings.batch_size, gen, lengths):
+                for idx in trimming(minibatches(n, settings.batch_size, gen, lengths)):
                     idx = idx.to(adapter.device)
                     if settings.schedule == "linear":
                         opt.param_groups[0]["lr"] = settings.lr * (1 - step / steps)

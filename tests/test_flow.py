@@ -555,9 +555,12 @@ def test_text_minilm_on_rotten_tomatoes(tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert main(["clean", "--train", str(data / "train.parquet"), "--valid", str(data / "valid.parquet"),
                  "--out", str(out), "--model", "text-minilm", "--model-option", "top_layers=1",
-                 "--depth", "20", "--batch-size", "2", "--k", "50"]) == 0
+                 "--depth", "20", "--batch-size", "2", "--k", "50", "--retrain", "--seeds", "1"]) == 0
     flags = pd.read_parquet(out / "flags.parquet")
     assert len(flags) == 300 and flags["flagged"].sum() > 0
+    retrain = json.loads((out / "metrics.json").read_text())["retrain"]  # fits on the kept rows, read from disk
+    assert set(retrain["summary"]) == {"original", "fixed", "random"}
+    assert all(0.5 < r["accuracy"] <= 1 for r in retrain["runs"])
     report = (out / "report.md").read_text()
     top = flags[flags["flagged"]].sort_values("rank").iloc[0]
     assert f"| 1 | {top['train_id']} |" in report  # shown with its text snippet
