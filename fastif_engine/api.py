@@ -17,6 +17,7 @@ from .batching import INFERENCE_ROWS, Inputs, chunk_slices, n_rows, take, to_dev
 from .gradients import FlatParams, chunk_rows, gradient_matrix
 from .influence import influence_on_candidates, self_influence
 from .knn import FaissIndex
+from .memory import TRIM_EVERY_INFERENCE, trimming
 from .solvers import InverseHVPSolver, LissaSettings, ProgressFn, make_solver
 
 
@@ -24,7 +25,7 @@ def extract_features(adapter: ModelAdapter, inputs: Inputs, *, chunk_size: int =
     """``adapter.features`` for every row, as float32 ``[n, d]``, in chunks."""
     parts = []
     with torch.no_grad():
-        for rows in chunk_slices(n_rows(inputs), chunk_size):
+        for rows in trimming(chunk_slices(n_rows(inputs), chunk_size), every=TRIM_EVERY_INFERENCE):
             parts.append(adapter.features(adapter.trim_batch(to_device(take(inputs, rows), adapter.device))).float().cpu())
     return torch.cat(parts).numpy()
 

@@ -15,7 +15,7 @@ import torch
 from .adapter import ModelAdapter
 from .batching import INFERENCE_ROWS, Inputs, chunk_slices, n_rows, take, to_device
 from .errors import NonFiniteGradientError
-from .memory import trimming
+from .memory import TRIM_EVERY_INFERENCE, trimming
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ class Evaluation:
 def logits_in_chunks(adapter: ModelAdapter, inputs: Inputs, *, chunk_size: int = INFERENCE_ROWS) -> torch.Tensor:
     """``[n, C]`` logits of every row on the CPU, computed ``chunk_size`` rows at a time."""
     return torch.cat([adapter.model(adapter.trim_batch(to_device(take(inputs, rows), adapter.device))).cpu()
-                      for rows in chunk_slices(n_rows(inputs), chunk_size)])
+                      for rows in trimming(chunk_slices(n_rows(inputs), chunk_size), every=TRIM_EVERY_INFERENCE)])
 
 
 @torch.no_grad()
