@@ -558,9 +558,11 @@ def test_text_minilm_on_rotten_tomatoes(tmp_path, monkeypatch):
                  "--depth", "20", "--batch-size", "2", "--k", "50", "--retrain", "--seeds", "1"]) == 0
     flags = pd.read_parquet(out / "flags.parquet")
     assert len(flags) == 300 and flags["flagged"].sum() > 0
-    retrain = json.loads((out / "metrics.json").read_text())["retrain"]  # fits on the kept rows, read from disk
-    assert set(retrain["summary"]) == {"original", "fixed", "random"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    retrain = metrics["accuracy"]["retrain"]  # fits on the kept rows, read from disk
+    assert set(retrain["summary"]) == {"original", "cleaned", "random"}
     assert all(0.5 < r["accuracy"] <= 1 for r in retrain["runs"])
+    assert metrics["solver"]["s_test_rows_held"] == 35  # per thread at the default budget: errors in groups
     report = (out / "report.md").read_text()
     top = flags[flags["flagged"]].sort_values("rank").iloc[0]
     assert f"| 1 | {top['train_id']} |" in report  # shown with its text snippet
