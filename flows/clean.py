@@ -22,6 +22,7 @@ from prefect.futures import as_completed
 
 import fastif_engine
 from fastif_engine import history
+from fastif_engine.memory import return_freed_memory
 from fastif_engine.net_harm import DEFAULT_FOLDS, NetHarm
 from fastif_engine.ranking import FLAG_SCORES, harm_scores, rank_and_flag, rank_fusion
 from fastif_engine.retrain import VARIANTS
@@ -32,7 +33,7 @@ from . import console, tasks
 from .config import CleanConfig
 from .outputs import (OUTPUTS, flagging_counts, flags_table, history_record, influence_table, metrics_record,
                       retrain_summary, write_outputs)
-from .runtime import gpus_for, return_freed_memory, task_runner, threads_per_worker
+from .runtime import gpus_for, task_runner, threads_per_worker
 
 CACHE_DIR = ".fastif-cache"
 

@@ -7,8 +7,6 @@ import os
 
 import torch
 
-from fastif_engine.memory import return_freed_memory  # noqa: F401  (the flow and its tasks call it from here)
-
 log = logging.getLogger("fastif")
 
 

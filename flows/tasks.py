@@ -30,6 +30,7 @@ from fastif_engine.gradients import FlatParams, chunk_rows, gradient_matrix
 from fastif_engine.errors import LissaDivergenceError, SolverSetupError
 from fastif_engine.influence import influence_on_candidates, self_influence
 from fastif_engine.knn import FaissIndex
+from fastif_engine.memory import return_freed_memory
 from fastif_engine.net_harm import net_harm
 from fastif_engine.models import DataInfo, create_model
 from fastif_engine.retrain import retrain_and_evaluate
@@ -40,7 +41,7 @@ from fastif_engine.store import (NpyRows, atomic_path, load_arrays, load_tensors
 from fastif_engine.training import evaluate
 
 from .config import CleanConfig
-from .runtime import return_freed_memory, set_worker_threads, worker_device
+from .runtime import set_worker_threads, worker_device
 
 _LOCK = threading.Lock()
 # Self-influence needs (H + λI)⁻¹ for every training row: with an explicit Hessian that is one

@@ -30,7 +30,7 @@ def test_thread_workers_share_the_memory_budget_and_worker_processes_each_have_i
 
 # Run in a fresh interpreter: where glibc places the blocks depends on the heap's history.
 _FREED_THEN_TRIMMED = """
-from flows.runtime import return_freed_memory
+from fastif_engine.memory import return_freed_memory
 
 def rss_mb():
     with open("/proc/self/status") as status:
