@@ -23,9 +23,11 @@ from fastif_engine.datasets import export
 DEMO = ["--model", "text-minilm", "--depth", "100", "--repeats", "1", "--batch-size", "1", "--damping", "0.05"]
 
 
-def run(paths: dict, out: Path, k: int) -> dict:
+def run(paths: dict, out: Path, k: int, *extra: str) -> dict:
+    """One ``fastif clean`` (the demo's settings, ``extra`` options on top) in a fresh process under
+    ``/usr/bin/time -v``: wall, peak RSS, and the per-stage timings and peaks from metrics.json."""
     cmd = ["/usr/bin/time", "-v", "fastif", "clean", "--train", str(paths["train"]), "--valid", str(paths["valid"]),
-           "--test", str(paths["test"]), "--out", str(out), "--k", str(k), *DEMO]
+           "--test", str(paths["test"]), "--out", str(out), "--k", str(k), *DEMO, *extra]
     t = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t

@@ -17,6 +17,12 @@ from fastif_engine.ranking import DEFAULT_FLAG_FRACTION
 from fastif_engine.solvers import EXACT_MAX_PARAMS, LOW_RANK
 
 
+# Workers of the process, Dask and Ray runners when --workers is not given. The thread runner's default is 1:
+# its tasks take turns inside torch.func and the seeded-RNG lock (fastif_engine.gradients.TRANSFORM_LOCK,
+# training.seeded), so a second thread only halves each task's memory budget (docs/BENCHMARKS.md, "Workers").
+POOL_WORKERS = 2
+
+
 class ConfigError(FastIFError):
     """A config file or flag that cannot be used."""
 
@@ -104,7 +110,9 @@ class CleanConfig(BaseModel):
                                                                         "ray://host:10001)")
     device: Literal["auto", "cpu", "cuda"] = _setting("auto", group="execution",
                                                       help="auto: a GPU when the worker sees one")
-    workers: int = _setting(2, group="execution", help="parallel workers", ge=1)
+    workers: Optional[int] = _setting(None, group="execution", help="parallel workers (unset: 1 with the thread "
+                                      "runner, whose tasks take turns inside torch anyway, so one at a time has the "
+                                      f"whole memory budget; {POOL_WORKERS} with the others)", ge=1)
     tests_per_batch: int = _setting(16, group="execution", help="errors solved together in one s_test task", ge=1)
     memory_budget: float = _setting(MEMORY_BUDGET_GB, group="execution", help="GB the per-sample-gradient chunks and "
                                     "LiSSA blocks of one process may take at once (thread workers share it); sets "
@@ -112,6 +120,14 @@ class CleanConfig(BaseModel):
                                     "stage holds as much again of s_test vectors", gt=0.0)
     chunk_size: Optional[int] = _setting(None, group="execution", help="rows per per-sample-gradient chunk "
                                          "(unset: from --memory-budget)", ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_workers(cls, values):
+        if isinstance(values, dict) and values.get("workers") is None:
+            runner = values.get("runner") or cls.model_fields["runner"].default
+            values = {**values, "workers": 1 if runner == "thread" else POOL_WORKERS}
+        return values
 
     @model_validator(mode="after")
     def _one_flag_rule(self):

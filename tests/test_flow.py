@@ -562,7 +562,7 @@ def test_text_minilm_on_rotten_tomatoes(tmp_path, monkeypatch):
     retrain = metrics["accuracy"]["retrain"]  # fits on the kept rows, read from disk
     assert set(retrain["summary"]) == {"original", "cleaned", "random"}
     assert all(0.5 < r["accuracy"] <= 1 for r in retrain["runs"])
-    assert metrics["solver"]["s_test_rows_held"] == 35  # per thread at the default budget: errors in groups
+    assert metrics["solver"]["s_test_rows_held"] == 70  # one thread worker, the default budget: errors in groups
     report = (out / "report.md").read_text()
     top = flags[flags["flagged"]].sort_values("rank").iloc[0]
     assert f"| 1 | {top['train_id']} |" in report  # shown with its text snippet

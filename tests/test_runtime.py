@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from fastif_engine.gradients import chunk_rows
-from flows.config import CleanConfig
+from flows.config import POOL_WORKERS, CleanConfig
 from flows.tasks import chunk_size, s_test_rows, task_budget
 
 
@@ -26,6 +26,13 @@ def test_thread_workers_share_the_memory_budget_and_worker_processes_each_have_i
     # the influence stage's s_test vectors held at once, on top of its chunks: 70 for each of two threads
     assert s_test_rows(_config(runner="thread", workers=2, memory_budget=1.0), 1_775_234) == 70
     assert s_test_rows(_config(runner="process", workers=2, memory_budget=1.0), 31) > 10**6
+
+
+def test_thread_runner_defaults_to_one_worker_with_the_whole_budget():
+    # its tasks take turns inside torch, so a second thread worker would only halve the budget
+    assert _config().workers == 1 and task_budget(_config(memory_budget=1.0)) == 1.0
+    assert _config(runner="process").workers == _config(runner="dask").workers == POOL_WORKERS
+    assert _config(workers=2).workers == 2 and task_budget(_config(workers=2, memory_budget=1.0)) == 0.5
 
 
 # Run in a fresh interpreter: where glibc places the blocks depends on the heap's history.

@@ -16,8 +16,8 @@ from tests.test_flow import FAST, clean, prefect_server, tabular  # noqa: F401  
 
 @pytest.fixture(scope="module")
 def reference(tabular, tmp_path_factory):
-    out = tmp_path_factory.mktemp("thread") / "out"
-    assert clean(tabular, out, "--runner", "thread") == 0
+    out = tmp_path_factory.mktemp("thread") / "out"  # two thread workers taking turns inside torch
+    assert clean(tabular, out, "--runner", "thread", "--workers", "2") == 0
     return pd.read_parquet(out / "flags.parquet")
 
 
