@@ -19,7 +19,8 @@ from fastif_engine.solvers import EXACT_MAX_PARAMS, LOW_RANK
 
 # Workers of the process, Dask and Ray runners when --workers is not given. The thread runner's default is 1:
 # its tasks take turns inside torch.func and the seeded-RNG lock (fastif_engine.gradients.TRANSFORM_LOCK,
-# training.seeded), so a second thread only halves each task's memory budget (docs/BENCHMARKS.md, "Workers").
+# training.seeded), so a second thread only halves each task's memory budget (docs/BENCHMARKS.md,
+# "Thread workers").
 POOL_WORKERS = 2
 
 
