@@ -1,6 +1,6 @@
 """Peak memory of scoring candidates (the stage that set the demo's peak) against the memory budget.
 
-    python benchmarks/memory.py [--candidates 250 1000 4000] [--budgets 0.25 0.5 1.0 2.0] [--errors 74]
+    python benchmarks/memory.py [--candidates 250 1000 4000] [--budgets 0.25 0.5 1.0 2.0] [--errors 74] [--trim-every N]
 
 text-minilm (top layer + head: 1.78M differentiated parameters) on Rotten Tomatoes snippets: each
 configuration runs in a fresh process, which loads the model, the prepared inputs of the candidate
@@ -34,12 +34,15 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak RSS starts again from now
 
 
-def child(inputs_path: str, candidates: int, budget: float, errors: int) -> None:
+def child(inputs_path: str, candidates: int, budget: float, errors: int, trim_every: int | None) -> None:
+    from fastif_engine import memory
     from fastif_engine.gradients import FlatParams, chunk_rows
     from fastif_engine.influence import influence_on_candidates
     from fastif_engine.models import DataInfo, create_model
     from fastif_engine.store import load_tensors
 
+    if trim_every:
+        memory.TRIM_EVERY = trim_every
     torch.manual_seed(0)
     model = create_model("text-minilm", DataInfo("text", 2, ()))
     blob = load_tensors(inputs_path)
@@ -62,11 +65,13 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, nargs="+", default=[250, 1000, 4000])
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0])
     ap.add_argument("--errors", type=int, default=74)
+    ap.add_argument("--trim-every", type=int, default=None,
+                    help="gradient chunks between two trims of freed memory (default: the engine's TRIM_EVERY)")
     ap.add_argument("--cache", type=Path, default=Path("benchmarks/.cache"))
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child[0], int(args.child[1]), float(args.child[2]), args.errors)
+        child(args.child[0], int(args.child[1]), float(args.child[2]), args.errors, args.trim_every)
         return
     inputs_path = args.cache / f"rt{max(args.candidates)}-minilm-inputs.safetensors"
     if not inputs_path.exists():
@@ -79,14 +84,16 @@ def main() -> None:
         ds = load_dataset({k: str(v) for k, v in paths.items()})
         prepared = create_model("text-minilm", DataInfo("text", 2, ())).prepare(ds.splits["train"].values)
         save_tensors(inputs_path, {**prepared, "labels": torch.as_tensor(ds.splits["train"].labels)})
-    print(f"{args.errors} s_test vectors; one fresh process per row\n")
+    print(f"{args.errors} s_test vectors; one fresh process per row; freed memory trimmed every "
+          f"{args.trim_every or 'TRIM_EVERY'} chunks\n")
     print("| candidates | --memory-budget (GB) | rows per chunk | baseline RSS (MB) | peak RSS (MB) | "
           "peak − baseline (MB) | seconds |")
     print("|---|---|---|---|---|---|---|")
     for budget in args.budgets:
         for c in args.candidates:
-            out = subprocess.run([sys.executable, __file__, "--errors", str(args.errors), "--child", str(inputs_path),
-                                  str(c), str(budget)], capture_output=True, text=True, check=True)
+            trim = ["--trim-every", str(args.trim_every)] if args.trim_every else []
+            out = subprocess.run([sys.executable, __file__, "--errors", str(args.errors), *trim, "--child",
+                                  str(inputs_path), str(c), str(budget)], capture_output=True, text=True, check=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"| {c:,} | {budget:g} | {r['chunk_rows']} | {r['baseline_mb']:.0f} | {r['peak_mb']:.0f} | "
                   f"{r['peak_mb'] - r['baseline_mb']:.0f} | {r['seconds']:.1f} |", flush=True)

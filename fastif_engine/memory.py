@@ -42,8 +42,10 @@ def return_freed_memory() -> None:
         trim(0)
 
 
-def trimming(steps: Iterable[T], every: int = TRIM_EVERY) -> Iterator[T]:
-    """The items of ``steps``, with freed memory handed back after every ``every``-th one's work."""
+def trimming(steps: Iterable[T], every: int | None = None) -> Iterator[T]:
+    """The items of ``steps``, with freed memory handed back after every ``every``-th one's work
+    (``None``: ``TRIM_EVERY``, read at the call)."""
+    every = every or TRIM_EVERY
     for i, step in enumerate(steps, start=1):
         yield step
         if i % every == 0:

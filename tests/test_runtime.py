@@ -66,3 +66,16 @@ def test_freed_memory_goes_back_to_the_operating_system():
     out = subprocess.run([sys.executable, "-c", _FREED_THEN_TRIMMED], capture_output=True, text=True, check=True)
     held, after = map(float, out.stdout.split())
     assert held - after > 150, f"malloc_trim returned {held - after:.0f} of the 200 MB freed"
+
+
+def test_long_loops_trim_every_so_many_steps(monkeypatch):
+    from fastif_engine import memory
+
+    seen, trims = [], []
+    monkeypatch.setattr(memory, "return_freed_memory", lambda: trims.append(len(seen)))
+    for step in memory.trimming(range(7), every=3):
+        seen.append(step)
+    assert seen == list(range(7)) and trims == [3, 6]  # after the 3rd and the 6th step's work
+    monkeypatch.setattr(memory, "TRIM_EVERY", 2)  # the default is read when a loop starts
+    trims.clear()
+    assert list(memory.trimming(iter("abcde"))) == list("abcde") and len(trims) == 2
