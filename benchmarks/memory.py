@@ -1,6 +1,7 @@
 """Peak memory of scoring candidates (the stage that set the demo's peak) against the memory budget.
 
-    python benchmarks/memory.py [--candidates 250 1000 4000] [--budgets 0.25 0.5 1.0 2.0] [--errors 74] [--trim-every N]
+    python benchmarks/memory.py [--candidates 250 1000 4000] [--budgets 0.25 0.5 1.0 2.0] [--errors 74]
+                                [--trim-every N]
 
 text-minilm (top layer + head: 1.78M differentiated parameters) on Rotten Tomatoes snippets: each
 configuration runs in a fresh process, which loads the model, the prepared inputs of the candidate

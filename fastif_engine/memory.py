@@ -44,7 +44,7 @@ def return_freed_memory() -> None:
 
 def trimming(steps: Iterable[T], every: int | None = None) -> Iterator[T]:
     """The items of ``steps``, with freed memory handed back after every ``every``-th one's work
-    (``None``: ``TRIM_EVERY``, read at the call)."""
+    (``None``: ``TRIM_EVERY``, read when the loop starts)."""
     every = every or TRIM_EVERY
     for i, step in enumerate(steps, start=1):
         yield step
