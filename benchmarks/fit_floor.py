@@ -83,7 +83,7 @@ def main() -> None:
     torch.set_num_threads(2)
     base = statistics.median(seconds["one fit, 2 threads (the flow)"])
     print(f"\n| arrangement (medians of {args.repeats}) | s per fit | vs the flow's | test accuracy | "
-          f"{FITS_IN_THE_DEMO} fits (s) |\n|---|---|---|---|---|")
+          f"{FITS_IN_THE_DEMO} such fits (s) |\n|---|---|---|---|---|")
     for name in arrangements:
         per_fit = statistics.median(seconds[name])
         acc = ", ".join(f"{a:.3f}" for a in accuracy[name])
