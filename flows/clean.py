@@ -116,7 +116,10 @@ def _progress(futures, description: str):
     return [results[f] for f in futures]
 
 
-@flow(name="clean_dataset")
+# A deployment calls the flow itself, with this runner (``run_clean`` replaces it with ``--runner``'s).
+# One thread: tasks take turns inside torch anyway, and each is sized for the config's workers
+# (tasks.task_budget), which Prefect's default thread pool, unbounded, would run all at once.
+@flow(name="clean_dataset", task_runner=task_runner("thread", 1))
 def clean_dataset(config: CleanConfig) -> dict:
     """Flag the training rows that harm the model's validation errors; see DESIGN.md's contract."""
     cfg = config
@@ -268,7 +271,7 @@ def clean_dataset(config: CleanConfig) -> dict:
 
 
 def _warn_if_runner_ignored(runner: str) -> None:
-    """A deployment calls the flow directly, with its default (thread) runner: say so."""
+    """A deployment calls the flow directly, with its default (one-thread) runner: say so."""
     from prefect.context import FlowRunContext
 
     ctx = FlowRunContext.get()

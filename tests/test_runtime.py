@@ -35,6 +35,16 @@ def test_thread_runner_defaults_to_one_worker_with_the_whole_budget():
     assert _config(workers=2).workers == 2 and task_budget(_config(workers=2, memory_budget=1.0)) == 0.5
 
 
+def test_a_deployed_run_takes_one_task_at_a_time_as_its_budget_assumes():
+    """A deployment calls the flow with its own runner; Prefect's default thread pool is unbounded."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.clean import clean_dataset
+
+    runner = clean_dataset.task_runner
+    assert isinstance(runner, ThreadPoolTaskRunner) and runner._max_workers == _config().workers == 1
+
+
 # Run in a fresh interpreter: where glibc places the blocks depends on the heap's history.
 _FREED_THEN_TRIMMED = """
 from fastif_engine.memory import return_freed_memory
