@@ -30,7 +30,7 @@ from fastif_engine.solvers import lissa_block
 from fastif_engine.store import file_fingerprint, fingerprint, write_npy, write_npy_rows
 
 from . import console, tasks
-from .config import CleanConfig
+from .config import THREAD_WORKERS, CleanConfig
 from .outputs import (OUTPUTS, flagging_counts, flags_table, history_record, influence_table, metrics_record,
                       retrain_summary, write_outputs)
 from .runtime import gpus_for, task_runner, threads_per_worker
@@ -116,10 +116,10 @@ def _progress(futures, description: str):
     return [results[f] for f in futures]
 
 
-# A deployment calls the flow itself, with this runner (``run_clean`` replaces it with ``--runner``'s).
-# One thread: tasks take turns inside torch anyway, and each is sized for the config's workers
-# (tasks.task_budget), which Prefect's default thread pool, unbounded, would run all at once.
-@flow(name="clean_dataset", task_runner=task_runner("thread", 1))
+# A deployment calls the flow itself, with this runner (``run_clean`` replaces it with ``--runner``'s):
+# the thread runner's default workers, as each task's budget assumes (tasks.task_budget), where
+# Prefect's default thread pool, unbounded, would run every s_test batch at once.
+@flow(name="clean_dataset", task_runner=task_runner("thread", THREAD_WORKERS))
 def clean_dataset(config: CleanConfig) -> dict:
     """Flag the training rows that harm the model's validation errors; see DESIGN.md's contract."""
     cfg = config

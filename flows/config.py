@@ -17,10 +17,11 @@ from fastif_engine.ranking import DEFAULT_FLAG_FRACTION
 from fastif_engine.solvers import EXACT_MAX_PARAMS, LOW_RANK
 
 
-# Workers of the process, Dask and Ray runners when --workers is not given. The thread runner's default is 1:
-# its tasks take turns inside torch.func and the seeded-RNG lock (fastif_engine.gradients.TRANSFORM_LOCK,
-# training.seeded), so a second thread only halves each task's memory budget (docs/BENCHMARKS.md,
-# "Thread workers").
+# Workers when --workers is not given. The thread runner's tasks take turns inside torch.func and the
+# seeded-RNG lock (fastif_engine.gradients.TRANSFORM_LOCK, training.seeded), so a second thread would only
+# halve each task's memory budget (docs/BENCHMARKS.md, "Thread workers"); a deployed run (flows.clean's
+# own runner) takes as many. The process, Dask and Ray runners' workers run at once.
+THREAD_WORKERS = 1
 POOL_WORKERS = 2
 
 
@@ -111,9 +112,10 @@ class CleanConfig(BaseModel):
                                                                         "ray://host:10001)")
     device: Literal["auto", "cpu", "cuda"] = _setting("auto", group="execution",
                                                       help="auto: a GPU when the worker sees one")
-    workers: Optional[int] = _setting(None, group="execution", help="parallel workers (unset: 1 with the thread "
-                                      "runner, whose tasks take turns inside torch anyway, so one at a time has the "
-                                      f"whole memory budget; {POOL_WORKERS} with the others)", ge=1)
+    workers: Optional[int] = _setting(None, group="execution", help="parallel workers (unset: "
+                                      f"{THREAD_WORKERS} with the thread runner, whose tasks take turns inside torch "
+                                      "anyway, so one at a time has the whole memory budget; "
+                                      f"{POOL_WORKERS} with the others)", ge=1)
     tests_per_batch: int = _setting(16, group="execution", help="errors solved together in one s_test task", ge=1)
     memory_budget: float = _setting(MEMORY_BUDGET_GB, group="execution", help="GB the per-sample-gradient chunks and "
                                     "LiSSA blocks of one process may take at once (thread workers share it); sets "
@@ -127,7 +129,7 @@ class CleanConfig(BaseModel):
     def _default_workers(cls, values):
         if isinstance(values, dict) and values.get("workers") is None:
             runner = values.get("runner") or cls.model_fields["runner"].default
-            values = {**values, "workers": 1 if runner == "thread" else POOL_WORKERS}
+            values = {**values, "workers": THREAD_WORKERS if runner == "thread" else POOL_WORKERS}
         return values
 
     @model_validator(mode="after")
