@@ -17,6 +17,7 @@ tensors whose first dim is the row (see :mod:`fastif_engine.batching`).
 """
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 
 import torch
@@ -78,6 +79,14 @@ class ModelAdapter(ABC):
         which cuts the padding that :meth:`trim_batch` cannot remove from a mixed chunk.
         """
         return None
+
+    def rows_first(self):
+        """A context in which every layer's activations keep the row as their first dimension.
+
+        Curvature factors (EK-FAC) sum a row's gradient over the other dimensions; a model that
+        packs rows' tokens together for speed turns that off here. Default: nothing to change.
+        """
+        return contextlib.nullcontext()
 
     @property
     def device(self) -> torch.device:

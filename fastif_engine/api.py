@@ -36,9 +36,9 @@ class FastIF:
     Args:
         adapter: the model (see :class:`~fastif_engine.adapter.ModelAdapter`), already trained.
         train_inputs, train_labels: the training set the model was fit on.
-        solver: ``"auto"`` (default: exact up to 10,000 parameters, else LiSSA), ``"exact"``,
-            ``"lissa"``, ``"lowrank"`` (rank-32 Lanczos; cheap repeated solves, e.g. self-influence
-            of every row), or a ready solver object.
+        solver: ``"auto"`` (default: by predicted cost, see :func:`~fastif_engine.solvers.plan_solver`),
+            ``"ekfac"`` (Kronecker-factored Gauss-Newton), ``"cg"`` (EK-FAC-preconditioned conjugate
+            gradient), ``"exact"``, ``"lissa"``, ``"lowrank"`` (rank-32 Lanczos), or a ready solver object.
         lissa: LiSSA settings; damping × scale is the ridge λ for every solver.
         chunk_size: rows per per-sample-gradient chunk; ``None`` = what 0.5 GB allows for P.
         k: candidates per test example; ``None`` scores every training row (no kNN).

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable
@@ -272,6 +273,8 @@ class _BatchStream:
 
 
 LOW_RANK = 32  # top Hessian eigenpairs the low-rank solver keeps
+CG_TOLERANCE = 1e-4  # relative residual at which CG stops
+CG_MAX_ITERATIONS = 50
 
 
 class LowRankSolver(InverseHVPSolver):
@@ -329,34 +332,196 @@ def _check_low_rank(ridge: float, rank: int) -> None:
         raise SolverSetupError(f"the low-rank solver needs rank >= 1 (got {rank})")
 
 
-SOLVERS = ("auto", "exact", "lissa", "lowrank")
+class CgSolver(InverseHVPSolver):
+    """Conjugate gradient on (H + λI) S = V, every vector at once, with full-data HVPs.
+
+    Each iteration is one pass of Hessian-vector products over the training rows (all vectors
+    vmapped together); a ``preconditioner`` (an EK-FAC solver: a cheap approximate inverse) both
+    starts the iteration and preconditions it, so a few iterations reach the exact answer. Stops
+    when every vector's relative residual ‖V − (H + λI)S‖ / ‖V‖ is below ``tolerance``, or after
+    ``max_iterations`` (0: the preconditioner's answer alone). The residuals reached are kept in
+    ``residuals`` (one per vector) and the iterations run in ``iterations_used``.
+    """
+
+    def __init__(self, adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *, ridge: float,
+                 preconditioner: InverseHVPSolver | None = None, tolerance: float = CG_TOLERANCE,
+                 max_iterations: int = CG_MAX_ITERATIONS, flat: FlatParams | None = None, chunk_size: int = 512):
+        if not ridge > 0:
+            raise SolverSetupError(f"the CG solver needs a ridge λ > 0 (got {ridge:g}): raise --damping")
+        self.adapter, self.inputs, self.labels = adapter, inputs, labels
+        self.flat = flat or FlatParams.of(adapter)
+        self._ridge, self.tolerance, self.max_iterations = float(ridge), float(tolerance), int(max_iterations)
+        self.preconditioner, self.chunk_size = preconditioner, chunk_size
+        self.iterations_used: list[int] = []
+        self.residuals: torch.Tensor | None = None
+
+    @property
+    def ridge(self) -> float:
+        return self._ridge
+
+    def _operator(self, vectors: torch.Tensor) -> torch.Tensor:
+        return full_hvp(self.adapter, self.flat, self.inputs, self.labels, vectors,
+                        chunk_size=self.chunk_size) + self._ridge * vectors
+
+    def _precondition(self, r: torch.Tensor) -> torch.Tensor:
+        return self.preconditioner.solve(r) if self.preconditioner is not None else r / self._ridge
+
+    def solve(self, vectors: torch.Tensor, progress: ProgressFn | None = None) -> torch.Tensor:
+        b = vectors.to(device=self.flat.l2_mask.device, dtype=self.flat.l2_mask.dtype)
+        b_norm = b.norm(dim=1).clamp_min(1e-30)
+        x = self._precondition(b)
+        if self.max_iterations == 0:
+            self.iterations_used.append(0)
+            if progress:
+                progress(1, 1)
+            return x
+        r = b - self._operator(x)
+        z = self._precondition(r)
+        p, rz = z.clone(), (r * z).sum(1)
+        used = 0
+        for it in range(1, self.max_iterations + 1):
+            active = r.norm(dim=1) / b_norm > self.tolerance
+            if not bool(active.any()):
+                break
+            ap = self._operator(p[active])
+            curvature = (p[active] * ap).sum(1)
+            if bool((curvature <= 0).any()):
+                raise SolverSetupError(
+                    f"H + λI is not positive definite (λ = {self._ridge:g}; CG met a direction of "
+                    "curvature ≤ 0): the model is not at a minimum. Raise --damping, or train longer.")
+            alpha = rz[active] / curvature
+            x[active] += alpha[:, None] * p[active]
+            r[active] -= alpha[:, None] * ap
+            z_new = self._precondition(r[active])
+            rz_new = (r[active] * z_new).sum(1)
+            p[active] = z_new + (rz_new / rz[active])[:, None] * p[active]
+            rz[active] = rz_new
+            used = it
+            if progress:
+                progress(it, self.max_iterations)
+        self.residuals = r.norm(dim=1) / b_norm
+        self.iterations_used.append(used)
+        return x
+
+
+SOLVERS = ("auto", "exact", "lissa", "lowrank", "ekfac", "cg")
 
 
 def choose_solver(name: str, n_params: int, max_exact: int = EXACT_MAX_PARAMS) -> str:
-    """``auto`` → ``exact`` where the explicit damped Hessian fits (≤ ``max_exact`` parameters),
-    else ``lissa``; any other name is returned as it is (after a check)."""
+    """Check a solver's name; ``auto`` is resolved by :func:`plan_solver` (it measures), so here it
+    maps to the choice made without measuring: ``ekfac``."""
     if name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
-    if name == "auto":
-        return "exact" if n_params <= max_exact else "lissa"
-    return name
+    return "ekfac" if name == "auto" else name
+
+
+# ``auto``: an exact-quality solver (exact, or EK-FAC-preconditioned CG) is used when its predicted
+# time is within this budget: max(AUTO_BUDGET_SECONDS, AUTO_BUDGET_FACTOR × the EK-FAC build time).
+AUTO_BUDGET_SECONDS = 30.0
+AUTO_BUDGET_FACTOR = 4.0
+PROBE_VALUES = 2e8  # probe rows × parameters timed by plan_solver (≥ 32 rows)
+CG_EXPECTED_ITERATIONS = 20  # preconditioned CG to 1e-4 on the built-in tabular models: 7–31 (tests/test_solvers.py)
+
+
+@dataclass
+class SolverPlan:
+    """What ``auto`` (or the user) chose, why, and the predicted seconds behind it (for metrics.json)."""
+
+    name: str
+    reason: str
+    predicted_seconds: dict[str, float]
+    ekfac: object | None = None  # the built EK-FAC solver (the answer, or CG's preconditioner)
+    ekfac_residual: float | None = None  # ‖v − (H + λI) S_EKFAC v‖ / ‖v‖ on probe gradients
+    measured: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "reason": self.reason,
+                "predicted_seconds": {k: round(v, 2) for k, v in self.predicted_seconds.items()},
+                "ekfac_residual": None if self.ekfac_residual is None else round(self.ekfac_residual, 4),
+                **({"ekfac": self.ekfac.describe()} if self.ekfac is not None else {}),
+                "measured": {k: round(v, 6) for k, v in self.measured.items()}}
+
+
+def plan_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *, ridge: float,
+                n_vectors: int, flat: FlatParams | None = None, probe_rows: int = 512, probes: int = 8,
+                seed: int = 0) -> SolverPlan:
+    """Resolve ``name`` (``auto``: by predicted cost) for ``n_vectors`` vectors to solve.
+
+    Builds EK-FAC once (timed: it is the cheap answer and CG's preconditioner) and times one batch
+    of Hessian-vector products on ``probe_rows`` training rows and ``probes`` training gradients,
+    which also gives EK-FAC's relative residual on them. From those, per the device it runs on:
+    exact costs N × P row-HVPs, CG ``CG_EXPECTED_ITERATIONS`` × N × ``n_vectors``. ``auto`` takes the
+    cheaper of the two when it fits the budget (see ``AUTO_BUDGET_*``), else EK-FAC.
+    """
+    name = choose_solver(name, 0) if name != "auto" else "auto"
+    flat = flat or FlatParams.of(adapter)
+    n, p = n_rows(inputs), flat.size
+    if name in ("exact", "lissa", "lowrank"):
+        return SolverPlan(name, "requested", {})
+    from .kfac import EkfacSolver
+
+    started = time.perf_counter()
+    ekfac = EkfacSolver(adapter, inputs, labels, ridge=ridge, flat=flat)
+    build = time.perf_counter() - started
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(n, generator=gen)[:min(n, probe_rows, max(32, int(PROBE_VALUES // p)))].sort().values
+    x, y = take(inputs, rows), labels[rows]
+    m = min(max(n_vectors, 1), probes)
+    v = gradient_matrix(adapter, take(inputs, rows[:m]), labels[rows[:m]], flat=flat)
+    s = ekfac.solve(v)
+    full_hvp(adapter, flat, take(x, slice(0, 2)), y[:2], s[:1])  # warm-up (first calls compile and allocate)
+    started = time.perf_counter()
+    hs = full_hvp(adapter, flat, x, y, s, chunk_size=len(rows)) + ridge * s
+    per_pass = (time.perf_counter() - started) * n / len(rows)  # m vectors over all N rows
+    residual = float(((v - hs).norm(dim=1) / v.norm(dim=1).clamp_min(1e-30)).max())
+    predicted = {"ekfac": build, "cg": build + CG_EXPECTED_ITERATIONS * per_pass * max(n_vectors, 1) / m}
+    if p <= EXACT_MAX_PARAMS:
+        columns = torch.eye(p, dtype=flat.l2_mask.dtype, device=flat.l2_mask.device)[:min(p, 256)]
+        started = time.perf_counter()
+        full_hvp(adapter, flat, x, y, columns, chunk_size=len(rows))
+        predicted["exact"] = (time.perf_counter() - started) * n / len(rows) * math.ceil(p / len(columns))
+    plan = SolverPlan(name, "", predicted, ekfac, residual,
+                      {"ekfac_build_s": build, "hvp_pass_s": per_pass, "hvp_pass_vectors": m})
+    if name != "auto":
+        plan.reason = "requested"
+        return plan
+    budget = max(AUTO_BUDGET_SECONDS, AUTO_BUDGET_FACTOR * build)
+    best = min((k for k in ("exact", "cg") if k in predicted), key=predicted.get)
+    if predicted[best] <= budget:
+        plan.name = best
+        plan.reason = (f"{best}: exact-quality, predicted {predicted[best]:.1f} s within the budget of "
+                       f"{budget:.0f} s ({n_vectors} vectors, {p:,} parameters, {n:,} rows)")
+    else:
+        plan.name = "ekfac"
+        plan.reason = (f"ekfac: exact-quality solvers predicted {predicted[best]:.0f} s ({best}), over the "
+                       f"budget of {budget:.0f} s; EK-FAC's relative residual {residual:.2f}")
+    return plan
 
 
 def make_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor,
                 settings: LissaSettings = LissaSettings(), *, rank: int = LOW_RANK,
-                flat: FlatParams | None = None, memory_budget: float = MEMORY_BUDGET_GB) -> InverseHVPSolver:
-    """Build solver ``name`` (``auto``: see :func:`choose_solver`) with one ridge for all:
-    λ = ``settings.ridge`` = damping × scale, the scale estimated once if unset. LiSSA solves as
-    many vectors at once as ``memory_budget`` (GB) allows.
+                flat: FlatParams | None = None, memory_budget: float = MEMORY_BUDGET_GB,
+                n_vectors: int = 16, plan: SolverPlan | None = None) -> InverseHVPSolver:
+    """Build solver ``name`` (``auto``: see :func:`plan_solver`, for ``n_vectors`` vectors) with one
+    ridge for all: λ = ``settings.ridge`` = damping × scale, the scale estimated once if unset.
+    LiSSA solves as many vectors at once as ``memory_budget`` (GB) allows. ``plan``: a plan made
+    before (its EK-FAC factors are reused).
 
-    Sharing λ is what makes ``exact``, ``lissa`` and ``lowrank`` comparable on the same data.
+    Sharing λ is what makes every solver comparable on the same data.
     """
     flat = flat or FlatParams.of(adapter)
-    name = choose_solver(name, flat.size)
     settings = with_scale(adapter, inputs, labels, settings, flat)
+    if plan is None:
+        plan = plan_solver(name, adapter, inputs, labels, ridge=settings.ridge, n_vectors=n_vectors, flat=flat,
+                           seed=settings.seed)
+    name = plan.name
     if name == "lissa":
         return LissaSolver(adapter, inputs, labels, settings, flat=flat,
                            block=lissa_block(flat.size, memory_budget, settings.batch_size))
     if name == "exact":
         return ExactSolver(adapter, inputs, labels, ridge=settings.ridge, flat=flat)
+    if name == "ekfac":
+        return plan.ekfac
+    if name == "cg":
+        return CgSolver(adapter, inputs, labels, ridge=settings.ridge, preconditioner=plan.ekfac, flat=flat)
     return LowRankSolver(adapter, inputs, labels, ridge=settings.ridge, rank=rank, seed=settings.seed, flat=flat)

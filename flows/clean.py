@@ -155,7 +155,8 @@ def clean_dataset(config: CleanConfig) -> dict:
                               "influence": np.zeros(0)})
     n_candidates = 0
     with timer.stage("resolve solver"):
-        solver_path = tasks.resolve_solver(key=key["solver"], **loaded, **common)
+        solver_path = tasks.resolve_solver(key=key["solver"], **loaded, n_vectors=len(errors) + DEFAULT_FOLDS,
+                                           **common)
     solver_info = json.loads(Path(solver_path).read_text())
     key = stage_keys(cfg, solver_info["name"])
     # not in the cached solver file: the memory budget may change between runs that share it

@@ -64,9 +64,11 @@ class CleanConfig(BaseModel):
 
     k: int = _setting(1000, group="influence", help="nearest training rows scored per error", ge=1)
     index: Literal["flat", "ivf", "ivfpq", "hnsw"] = _setting("flat", group="influence")
-    solver: Literal["auto", "exact", "lissa", "lowrank"] = _setting(
-        "auto", group="influence", help="inverse-HVP solver; auto: exact where the explicit Hessian fits "
-        f"(≤ {EXACT_MAX_PARAMS:,} parameters), else LiSSA; lowrank: top-{LOW_RANK} Hessian eigenpairs")
+    solver: Literal["auto", "exact", "lissa", "lowrank", "ekfac", "cg"] = _setting(
+        "auto", group="influence", help="inverse-HVP solver; auto: by predicted cost, exact-quality (exact, or "
+        "CG preconditioned by EK-FAC) where it fits the budget, else EK-FAC (logged, in metrics.json); ekfac: "
+        f"Kronecker-factored Gauss-Newton; exact: ≤ {EXACT_MAX_PARAMS:,} parameters; lowrank: top-{LOW_RANK} "
+        "Hessian eigenpairs")
     depth: int = _setting(300, group="influence", help="LiSSA recursion depth J", ge=1)
     repeats: int = _setting(1, group="influence", help="LiSSA independent repeats T, spread over workers", ge=1)
     batch_size: int = _setting(16, group="influence", help="LiSSA minibatch B (training rows per HVP)", ge=1)

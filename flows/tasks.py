@@ -34,8 +34,10 @@ from fastif_engine.memory import return_freed_memory
 from fastif_engine.net_harm import net_harm
 from fastif_engine.models import DataInfo, create_model
 from fastif_engine.retrain import retrain_and_evaluate
-from fastif_engine.solvers import (EXACT_MAX_PARAMS, LOW_RANK, LissaSettings, LissaSolver, LowRankSolver,
-                                   auto_scale, choose_solver, make_solver, sweep_scale)
+from fastif_engine.kfac import EkfacSolver
+from fastif_engine.solvers import (CG_MAX_ITERATIONS, CG_TOLERANCE, EXACT_MAX_PARAMS, LOW_RANK, CgSolver, LissaSettings,
+                                   LissaSolver, LowRankSolver, SolverPlan, auto_scale, choose_solver, make_solver,
+                                   plan_solver, sweep_scale)
 from fastif_engine.store import (NpyRows, atomic_path, load_arrays, load_tensors, npy_writer, save_arrays, save_tensors,
                                  tensors_metadata, write_json, write_npy, write_parquet)
 from fastif_engine.training import evaluate
@@ -167,8 +169,18 @@ def stage_solver(cfg: CleanConfig, adapter, x, y, solver_path: str, flat: FlatPa
         saved = load_arrays(eigenpairs)
         return LowRankSolver.from_eigenpairs(torch.from_numpy(saved["values"]).to(adapter.placement),
                                              torch.from_numpy(saved["vectors"]).to(adapter.placement), info["ridge"])
+    factors = Path(solver_path).with_suffix(".ekfac.npz")
+    if name in ("ekfac", "cg") and factors.exists():
+        state = {k: torch.from_numpy(v) for k, v in load_arrays(factors).items()}
+        ekfac = EkfacSolver.from_state(adapter, state, ridge=info["ridge"], flat=flat)
+        if name == "ekfac":
+            return ekfac
+        return CgSolver(adapter, x, y, ridge=info["ridge"], preconditioner=ekfac, flat=flat,
+                        tolerance=info.get("tolerance", CG_TOLERANCE),
+                        max_iterations=info.get("max_iterations", CG_MAX_ITERATIONS))
     return make_solver(name, adapter, x, y, lissa_settings(cfg, info["scale"]), rank=LOW_RANK, flat=flat,
-                       memory_budget=task_budget(cfg))
+                       memory_budget=task_budget(cfg), plan=SolverPlan(name, "cached", {}) if name in
+                       ("exact", "lissa", "lowrank") else None)
 
 
 def _split_tensors(inputs_path: str, split: str):
@@ -345,37 +357,50 @@ def find_errors(cfg: CleanConfig, cache: str, key: str, dataset_path: str, input
 
 @_stage_task("resolve solver")
 def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
-                   model_path: str) -> str:
-    """Pick the solver (``auto``: exact where the Hessian fits) and fix the scale, hence the ridge
-    λ, once so every worker uses the same; the low-rank solver's eigenpairs are computed here once."""
+                   model_path: str, n_vectors: int = 16) -> str:
+    """Fix the scale, hence the ridge λ, once so every worker uses the same, and pick the solver for
+    ``n_vectors`` vectors (``auto``: by predicted cost, see solvers.plan_solver). Factors that every
+    solve reuses (EK-FAC's, the low-rank eigenpairs) are computed here once and saved beside it."""
     path, done = _cached(cache, "solver", key, "json", log_as="resolve solver")
     if done:
         return str(path)
     w = _Work.load(cfg, dataset_path, inputs_path, model_path)
-    name = choose_solver(cfg.solver, w.flat.size)
+    choose_solver(cfg.solver, w.flat.size)  # checks the name
     scale, estimated = cfg.scale, False
     if scale is None:
         scale, estimated = auto_scale(w.adapter, w.flat, w.x, w.y, cfg.seed), True
     sweep = []
-    if cfg.scale_sweep and name == "lissa":
+    if cfg.scale_sweep and cfg.solver == "lissa":
         scale, sweep = sweep_scale(w.adapter, w.x, w.y, lissa_settings(cfg, scale), flat=w.flat)
         for t in sweep:
             get_run_logger().log(logging.WARNING if t["diverged"] else logging.INFO, "scale sweep: LiSSA %s at "
                                  "scale %.4g", "diverged" if t["diverged"] else "stays bounded", t["scale"])
     settings = lissa_settings(cfg, scale)
+    plan = plan_solver(cfg.solver, w.adapter, w.x, w.y, ridge=settings.ridge, n_vectors=n_vectors, flat=w.flat,
+                       seed=cfg.seed)
+    name = plan.name
     info = {"name": name, "requested": cfg.solver, "scale": scale, "scale_estimated": estimated,
-            "damping": cfg.damping, "ridge": settings.ridge, "parameters": w.flat.size, "scale_sweep": sweep}
+            "damping": cfg.damping, "ridge": settings.ridge, "parameters": w.flat.size, "scale_sweep": sweep,
+            "vectors": n_vectors, "plan": plan.as_dict()}
     if name == "lissa":
         info.update(depth=cfg.depth, repeats=cfg.repeats, batch_size=cfg.batch_size, tolerance=cfg.tolerance)
     if name == "lowrank":
-        low = make_solver("lowrank", w.adapter, w.x, w.y, settings, rank=LOW_RANK, flat=w.flat)
+        low = make_solver("lowrank", w.adapter, w.x, w.y, settings, rank=LOW_RANK, flat=w.flat, plan=plan)
         save_arrays(path.with_suffix(".npz"), {"values": low.eigenvalues.cpu().numpy(),
                                                "vectors": low.eigenvectors.cpu().numpy()})
         info["rank"] = LOW_RANK
+    if plan.ekfac is not None:
+        save_arrays(path.with_suffix(".ekfac.npz"), {k: v.cpu().numpy() for k, v in plan.ekfac.state().items()})
+    if name == "cg":
+        info.update(tolerance=CG_TOLERANCE, max_iterations=CG_MAX_ITERATIONS)
     write_json(path, info)
-    why = f" ({cfg.solver}: {w.flat.size:,} parameters)" if cfg.solver == "auto" else ""
-    get_run_logger().info("resolve solver: %s%s, scale %.4g%s, ridge λ = %.4g", name, why, scale,
-                          " (estimated)" if estimated else "", info["ridge"])
+    get_run_logger().info("resolve solver: %s, scale %.4g%s, ridge λ = %.4g", plan.reason if cfg.solver == "auto"
+                          else name, scale, " (estimated)" if estimated else "", info["ridge"])
+    if plan.ekfac is not None:
+        e = plan.ekfac.describe()
+        get_run_logger().info("EK-FAC: %d Linear weights Kronecker-factored (%.1f%% of the parameters), %d other "
+                              "tensors diagonal; relative residual on probe gradients %.2f", len(e["kronecker"]),
+                              100 * e["kronecker_share"], len(e["diagonal"]), plan.ekfac_residual)
     return str(path)
 
 

@@ -14,6 +14,7 @@ gradients, which vmap over rows, use transformers' own layer on the padded rows 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -108,10 +109,11 @@ class _TopLayers(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.head = nn.Linear(dim, n_classes)
+        self.pack = True  # run the top layers on real tokens only (off: padded rows, see rows_first)
 
     def features(self, inputs: dict) -> torch.Tensor:
         h, mask = inputs["hidden"], inputs["mask"]
-        if _inside_vmap(mask):  # per-example gradients: one row at a time, padded to its chunk
+        if _inside_vmap(mask) or not self.pack:  # per-example gradients: rows padded to their chunk
             for layer in self.layers:
                 h = _run_layer(layer, h, mask)
         else:
@@ -194,6 +196,16 @@ class MiniLMAdapter(TrainableAdapter):
             width = h.shape[1]
             hidden[rows, :width], mask[rows, :width] = h, enc["attention_mask"]
         return {"hidden": hidden, "mask": mask}
+
+    @contextlib.contextmanager
+    def rows_first(self):
+        """Padded ``[n, L, dim]`` activations instead of packed tokens (pad tokens get no gradient)."""
+        net, before = self._net, self._net.pack
+        net.pack = False
+        try:
+            yield
+        finally:
+            net.pack = before
 
     def row_lengths(self, inputs: dict):
         return inputs["mask"].sum(1).cpu().numpy()
