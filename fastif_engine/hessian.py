@@ -114,12 +114,15 @@ def top_eigenvalue(adapter: ModelAdapter, flat: FlatParams, inputs: Inputs, labe
 
 
 def lanczos_eigenpairs(matvec, size: int, *, iterations: int, dtype: torch.dtype,
-                       device: torch.device | str = "cpu", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenpairs of a symmetric operator from ``iterations`` Lanczos steps (full reorthogonalisation).
+                       device: torch.device | str = "cpu", seed: int = 0, converged: int | None = None,
+                       rtol: float = 1e-2, check_every: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs of a symmetric operator from up to ``iterations`` Lanczos steps (full reorthogonalisation).
 
     ``matvec`` maps a ``[1, size]`` block to ``[1, size]``. Returns Ritz values ``[r]`` (descending)
     and Ritz vectors ``[r, size]``, r ≤ iterations. The largest eigenvalues converge first; with
-    ``iterations = size`` the decomposition is exact up to round-off.
+    ``iterations = size`` the decomposition is exact up to round-off. ``converged``: stop as soon as
+    the top ``converged`` Ritz values moved by less than ``rtol`` (relative to the largest) over
+    the last ``check_every`` steps — a well-separated top of the spectrum settles in a few steps.
     """
     iterations = min(iterations, size)
     gen = torch.Generator().manual_seed(seed)
@@ -127,6 +130,7 @@ def lanczos_eigenpairs(matvec, size: int, *, iterations: int, dtype: torch.dtype
     q = torch.randn(size, generator=gen, dtype=dtype).to(device)
     q /= q.norm()
     alphas, betas = [], []
+    previous = None
     for j in range(iterations):
         basis[j] = q
         w = matvec(q[None])[0]
@@ -139,6 +143,11 @@ def lanczos_eigenpairs(matvec, size: int, *, iterations: int, dtype: torch.dtype
             break  # invariant subspace found (or budget spent)
         betas.append(beta)
         q = w / beta
+        if converged and (j + 1) % check_every == 0 and j + 1 > converged:
+            top = _ritz_values(alphas, betas)[:converged]
+            if previous is not None and float((top - previous).abs().max()) <= rtol * float(top.abs().max()):
+                break
+            previous = top
     k = len(alphas)
     tri = torch.diag(torch.tensor(alphas, dtype=torch.float64))
     if k > 1:
@@ -149,3 +158,13 @@ def lanczos_eigenpairs(matvec, size: int, *, iterations: int, dtype: torch.dtype
     values, vectors = values[order], vectors[:, order]
     ritz = vectors.T.to(dtype=dtype, device=device) @ basis[:k]
     return values.to(dtype), ritz
+
+
+def _ritz_values(alphas: list[float], betas: list[float]) -> torch.Tensor:
+    """Eigenvalues (descending) of the Lanczos tridiagonal so far."""
+    k = len(alphas)
+    tri = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if k > 1:
+        off = torch.tensor(betas[:k - 1], dtype=torch.float64)
+        tri += torch.diag(off, 1) + torch.diag(off, -1)
+    return torch.linalg.eigvalsh(tri).flip(0)

@@ -280,14 +280,14 @@ CG_MAX_ITERATIONS = 50
 class LowRankSolver(InverseHVPSolver):
     """(H + λI)⁻¹ from H's ``rank`` largest eigenpairs; H estimated on ``rows`` sampled training rows.
 
-    Lanczos runs ``2 × rank`` steps (one full-sample HVP each) and keeps the ``rank`` best
-    converged Ritz pairs. Negative eigenvalues (a model not quite at a minimum) are clipped to
+    Lanczos runs ``iterations`` steps (default ``2 × rank``; one full-sample HVP each), or fewer with
+    ``early_stop`` once the top ``rank`` Ritz values settle, and keeps the ``rank`` best Ritz pairs. Negative eigenvalues (a model not quite at a minimum) are clipped to
     0, so the damped operator stays positive definite for any λ > 0.
     """
 
     def __init__(self, adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *, ridge: float,
                  rank: int = LOW_RANK, rows: int = 1024, seed: int = 0, chunk_size: int = 128,
-                 flat: FlatParams | None = None):
+                 flat: FlatParams | None = None, iterations: int | None = None, early_stop: bool = False):
         _check_low_rank(ridge, rank)
         self.flat = flat or FlatParams.of(adapter)
         self._ridge = float(ridge)
@@ -296,8 +296,8 @@ class LowRankSolver(InverseHVPSolver):
         x, y = take(inputs, sample), labels[sample]
         values, vectors = lanczos_eigenpairs(
             lambda v: full_hvp(adapter, self.flat, x, y, v, chunk_size=chunk_size), self.flat.size,
-            iterations=min(2 * rank, self.flat.size), dtype=self.flat.l2_mask.dtype,
-            device=self.flat.l2_mask.device, seed=seed)
+            iterations=min(iterations or 2 * rank, self.flat.size), dtype=self.flat.l2_mask.dtype,
+            device=self.flat.l2_mask.device, seed=seed, converged=rank if early_stop else None)
         self.eigenvalues = values[:rank].clamp_min(0.0)
         self.eigenvectors = vectors[:rank]  # [r, P], orthonormal rows
 
@@ -416,9 +416,10 @@ def choose_solver(name: str, n_params: int, max_exact: int = EXACT_MAX_PARAMS) -
 
 
 # ``auto``: an exact-quality solver (exact, or EK-FAC-preconditioned CG) is used when its predicted
-# time is within this budget: max(AUTO_BUDGET_SECONDS, AUTO_BUDGET_FACTOR × the EK-FAC build time).
+# time is within this budget (seconds, on the device the run uses), else the better-fitting approximation.
 AUTO_BUDGET_SECONDS = 30.0
-AUTO_BUDGET_FACTOR = 4.0
+AUTO_RANK = 8  # top Hessian eigenpairs auto's low-rank candidate keeps (text-minilm: rank 1 already Pearson 0.98)
+AUTO_LOWRANK_ROWS = 256  # training rows its Hessian is sampled on
 PROBE_VALUES = 2e8  # probe rows × parameters timed by plan_solver (≥ 32 rows)
 CG_EXPECTED_ITERATIONS = 20  # preconditioned CG to 1e-4 on the built-in tabular models: 7–31 (tests/test_solvers.py)
 
@@ -433,25 +434,30 @@ class SolverPlan:
     ekfac: object | None = None  # the built EK-FAC solver (the answer, or CG's preconditioner)
     ekfac_residual: float | None = None  # ‖v − (H + λI) S_EKFAC v‖ / ‖v‖ on probe gradients
     measured: dict[str, float] = dataclasses.field(default_factory=dict)
+    lowrank: object | None = None  # the low-rank solver built for the comparison
+    lowrank_residual: float | None = None
 
     def as_dict(self) -> dict:
         return {"name": self.name, "reason": self.reason,
                 "predicted_seconds": {k: round(v, 2) for k, v in self.predicted_seconds.items()},
                 "ekfac_residual": None if self.ekfac_residual is None else round(self.ekfac_residual, 4),
+                "lowrank_residual": None if self.lowrank_residual is None else round(self.lowrank_residual, 4),
                 **({"ekfac": self.ekfac.describe()} if self.ekfac is not None else {}),
                 "measured": {k: round(v, 6) for k, v in self.measured.items()}}
 
 
 def plan_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *, ridge: float,
-                n_vectors: int, flat: FlatParams | None = None, probe_rows: int = 512, probes: int = 8,
+                n_vectors: int, flat: FlatParams | None = None, probe_rows: int = 512, probes: int = 4,
                 seed: int = 0) -> SolverPlan:
-    """Resolve ``name`` (``auto``: by predicted cost) for ``n_vectors`` vectors to solve.
+    """Resolve ``name`` (``auto``: by measured cost and fidelity) for ``n_vectors`` vectors to solve.
 
-    Builds EK-FAC once (timed: it is the cheap answer and CG's preconditioner) and times one batch
-    of Hessian-vector products on ``probe_rows`` training rows and ``probes`` training gradients,
-    which also gives EK-FAC's relative residual on them. From those, per the device it runs on:
-    exact costs N × P row-HVPs, CG ``CG_EXPECTED_ITERATIONS`` × N × ``n_vectors``. ``auto`` takes the
-    cheaper of the two when it fits the budget (see ``AUTO_BUDGET_*``), else EK-FAC.
+    Times one batch of Hessian-vector products (``probes`` training gradients over a sample of up
+    to ``probe_rows`` training rows) and predicts from it, for this model on this device: exact
+    costs N × P row-HVPs, CG ``CG_EXPECTED_ITERATIONS`` passes over N rows for ``n_vectors``. ``auto``
+    takes the cheaper when it fits ``AUTO_BUDGET_SECONDS``. Otherwise it builds both one-off
+    approximations, EK-FAC and the low-rank Hessian (Lanczos on ``AUTO_LOWRANK_ROWS`` rows, stopped
+    when its top ``AUTO_RANK`` eigenvalues settle), and keeps the one whose relative residual
+    ‖v − (H + λI) S v‖ / ‖v‖ on the probe gradients is smaller: fidelity measured, not assumed.
     """
     name = choose_solver(name, 0) if name != "auto" else "auto"
     flat = flat or FlatParams.of(adapter)
@@ -460,41 +466,51 @@ def plan_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.
         return SolverPlan(name, "requested", {})
     from .kfac import EkfacSolver
 
-    started = time.perf_counter()
-    ekfac = EkfacSolver(adapter, inputs, labels, ridge=ridge, flat=flat)
-    build = time.perf_counter() - started
     gen = torch.Generator().manual_seed(seed)
     rows = torch.randperm(n, generator=gen)[:min(n, probe_rows, max(32, int(PROBE_VALUES // p)))].sort().values
     x, y = take(inputs, rows), labels[rows]
     m = min(max(n_vectors, 1), probes)
     v = gradient_matrix(adapter, take(inputs, rows[:m]), labels[rows[:m]], flat=flat)
-    s = ekfac.solve(v)
-    full_hvp(adapter, flat, take(x, slice(0, 2)), y[:2], s[:1])  # warm-up (first calls compile and allocate)
+    full_hvp(adapter, flat, take(x, slice(0, 2)), y[:2], v[:1])  # warm-up (first calls compile and allocate)
+
+    def residual(solver: InverseHVPSolver) -> float:
+        s = solver.solve(v)
+        hs = full_hvp(adapter, flat, x, y, s, chunk_size=len(rows)) + ridge * s
+        return float(((v - hs).norm(dim=1) / v.norm(dim=1).clamp_min(1e-30)).max())
+
     started = time.perf_counter()
-    hs = full_hvp(adapter, flat, x, y, s, chunk_size=len(rows)) + ridge * s
+    full_hvp(adapter, flat, x, y, v, chunk_size=len(rows))
     per_pass = (time.perf_counter() - started) * n / len(rows)  # m vectors over all N rows
-    residual = float(((v - hs).norm(dim=1) / v.norm(dim=1).clamp_min(1e-30)).max())
-    predicted = {"ekfac": build, "cg": build + CG_EXPECTED_ITERATIONS * per_pass * max(n_vectors, 1) / m}
+    predicted = {"cg": CG_EXPECTED_ITERATIONS * per_pass * max(n_vectors, 1) / m}
     if p <= EXACT_MAX_PARAMS:
         columns = torch.eye(p, dtype=flat.l2_mask.dtype, device=flat.l2_mask.device)[:min(p, 256)]
         started = time.perf_counter()
         full_hvp(adapter, flat, x, y, columns, chunk_size=len(rows))
         predicted["exact"] = (time.perf_counter() - started) * n / len(rows) * math.ceil(p / len(columns))
-    plan = SolverPlan(name, "", predicted, ekfac, residual,
-                      {"ekfac_build_s": build, "hvp_pass_s": per_pass, "hvp_pass_vectors": m})
-    if name != "auto":
-        plan.reason = "requested"
+    measured = {"hvp_pass_s": per_pass, "hvp_pass_vectors": m, "probe_rows": len(rows)}
+    best = min(predicted, key=predicted.get)
+    if name == "auto" and predicted[best] <= AUTO_BUDGET_SECONDS:
+        plan = SolverPlan(best, f"{best}: exact-quality, predicted {predicted[best]:.1f} s within the budget of "
+                          f"{AUTO_BUDGET_SECONDS:.0f} s ({n_vectors} vectors, {p:,} parameters, {n:,} rows)",
+                          predicted, measured=measured)
+        if best == "cg":
+            plan.ekfac = EkfacSolver(adapter, inputs, labels, ridge=ridge, flat=flat)
         return plan
-    budget = max(AUTO_BUDGET_SECONDS, AUTO_BUDGET_FACTOR * build)
-    best = min((k for k in ("exact", "cg") if k in predicted), key=predicted.get)
-    if predicted[best] <= budget:
-        plan.name = best
-        plan.reason = (f"{best}: exact-quality, predicted {predicted[best]:.1f} s within the budget of "
-                       f"{budget:.0f} s ({n_vectors} vectors, {p:,} parameters, {n:,} rows)")
-    else:
-        plan.name = "ekfac"
-        plan.reason = (f"ekfac: exact-quality solvers predicted {predicted[best]:.0f} s ({best}), over the "
-                       f"budget of {budget:.0f} s; EK-FAC's relative residual {residual:.2f}")
+    started = time.perf_counter()
+    ekfac = EkfacSolver(adapter, inputs, labels, ridge=ridge, flat=flat)
+    predicted["ekfac"] = measured["ekfac_build_s"] = time.perf_counter() - started
+    plan = SolverPlan(name, "requested", predicted, ekfac, residual(ekfac), measured)
+    if name != "auto":
+        return plan
+    started = time.perf_counter()
+    low = LowRankSolver(adapter, inputs, labels, ridge=ridge, rank=AUTO_RANK, rows=AUTO_LOWRANK_ROWS, seed=seed,
+                        flat=flat, iterations=3 * AUTO_RANK, early_stop=True)
+    predicted["lowrank"] = measured["lowrank_build_s"] = time.perf_counter() - started
+    plan.lowrank, plan.lowrank_residual = low, residual(low)
+    plan.name = "lowrank" if plan.lowrank_residual < plan.ekfac_residual else "ekfac"
+    plan.reason = (f"{plan.name}: exact-quality solvers predicted {predicted[best]:.0f} s ({best}), over the budget "
+                   f"of {AUTO_BUDGET_SECONDS:.0f} s; relative residual on probe gradients: EK-FAC "
+                   f"{plan.ekfac_residual:.3f}, low-rank (rank {len(low.eigenvalues)}) {plan.lowrank_residual:.3f}")
     return plan
 
 
@@ -522,6 +538,8 @@ def make_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.
         return ExactSolver(adapter, inputs, labels, ridge=settings.ridge, flat=flat)
     if name == "ekfac":
         return plan.ekfac
+    if name == "lowrank" and plan.lowrank is not None:
+        return plan.lowrank
     if name == "cg":
         return CgSolver(adapter, inputs, labels, ridge=settings.ridge, preconditioner=plan.ekfac, flat=flat)
     return LowRankSolver(adapter, inputs, labels, ridge=settings.ridge, rank=rank, seed=settings.seed, flat=flat)

@@ -388,7 +388,7 @@ def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
         low = make_solver("lowrank", w.adapter, w.x, w.y, settings, rank=LOW_RANK, flat=w.flat, plan=plan)
         save_arrays(path.with_suffix(".npz"), {"values": low.eigenvalues.cpu().numpy(),
                                                "vectors": low.eigenvectors.cpu().numpy()})
-        info["rank"] = LOW_RANK
+        info["rank"] = len(low.eigenvalues)
     if plan.ekfac is not None:
         save_arrays(path.with_suffix(".ekfac.npz"), {k: v.cpu().numpy() for k, v in plan.ekfac.state().items()})
     if name == "cg":
@@ -399,8 +399,7 @@ def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
     if plan.ekfac is not None:
         e = plan.ekfac.describe()
         get_run_logger().info("EK-FAC: %d Linear weights Kronecker-factored (%.1f%% of the parameters), %d other "
-                              "tensors diagonal; relative residual on probe gradients %.2f", len(e["kronecker"]),
-                              100 * e["kronecker_share"], len(e["diagonal"]), plan.ekfac_residual)
+                              "tensors diagonal", len(e["kronecker"]), 100 * e["kronecker_share"], len(e["diagonal"]))
     return str(path)
 
 

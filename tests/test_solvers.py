@@ -149,3 +149,110 @@ def test_low_rank_solver_needs_a_ridge(logreg, digits):
     x, y = digits["train"]
     with pytest.raises(SolverSetupError, match="ridge"):
         LowRankSolver(logreg, x, y, ridge=0.0)
+
+
+# ---- EK-FAC, CG and auto: each against the exact damped inverse ----
+
+def _ridge(model, x, y, damping):
+    return make_solver("lissa", model, x, y, LissaSettings(damping=damping)).ridge
+
+
+def _influence_pearson(model, x, y, s, reference):
+    a = influence_on_candidates(model, x, y, s).as_matrix(len(s), len(y))
+    b = influence_on_candidates(model, x, y, reference).as_matrix(len(s), len(y))
+    return np.array([np.corrcoef(u, w)[0, 1] for u, w in zip(a, b)])
+
+
+@pytest.mark.parametrize("damping,floor", [(0.01, 0.96), (0.001, 0.87)])
+def test_ekfac_approximates_the_exact_damped_inverse(small_model, digits, damping, floor):
+    """EK-FAC (Gauss-Newton, Kronecker-factored per layer) against the explicit Hessian, beside the
+    no-Hessian baseline S = V / λ: closer than it, at the default ridge and at 10× less damping."""
+    from fastif_engine.kfac import EkfacSolver
+
+    x, y = digits["train"]
+    xt, yt = misclassified(small_model, *digits["test"], n=8)
+    v = gradient_matrix(small_model, xt, yt)
+    ridge = _ridge(small_model, x, y, damping)
+    exact = ExactSolver(small_model, x, y, ridge=ridge).solve(v)
+    ekfac = EkfacSolver(small_model, x, y, ridge=ridge)
+    pearson = _influence_pearson(small_model, x, y, ekfac.solve(v), exact)
+    baseline = _influence_pearson(small_model, x, y, v / ridge, exact)
+    assert pearson.mean() >= floor and pearson.mean() > baseline.mean() + 0.01, (pearson, baseline)
+    assert ekfac.describe()["kronecker"] == [n for n in FlatParams.of(small_model).names if n.endswith("weight")]
+
+
+def test_ekfac_chunked_factors_equal_row_by_row_and_survive_saving(mlp, digits):
+    """Per-row gradient sums from a batched chunk == one row at a time; saved factors solve the same."""
+    from fastif_engine.kfac import EkfacSolver
+
+    x, y = digits["train"]
+    v = gradient_matrix(mlp, *[t[:5] for t in digits["test"]])
+    batched = EkfacSolver(mlp, x, y, ridge=0.05, chunk_size=64)
+    single = EkfacSolver(mlp, x, y, ridge=0.05, chunk_size=1)
+    torch.testing.assert_close(batched.solve(v), single.solve(v), rtol=1e-6, atol=1e-9)
+    restored = EkfacSolver.from_state(mlp, batched.state(), ridge=0.05)
+    torch.testing.assert_close(restored.solve(v), batched.solve(v), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("damping", [0.01, 0.001])
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_cg_reaches_the_exact_damped_inverse(small_model, digits, damping, preconditioned):
+    from fastif_engine.kfac import EkfacSolver
+    from fastif_engine.solvers import CgSolver
+
+    x, y = digits["train"]
+    xt, yt = misclassified(small_model, *digits["test"], n=8)
+    v = gradient_matrix(small_model, xt, yt)
+    ridge = _ridge(small_model, x, y, damping)
+    exact = ExactSolver(small_model, x, y, ridge=ridge).solve(v)
+    pre = EkfacSolver(small_model, x, y, ridge=ridge) if preconditioned else None
+    cg = CgSolver(small_model, x, y, ridge=ridge, preconditioner=pre)
+    s = cg.solve(v)
+    assert float(torch.nn.functional.cosine_similarity(s, exact).min()) > 0.99999
+    assert float(cg.residuals.max()) <= 1e-4 and cg.iterations_used[0] < 50
+    assert _influence_pearson(small_model, x, y, s, exact).min() > 0.99999
+
+
+def test_lanczos_stops_once_the_top_eigenvalues_settle(logreg, digits):
+    x, y = digits["train"]
+    top = np.linalg.eigvalsh(reference_hessian(logreg, x, y).numpy())[::-1][:4]
+    low = LowRankSolver(logreg, x, y, ridge=0.05, rank=4, rows=len(y), iterations=200, early_stop=True)
+    np.testing.assert_allclose(low.eigenvalues.numpy(), top, rtol=2e-2)
+    from fastif_engine.hessian import lanczos_eigenpairs
+    steps = []
+    flat = FlatParams.of(logreg)
+
+    def counted(q):
+        steps.append(1)
+        from fastif_engine.hessian import full_hvp
+        return full_hvp(logreg, flat, x, y, q)
+
+    lanczos_eigenpairs(counted, flat.size, iterations=200, dtype=torch.float64, converged=4)
+    assert len(steps) < 200
+
+
+def test_auto_takes_an_exact_quality_solver_where_it_is_cheap(logreg, digits):
+    from fastif_engine.solvers import plan_solver
+
+    x, y = digits["train"]
+    plan = plan_solver("auto", logreg, x, y, ridge=0.05, n_vectors=20)
+    assert plan.name in ("exact", "cg") and "exact-quality" in plan.reason
+    assert set(plan.predicted_seconds) == {"exact", "cg"}
+    assert plan.as_dict()["predicted_seconds"][plan.name] <= 30
+
+
+def test_auto_compares_the_approximations_by_measured_residual(mlp, digits, monkeypatch):
+    """With no time for an exact-quality solver, auto builds EK-FAC and the low-rank Hessian and keeps
+    the one with the smaller residual on probe gradients; the residual it reports is the real one."""
+    import fastif_engine.solvers as solvers
+
+    monkeypatch.setattr(solvers, "AUTO_BUDGET_SECONDS", 0.0)
+    x, y = digits["train"]
+    plan = solvers.plan_solver("auto", mlp, x, y, ridge=0.05, n_vectors=20, probe_rows=len(y))
+    assert plan.name == ("lowrank" if plan.lowrank_residual < plan.ekfac_residual else "ekfac")
+    assert "over the budget" in plan.reason
+    chosen = plan.lowrank if plan.name == "lowrank" else plan.ekfac
+    v = gradient_matrix(mlp, x[:4], y[:4])
+    exact = ExactSolver(mlp, x, y, ridge=0.05)
+    direct = ((v - (exact.hessian @ chosen.solve(v).T).T - 0.05 * chosen.solve(v)).norm(dim=1) / v.norm(dim=1)).max()
+    assert min(plan.lowrank_residual, plan.ekfac_residual) == pytest.approx(float(direct), rel=1e-6)
