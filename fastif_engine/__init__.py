@@ -11,7 +11,7 @@ from .knn import FaissIndex, recall_at_k
 from .net_harm import NetHarm, net_harm
 from .solvers import ExactSolver, InverseHVPSolver, LissaSettings, LissaSolver, make_solver
 
-__version__ = "0.2.7"
+__version__ = "0.2.8"
 
 __all__ = [
     "ModelAdapter", "TrainableAdapter", "FastIF", "extract_features", "FastIFError", "LissaDivergenceError",
