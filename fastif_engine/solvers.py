@@ -407,12 +407,11 @@ class CgSolver(InverseHVPSolver):
 SOLVERS = ("auto", "exact", "lissa", "lowrank", "ekfac", "cg")
 
 
-def choose_solver(name: str, n_params: int, max_exact: int = EXACT_MAX_PARAMS) -> str:
-    """Check a solver's name; ``auto`` is resolved by :func:`plan_solver` (it measures), so here it
-    maps to the choice made without measuring: ``ekfac``."""
+def choose_solver(name: str, n_params: int | None = None) -> str:
+    """``name`` after a check (``auto`` included: :func:`plan_solver` resolves it, by measuring)."""
     if name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
-    return "ekfac" if name == "auto" else name
+    return name
 
 
 # ``auto``: an exact-quality solver (exact, or EK-FAC-preconditioned CG) is used when its predicted
@@ -462,7 +461,7 @@ def plan_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.
     probe gradients is smaller (fidelity measured, not assumed); EK-FAC, if it wins, is rebuilt
     on every row.
     """
-    name = choose_solver(name, 0) if name != "auto" else "auto"
+    name = choose_solver(name)
     flat = flat or FlatParams.of(adapter)
     n, p = n_rows(inputs), flat.size
     if name in ("exact", "lissa", "lowrank"):

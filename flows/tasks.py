@@ -365,7 +365,7 @@ def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
     if done:
         return str(path)
     w = _Work.load(cfg, dataset_path, inputs_path, model_path)
-    choose_solver(cfg.solver, w.flat.size)  # checks the name
+    choose_solver(cfg.solver)  # checks the name
     scale, estimated = cfg.scale, False
     if scale is None:
         scale, estimated = auto_scale(w.adapter, w.flat, w.x, w.y, cfg.seed), True
