@@ -195,6 +195,9 @@ class EkfacSolver(InverseHVPSolver):
             probs = F.softmax(logits.detach().double(), dim=-1).to(logits.dtype)
             outs = capture.flat_outputs()
             n_classes = logits.shape[-1]
+            if not outs and not extra:  # nothing hooked here (no Linear layer): per-row gradients come by vmap
+                yield from (((), ()) for _ in range(n_classes))
+                return
             for c in range(n_classes):
                 labels = torch.full((logits.shape[0],), c, dtype=torch.long, device=logits.device)
                 loss = (self.adapter.loss(logits, labels) * probs[:, c].sqrt()).sum()
@@ -208,7 +211,7 @@ class EkfacSolver(InverseHVPSolver):
         a_cov = [torch.zeros(b.in_features, b.in_features, dtype=torch.float64, device=device) for b in self.blocks]
         s_cov = [torch.zeros(b.out_features, b.out_features, dtype=torch.float64, device=device) for b in self.blocks]
         capture = _Capture([b.module for b in self.blocks])
-        for _, x in self._chunks(inputs, chunk_size):
+        for _, x in (self._chunks(inputs, chunk_size) if self.blocks else ()):
             for c, (out_grads, _) in enumerate(self._class_passes(x, capture, [])):
                 for i, (b, calls) in enumerate(zip(self.blocks, capture.calls(out_grads))):
                     for a, g in calls:
