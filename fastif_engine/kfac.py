@@ -299,13 +299,18 @@ class EkfacSolver(InverseHVPSolver):
         dtype = self.flat.l2_mask.dtype
         for b in self.blocks:
             b.lam = (b.lam / self.n).to(dtype)
-        index = [torch.arange(self._offsets[n], self._offsets[n] + s.numel())
-                 for n, s in zip(self.flat.names, self.flat.shapes) if n in set(self.diagonal_names)]
-        self._index = torch.cat(index).to(self.flat.l2_mask.device) if index else None
+        self._index = self._diagonal_positions()
         if self._index is not None:
             self._diagonal = (self.diagonal[self._index] / self.n).to(dtype)
             self._diagonal += self.adapter.l2 * self.flat.l2_mask[self._index]
         del self.diagonal
+
+    def _diagonal_positions(self) -> torch.Tensor | None:
+        """Flat positions of the diagonal part (None when every tensor is Kronecker-factored)."""
+        wanted = set(self.diagonal_names)
+        index = [torch.arange(self._offsets[n], self._offsets[n] + s.numel())
+                 for n, s in zip(self.flat.names, self.flat.shapes) if n in wanted]
+        return torch.cat(index).to(self.flat.l2_mask.device) if index else None
 
     # -- solving ----------------------------------------------------------------------------------
 
@@ -347,10 +352,8 @@ class EkfacSolver(InverseHVPSolver):
         device, dtype = solver.flat.l2_mask.device, solver.flat.l2_mask.dtype
         for i, b in enumerate(solver.blocks):
             b.q_a, b.q_s, b.lam = (state[f"{k}.{i}"].to(device, dtype) for k in ("q_a", "q_s", "lam"))
-        index = [torch.arange(solver._offsets[n], solver._offsets[n] + s.numel())
-                 for n, s in zip(solver.flat.names, solver.flat.shapes) if n in set(solver.diagonal_names)]
-        solver._index = torch.cat(index).to(device) if index else None
-        solver._diagonal = state["diagonal"].to(device, dtype) if index else None
+        solver._index = solver._diagonal_positions()
+        solver._diagonal = state["diagonal"].to(device, dtype) if solver._index is not None else None
         return solver
 
 
