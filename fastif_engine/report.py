@@ -322,8 +322,11 @@ def report_blocks(metrics: dict, top_rows: list[dict], plots: dict[str, bytes]) 
     blocks += [Block("h2", ["Scores"]), _p(SCORE_TEXT[flag_by][1])]
     if flag_by != "harm":  # harm's own note is the sign convention; other scores still show harm
         blocks.append(_p(SIGN_NOTE))
+    spec = solver.get("spectrum")
     blocks.append(_p(f"Solver: {solver.get('name', '?')}, ridge λ = {solver.get('ridge', float('nan')):.4g}"
-                     + (f", scale {solver['scale']:.4g}" if solver.get("scale") else "") + "."))
+                     + (f", scale {solver['scale']:.4g}" if solver.get("scale") else "")
+                     + (f"; λ is {spec['ridge_over_largest']:.3g} × the Hessian's largest eigenvalue and "
+                        f"{spec['ridge_over_mean']:.3g} × its mean (estimated)" if spec else "") + "."))
     assets = {}
     for name, png in plots.items():
         assets[f"{name}.png"] = png

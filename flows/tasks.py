@@ -27,6 +27,7 @@ from fastif_engine.api import extract_features
 from fastif_engine.batching import RowFile, chunk_slices, select, take
 from fastif_engine.data import Columns, Dataset, dataset_arrays, dataset_from_arrays, load_dataset
 from fastif_engine.gradients import FlatParams, chunk_rows, gradient_matrix
+from fastif_engine.hessian import spectrum
 from fastif_engine.errors import LissaDivergenceError, SolverSetupError
 from fastif_engine.influence import influence_on_candidates, self_influence
 from fastif_engine.knn import FaissIndex
@@ -393,9 +394,16 @@ def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
         save_arrays(path.with_suffix(".ekfac.npz"), {k: v.cpu().numpy() for k, v in plan.ekfac.state().items()})
     if name == "cg":
         info.update(tolerance=CG_TOLERANCE, max_iterations=CG_MAX_ITERATIONS)
+    known_top = plan.lowrank.eigenvalues[0] if plan.lowrank is not None and len(plan.lowrank.eigenvalues) else None
+    spec = spectrum(w.adapter, w.flat, w.x, w.y, seed=cfg.seed,
+                    largest=None if known_top is None else float(known_top))
+    info["spectrum"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in spec.relative(settings.ridge).items()}
     write_json(path, info)
     get_run_logger().info("resolve solver: %s, scale %.4g%s, ridge λ = %.4g", plan.reason if cfg.solver == "auto"
                           else name, scale, " (estimated)" if estimated else "", info["ridge"])
+    get_run_logger().info("ridge in the Hessian's spectrum: λ = %.3g × its top eigenvalue (%.4g), %.3g × its mean "
+                          "(%.4g; trace estimated on %d sampled rows)", info["spectrum"]["ridge_over_largest"], spec.largest,
+                          info["spectrum"]["ridge_over_mean"], spec.mean, spec.rows)
     if plan.ekfac is not None:
         e = plan.ekfac.describe()
         get_run_logger().info("EK-FAC: %d Linear weights Kronecker-factored (%.1f%% of the parameters), %d other "
