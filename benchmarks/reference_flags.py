@@ -22,8 +22,8 @@ from fastif_engine.gradients import FlatParams
 from fastif_engine.net_harm import net_harm
 from fastif_engine.ranking import FLAG_SCORES, rank_and_flag, rank_fusion
 from fastif_engine.solvers import LissaSettings, LissaSolver
-from flows.config import CleanConfig
-from flows.tasks import _split_tensors, load_adapter
+from fastif_engine.config import CleanConfig
+from fastif_engine.stages import _split_tensors, load_adapter
 
 
 def main() -> None:

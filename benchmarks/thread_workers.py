@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from fastif_engine.datasets import export
-from flows.clean import CACHE_DIR
+from fastif_engine.pipeline import CACHE_DIR
 
 from run_memory import run
 

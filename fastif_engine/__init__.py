@@ -3,17 +3,20 @@
 Sign convention everywhere: I(z, z_test) = −∇L(z_test)ᵀ (H + λI)⁻¹ ∇L(z);
 positive = harmful (removing z should lower the test loss), negative = helpful.
 """
+__version__ = "0.2.8"
+
 from .adapter import ModelAdapter, TrainableAdapter
 from .api import FastIF, extract_features
+from .cleaner import CleanResult, clean
+from .config import CleanConfig, ConfigError
 from .errors import FastIFError, LissaDivergenceError, SolverSetupError
 from .influence import influence_on_candidates, self_influence
 from .knn import FaissIndex, recall_at_k
 from .net_harm import NetHarm, net_harm
 from .solvers import ExactSolver, InverseHVPSolver, LissaSettings, LissaSolver, make_solver
 
-__version__ = "0.2.8"
-
 __all__ = [
+    "clean", "CleanResult", "CleanConfig", "ConfigError",
     "ModelAdapter", "TrainableAdapter", "FastIF", "extract_features", "FastIFError", "LissaDivergenceError",
     "SolverSetupError", "influence_on_candidates", "self_influence", "FaissIndex", "recall_at_k", "NetHarm",
     "net_harm", "ExactSolver", "InverseHVPSolver", "LissaSettings", "LissaSolver", "make_solver",

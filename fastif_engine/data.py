@@ -4,7 +4,9 @@ Format (DESIGN.md): parquet or CSV, a local path or an fsspec URL; an optional `
 (row number otherwise); ``label`` with int or string classes; inputs in one of
   * a text column (``text``),
   * numeric feature columns,
-  * an image column: a list of pixel values (a square image) or PNG bytes.
+  * an image column: a list of pixel values (a square image) or PNG bytes,
+  * an embedding column: a list of floats per row, all of one length (an encoder's outputs),
+    read as that many numeric features.
 Every problem is a :class:`DataError` naming the file, the column and the rows at fault.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Columns:
     text: str | None = None
     features: tuple[str, ...] | None = None
     image: str | None = None
+    embedding: str | None = None  # never detected: named by the user
 
 
 @dataclass
@@ -174,7 +177,8 @@ def load_dataset(paths: dict[str, str | None], columns: Columns = Columns()) -> 
             raise DataError(f"{name} file {source}: column '{columns.label}' has classes not in train "
                             f"{_show(values)} in rows {_rows(unseen)}")
         ids = _ids(frame, columns.id, name, source)
-        values = _read_inputs(frame, modality, inputs, name, source)
+        values = (_read_embeddings(frame, columns.embedding, name, source) if columns.embedding
+                  else _read_inputs(frame, modality, inputs, name, source))
         extra = frame[[c for c in TRUTH_COLUMNS if c in frame.columns]].reset_index(drop=True)
         splits[name] = Split(name, source, ids, labels.map(code).to_numpy(np.int64, copy=True), values, extra)
 
@@ -185,13 +189,20 @@ def load_dataset(paths: dict[str, str | None], columns: Columns = Columns()) -> 
         if splits["train"].values.max() > 1.0:  # 0–255 pixels; one decision, from train, for all splits
             for split in splits.values():
                 split.values /= 255.0
+    if columns.embedding:
+        widths = {n: s.values.shape[1] for n, s in splits.items()}
+        if len(set(widths.values())) > 1:
+            raise DataError(f"column '{columns.embedding}': vectors differ in length between splits: {widths}")
+        inputs = tuple(f"{columns.embedding}[{j}]" for j in range(widths["train"]))
     return Dataset(modality, classes, tuple(inputs), splits)
 
 
 def _detect_inputs(frame: pd.DataFrame, columns: Columns, source: str) -> tuple[str, tuple[str, ...]]:
-    chosen = [c for c in (columns.text, columns.features, columns.image) if c]
+    chosen = [c for c in (columns.text, columns.features, columns.image, columns.embedding) if c]
     if len(chosen) > 1:
-        raise DataError("give only one of a text column, feature columns or an image column")
+        raise DataError("give only one of a text column, feature columns, an image column or an embedding column")
+    if columns.embedding:
+        return "tabular", (columns.embedding,)
     if columns.text:
         return "text", (columns.text,)
     if columns.image:
@@ -261,8 +272,11 @@ def _read_features(frame: pd.DataFrame, columns, split: str, source: str) -> np.
         values = pd.to_numeric(frame[col], errors="coerce")
         bad_text = values.isna() & frame[col].notna()
         if bad_text.any():
+            example = frame[col][bad_text].iloc[0]
+            hint = (f"; a column of vectors is read with --embedding-column {col}"
+                    if isinstance(example, (list, tuple, np.ndarray)) else "")
             raise DataError(f"{split} file {source}: column '{col}' is not numeric in rows {_rows(bad_text)} "
-                            f"(e.g. {frame[col][bad_text].iloc[0]!r})")
+                            f"(e.g. {_short(example)}){hint}")
         arr = values.to_numpy(dtype=np.float64)
         bad = ~np.isfinite(arr)
         if bad.any():
@@ -270,6 +284,32 @@ def _read_features(frame: pd.DataFrame, columns, split: str, source: str) -> np.
                             f"{_rows(bad)}")
         out[:, j] = arr
     return out
+
+
+def _read_embeddings(frame: pd.DataFrame, col: str, split: str, source: str) -> np.ndarray:
+    """``[n, F]`` float32 from a column holding one equal-length vector of finite floats per row."""
+    vectors = []
+    for value in frame[col]:
+        try:
+            vector = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            vector = None
+        ok = vector is not None and vector.ndim == 1 and len(vector) > 0 and np.isfinite(vector).all()
+        vectors.append(vector if ok else None)
+    bad = np.array([v is None for v in vectors])
+    if bad.any():
+        raise DataError(f"{split} file {source}: column '{col}' holds no vector of finite numbers in rows {_rows(bad)}")
+    lengths = pd.Series([len(v) for v in vectors])
+    odd = (lengths != lengths.mode()[0]).to_numpy()
+    if odd.any():
+        raise DataError(f"{split} file {source}: column '{col}' has vectors of different lengths: most have "
+                        f"{lengths.mode()[0]}, rows {_rows(odd)} do not (e.g. {lengths[odd].iloc[0]})")
+    return np.stack(vectors).astype(np.float32)
+
+
+def _short(value, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _read_images(frame: pd.DataFrame, col: str, split: str, source: str) -> np.ndarray:

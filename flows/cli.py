@@ -40,11 +40,11 @@ class _NoTracebacks(logging.Filter):
 
 
 def _add_clean_options(p: argparse.ArgumentParser) -> None:
-    """One option per field of :class:`flows.config.CleanConfig`, in its group, with its help and default.
+    """One option per field of :class:`fastif_engine.config.CleanConfig`, in its group, with its help and default.
 
     Every option defaults to ``None`` ("not given"), so a YAML ``--config`` fills what the command
     line leaves out and the settings model supplies the rest."""
-    from .config import GROUPS, CleanConfig
+    from fastif_engine.config import GROUPS, CleanConfig
 
     groups = {name: p.add_argument_group(title) for name, title in GROUPS.items()}
     groups["data"].add_argument("--config", help="YAML file with any of these settings (flags win)")
@@ -157,42 +157,13 @@ def _model_options(pairs: list[str] | None) -> dict | None:
 
 
 def _preflight(cfg) -> None:
-    """Validate data and model before Prefect starts: bad input fails fast, and nothing is written."""
-    from fastif_engine.data import Columns, load_dataset
-    from fastif_engine.models import BUILTIN_MODELS, DataInfo, ModelLoadError, builtin_options, create_model
+    """Validate runner, data and model before Prefect starts: bad input fails fast, and nothing is written."""
+    from fastif_engine.pipeline import check_inputs
 
-    from .runtime import check_runner_installed, worker_device
+    from .runtime import check_runner_installed
 
     check_runner_installed(cfg.runner)
-    if cfg.runner in ("thread", "process"):
-        worker_device(cfg.device)  # local workers: a --device this machine cannot give fails here, before any work
-    columns = Columns(label=cfg.label_column, id=cfg.id_column, text=cfg.text_column,
-                      features=tuple(cfg.feature_columns) if cfg.feature_columns else None, image=cfg.image_column)
-    ds = load_dataset({"train": cfg.train, "valid": cfg.valid, "test": cfg.test}, columns)
-    if len(ds.splits["valid"]) < 2:
-        raise FastIFError(f"valid file {cfg.valid}: {len(ds.splits['valid'])} row; net harm (the default flag "
-                          "score's evidence) needs at least 2 validation rows")
-    info = DataInfo(ds.modality, ds.n_classes, ds.input_shape)
-    if cfg.model in BUILTIN_MODELS:
-        if BUILTIN_MODELS[cfg.model] != ds.modality:
-            raise ModelLoadError(f"model {cfg.model} needs {BUILTIN_MODELS[cfg.model]} inputs, but the data has "
-                                 f"{ds.modality} inputs")
-        builtin_options(cfg.model, cfg.model_options)
-    if cfg.solver == "exact" or cfg.model not in BUILTIN_MODELS:
-        from fastif_engine.gradients import FlatParams
-        from fastif_engine.solvers import EXACT_MAX_PARAMS
-
-        model = create_model(cfg.model, info, **cfg.model_options)
-        n_params = FlatParams.of(model).size
-        if cfg.solver == "exact" and n_params > EXACT_MAX_PARAMS:
-            raise FastIFError(f"--solver exact: model {cfg.model} differentiates {n_params:,} parameters, more than "
-                              f"the exact solver's {EXACT_MAX_PARAMS:,}; use --solver lissa")
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise FastIFError(f"--out {cfg.out}: exists and is not a folder")
-    from fastif_engine.history import load as load_history
-
-    load_history(cfg.history or out / "history.parquet")  # a history that cannot be appended to fails now
+    check_inputs(cfg)
 
 
 def _run_clean(cfg) -> dict:
@@ -206,7 +177,7 @@ def _run_clean(cfg) -> dict:
 
 def config_from_args(args: argparse.Namespace):
     """The run's settings: ``--config`` YAML, then every option given on the command line on top."""
-    from .config import CleanConfig, load_config
+    from fastif_engine.config import CleanConfig, load_config
 
     overrides = {k: getattr(args, k) for k in CleanConfig.model_fields}
     overrides["model_options"] = _model_options(args.model_options)
@@ -264,7 +235,7 @@ def _print_flipped_found(flags_path: Path, flag_by: str) -> None:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from .explain import explain
+    from fastif_engine.explain import explain
 
     print(explain(args.run, args.test_id, args.top))
     return 0
@@ -282,7 +253,7 @@ def _apply(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from fastif_engine.datasets import export
 
-    from .config import CleanConfig
+    from fastif_engine.config import CleanConfig
 
     t0 = time.perf_counter()
     data = Path(args.out) / "data"

@@ -5,23 +5,32 @@ import contextlib
 import logging
 import os
 
-import torch
-
 log = logging.getLogger("fastif")
 
 
-def threads_per_worker(runner: str, workers: int) -> int:
-    """Torch threads per task. Thread-runner tasks take turns inside torch.func (see
-    ``fastif_engine.gradients.TRANSFORM_LOCK``), so each may use every core; process and Dask
-    workers run at once and split the cores."""
-    cores = os.cpu_count() or 1
-    return cores if runner == "thread" else max(1, cores // max(1, workers))
+class _RunLog(logging.Handler):
+    """The engine's log records (logger ``fastif_engine``) into the Prefect run's log when in a run;
+    outside one (``fastif_engine.clean`` in a process that imported the flows) to the root logger."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from prefect import get_run_logger
+        from prefect.exceptions import MissingContextError
+
+        try:
+            logger = get_run_logger()
+        except MissingContextError:
+            logging.getLogger().handle(record)
+            return
+        logger.log(record.levelno, record.getMessage())
 
 
-def set_worker_threads(n: int) -> None:
-    """Torch intra-op threads in this process (Dask nannies and pools start with 1 or all)."""
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+def route_engine_log() -> None:
+    """Send the engine's log lines to the run's log; every process that runs tasks calls this on import."""
+    engine = logging.getLogger("fastif_engine")
+    if not any(isinstance(h, _RunLog) for h in engine.handlers):
+        engine.addHandler(_RunLog())
+        engine.setLevel(logging.INFO)
+        engine.propagate = False  # Prefect's own handlers print it (once), like any run log line
 
 
 def task_runner(runner: str, workers: int, address: str | None = None):
@@ -85,30 +94,6 @@ def gpus_for(runner: str):
 
             return remote_options(num_gpus=1)
     return contextlib.nullcontext()
-
-
-def worker_device(requested: str) -> torch.device:
-    """The torch device for this worker: ``cpu``, ``cuda`` (an error without a GPU) or ``auto``.
-
-    With several GPUs visible, a Dask worker takes GPU (worker number mod count) so that
-    LocalCluster workers spread over the GPUs; Ray and dask-cuda already restrict each worker
-    to one GPU via ``CUDA_VISIBLE_DEVICES``.
-    """
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        from fastif_engine.errors import FastIFError
-
-        raise FastIFError("--device cuda, but torch sees no GPU on this worker (CUDA build and driver needed)")
-    count = torch.cuda.device_count()
-    try:
-        from distributed import get_worker
-
-        name = get_worker().name
-        number = int(name) if str(name).isdigit() else sum(map(ord, str(name)))
-    except (ImportError, ValueError):
-        number = 0  # not inside a Dask worker
-    return torch.device("cuda", number % count)
 
 
 @contextlib.contextmanager

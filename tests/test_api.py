@@ -1,3 +1,4 @@
+import json
 import runpy
 from pathlib import Path
 
@@ -57,3 +58,14 @@ def test_approximate_index_with_short_results(logreg, digits):
     assert min(len(c) for c in lists) < 200 and all((c >= 0).all() for c in lists)
     table = fi.influence(digits["test"][0][:10], digits["test"][1][:10])
     assert len(table) == sum(len(c) for c in lists)
+
+
+def test_embeddings_example_cleans_through_a_vector_column(tmp_path):
+    """examples/embeddings.py: sentence vectors of the bundled encoder as one column, a logistic head over
+    them, the whole product through fastif_engine.clean (no Prefect)."""
+    result = runpy.run_path(str(ROOT / "examples" / "embeddings.py"))["main"](max_train=300, out=str(tmp_path))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["config"]["embedding_column"] == "embedding" and metrics["config"]["model"] == "tabular-logreg"
+    assert metrics["solver"]["parameters"] == (384 + 1) * 2  # a binary logistic head over the 384-dim vectors
+    assert result["train_rows"] == metrics["counts"]["train"] == 300 and result["flipped"] > 0
+    assert result["flagged"] == metrics["counts"]["flagged"] and result["flipped_in_flags"] <= result["flagged"]

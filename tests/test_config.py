@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from flows.cli import build_parser, config_from_args
-from flows.config import CleanConfig, ConfigError, load_config
+from fastif_engine.config import CleanConfig, ConfigError, load_config
 
 REQUIRED = {"train": "t.parquet", "valid": "v.parquet", "out": "o", "model": "tabular-logreg"}
 NEEDS = {"dask_address": {"runner": "dask"}, "ray_address": {"runner": "ray"}}

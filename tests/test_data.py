@@ -206,3 +206,35 @@ def test_npy_written_part_by_part_is_the_whole_array_or_nothing(tmp_path):
     with pytest.raises(ValueError, match="expected 8 rows, the parts held 7"):
         write_npy_rows(tmp_path / "t.npy", [whole], 8, 5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]  # no half-written file left
+
+
+def embedded(n=6, width=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"id": [f"r{i}" for i in range(n)], "emb": list(rng.normal(size=(n, width))),
+                         "label": ["cat", "dog"] * (n // 2)})
+
+
+def test_an_embedding_column_is_read_as_numeric_features(tmp_path):
+    train = embedded()
+    ds = load_dataset(write(tmp_path, {"train": train, "valid": embedded(4, seed=1)}), Columns(embedding="emb"))
+    assert ds.modality == "tabular" and ds.input_columns == ("emb[0]", "emb[1]", "emb[2]")
+    np.testing.assert_allclose(ds.splits["train"].values, np.stack(train["emb"]), rtol=1e-6)
+    assert ds.input_shape == (3,)
+
+
+def test_bad_embedding_vectors_name_their_rows(tmp_path):
+    ragged = embedded()
+    ragged.at[4, "emb"] = np.ones(2)
+    with pytest.raises(DataError, match=r"column 'emb' has vectors of different lengths: most have 3, rows 4 "):
+        load_dataset(write(tmp_path, {"train": ragged, "valid": embedded(4)}), Columns(embedding="emb"))
+    holes = embedded()
+    holes.at[1, "emb"] = np.array([0.0, np.nan, 1.0])
+    with pytest.raises(DataError, match=r"train file .*: column 'emb' holds no vector of finite numbers in rows 1 "):
+        load_dataset(write(tmp_path, {"train": holes, "valid": embedded(4)}), Columns(embedding="emb"))
+    with pytest.raises(DataError, match="column .emb.: vectors differ in length between splits"):
+        load_dataset(write(tmp_path, {"train": embedded(), "valid": embedded(4, width=5)}), Columns(embedding="emb"))
+
+
+def test_a_vector_column_read_as_features_suggests_the_embedding_option(tmp_path):
+    with pytest.raises(DataError, match="not numeric .* a column of vectors is read with --embedding-column emb"):
+        load_dataset(write(tmp_path, {"train": embedded(), "valid": embedded(4)}), Columns(features=("emb",)))

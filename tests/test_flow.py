@@ -14,9 +14,9 @@ from sklearn.datasets import load_breast_cancer
 
 from fastif_engine.batching import RowFile
 from fastif_engine.datasets import add_label_noise
-from flows.clean import CACHE_DIR
+from fastif_engine.pipeline import CACHE_DIR
 from flows.cli import main
-from flows.config import CleanConfig
+from fastif_engine.config import CleanConfig
 
 FLAG_COLUMNS = ["train_id", "label", "predicted", "harm_score", "self_influence", "n_errors_harmed", "rank",
                 "flagged"]
@@ -118,6 +118,37 @@ def test_clean_writes_the_contract(tabular_run, tabular):
     for name in ("report.md", "report.html"):
         assert (tabular_run / name).stat().st_size > 1000
     assert not list(tabular_run.glob("*.tmp")) and not list(tabular_run.glob(".*.tmp"))
+
+
+def test_clean_from_python_gives_the_command_lines_flags_without_prefect(tabular_run, tabular, tmp_path):
+    """A notebook's way in: DataFrames to ``fastif_engine.clean`` in a fresh interpreter give the flags
+    and verdict that ``fastif clean`` gave with the same settings (tabular_run), and Prefect is never
+    imported there, so no server starts."""
+    paths = {name: str(path) for name, path in tabular.items()}
+    script = f"""
+import json, sys
+import pandas as pd
+import fastif_engine
+frames = {{name: pd.read_parquet(path) for name, path in {paths!r}.items()}}
+result = fastif_engine.clean(frames["train"], frames["valid"], frames["test"], model="tabular-mlp", out=sys.argv[1],
+                             solver="lissa", depth=200, repeats=2, batch_size=8, k=100, retrain=True, seeds=2,
+                             progress=False)
+first_error = result.influence["test_id"].iloc[0]
+print(json.dumps({{"flagged": result.flagged["train_id"].tolist(), "verdict": result.verdict,
+                  "fixes": len(result.fixes), "report": str(result.write_report(sys.argv[1] + "/copy.html")),
+                  "explain": first_error in result.explain(first_error), "prefect": "prefect" in sys.modules}}))
+"""
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "py")], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["prefect"] is False
+    flags = pd.read_parquet(tabular_run / "flags.parquet")
+    expected = flags[flags["flagged"]].sort_values("rank")["train_id"].tolist()
+    assert got["flagged"] == expected and len(expected) > 0
+    assert got["verdict"] == json.loads((tabular_run / "metrics.json").read_text())["accuracy"]["retrain"]["verdict"]
+    assert got["fixes"] == len(pd.read_csv(tabular_run / "fixes.csv"))
+    assert "<html" in open(got["report"]).read()[:200].lower() and got["explain"]
 
 
 class _Report(HTMLParser):
@@ -224,8 +255,8 @@ def test_rerun_reuses_unchanged_stages(tabular, tmp_path):
 def test_a_new_fastif_version_or_model_recipe_is_not_served_from_an_old_cache(tabular, tmp_path, monkeypatch):
     import fastif_engine
     import fastif_engine.models
-    from flows.clean import stage_keys
-    from flows.config import CleanConfig
+    from fastif_engine.stages import stage_keys
+    from fastif_engine.config import CleanConfig
 
     cfg = CleanConfig(train=str(tabular["train"]), valid=str(tabular["valid"]), out=str(tmp_path), model="tabular-mlp")
     keys = stage_keys(cfg)
@@ -253,7 +284,7 @@ def test_a_tampered_cache_file_is_refused_not_executed(tabular, tmp_path, capsys
     """Cached data loads without pickle: a pickle planted in the cache is an error, never run."""
     import pickle
 
-    from flows import tasks
+    from fastif_engine import stages
 
     out, marker = tmp_path / "out", tmp_path / "pwned"
 
@@ -266,8 +297,8 @@ def test_a_tampered_cache_file_is_refused_not_executed(tabular, tmp_path, capsys
     for planted in [next(cache.glob("dataset-*.npz")), next(cache.glob("inputs-*.safetensors"))]:
         original = planted.read_bytes()
         planted.write_bytes(pickle.dumps(Payload()))
-        tasks.load_cached_dataset.cache_clear()  # a re-run is a new process: nothing loaded yet
-        tasks._inputs.cache_clear()
+        stages.load_cached_dataset.cache_clear()  # a re-run is a new process: nothing loaded yet
+        stages._inputs.cache_clear()
         capsys.readouterr()
         # retraining reads the cached inputs (every other stage is reused from the cache)
         assert clean(tabular, out, "--self-influence", "off", "--retrain", "--seeds", "1") == 2
@@ -547,9 +578,9 @@ def test_image_cnn_on_digits(tmp_path, capsys):
 def test_text_minilm_on_rotten_tomatoes(tmp_path, monkeypatch):
     """The text model end to end; its hidden states are prepared 128 rows at a time into a file
     of their own and read back by rows, and equal what one in-memory ``prepare`` gives."""
-    from flows import tasks
+    from fastif_engine import stages
 
-    monkeypatch.setattr(tasks, "PREPARE_ROWS", 128)
+    monkeypatch.setattr(stages, "PREPARE_ROWS", 128)
     data = tmp_path / "data"
     assert main(["datasets", "export", "rotten-tomatoes", "--out", str(data), "--noise", "0.1",
                  "--max-train", "300"]) == 0
@@ -570,11 +601,11 @@ def test_text_minilm_on_rotten_tomatoes(tmp_path, monkeypatch):
 
     inputs = next((out / CACHE_DIR).glob("inputs-*.safetensors"))
     assert (inputs.parent / f"{inputs.stem}.train.hidden.npy").exists()
-    train = tasks._inputs(str(inputs))["train"]
+    train = stages._inputs(str(inputs))["train"]
     assert isinstance(train["hidden"], RowFile) and train["hidden"].shape == (300, 64, 384)
     texts = pd.read_parquet(data / "train.parquet")["text"].to_numpy()
     rows = np.array([0, 127, 128, 299])  # both sides of a part's edge
-    whole = tasks.load_adapter(CleanConfig(train="t", valid="v", out="o", model="text-minilm"),
+    whole = stages.load_adapter(CleanConfig(train="t", valid="v", out="o", model="text-minilm"),
                                str(next((out / CACHE_DIR).glob("dataset-*.npz"))), None).prepare(texts[rows])
     assert torch.equal(train["mask"][rows], whole["mask"])
     real = whole["mask"].unsqueeze(-1)  # what pad positions hold depends on the batch; nothing reads them

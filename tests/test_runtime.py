@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from fastif_engine.gradients import chunk_rows
-from flows.config import POOL_WORKERS, CleanConfig
-from flows.tasks import chunk_size, s_test_rows, task_budget
+from fastif_engine.config import POOL_WORKERS, CleanConfig
+from fastif_engine.stages import chunk_size, s_test_rows, task_budget
 
 
 def _config(**kw) -> CleanConfig:

@@ -54,6 +54,8 @@ class CleanConfig(BaseModel):
     text_column: Optional[str] = _setting(None)
     feature_columns: Optional[list[str]] = _setting(None, help="comma-separated numeric columns")
     image_column: Optional[str] = _setting(None)
+    embedding_column: Optional[str] = _setting(None, help="a column of equal-length float vectors (an encoder's "
+                                               "embeddings): the tabular models' inputs")
 
     model: str = _setting(group="model", help="tabular-logreg, tabular-mlp, image-cnn, text-minilm or "
                                               "package.module:callable")
@@ -146,6 +148,14 @@ class CleanConfig(BaseModel):
         if self.ray_address and self.runner != "ray":
             raise ValueError("ray_address needs runner: ray")
         return self
+
+    def columns(self):
+        """Which columns hold what (``fastif_engine.data.Columns``)."""
+        from fastif_engine.data import Columns
+
+        return Columns(label=self.label_column, id=self.id_column, text=self.text_column,
+                       features=tuple(self.feature_columns) if self.feature_columns else None,
+                       image=self.image_column, embedding=self.embedding_column)
 
     def flag_rule(self):
         from fastif_engine.ranking import FlagRule

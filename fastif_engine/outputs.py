@@ -1,6 +1,6 @@
 """What a cleaning run writes: the flags and influence tables, metrics.json, the report, the history record.
 
-Built from the flow's stage results by :func:`flows.clean.clean_dataset`; every file is written
+Built from the pipeline's stage results by :func:`fastif_engine.pipeline.run_pipeline`; every file is written
 to a staging folder first and moved into place, so a failure keeps the previous run's outputs.
 """
 from __future__ import annotations
@@ -14,18 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-import fastif_engine
-from fastif_engine.fixes import fixes_table
-from fastif_engine.knn import faiss_build
-from fastif_engine.ranking import FLAG_SCORES, within_budget
-from fastif_engine.report import plot_accuracy, plot_score_distribution, render, thumbnail
-from fastif_engine.retrain import summarise
-from fastif_engine.store import write_bytes, write_json, write_parquet, write_text
-from fastif_engine.verdict import accuracy_stderr, retrain_verdict
+from .fixes import fixes_table
+from .knn import faiss_build
+from .ranking import FLAG_SCORES, within_budget
+from .report import plot_accuracy, plot_score_distribution, render, thumbnail
+from .retrain import summarise
+from .store import write_bytes, write_json, write_parquet, write_text
+from .verdict import accuracy_stderr, retrain_verdict
 
-from .runtime import worker_device
+from . import __version__
+from .workers import worker_device
 
 OUTPUTS = ("flags.parquet", "influence.parquet", "fixes.csv", "metrics.json", "report.md", "report.html")
 
@@ -121,7 +120,6 @@ def _class_mix(flags: pd.DataFrame) -> dict:
 
 
 def metrics_record(cfg, ds, predictions, errors, flags, n_candidates, solver_info, retrain, timings, flagging) -> dict:
-    import prefect
     import torch
 
     before = {"valid": predictions["valid"]["accuracy"]}
@@ -143,8 +141,8 @@ def metrics_record(cfg, ds, predictions, errors, flags, n_candidates, solver_inf
         "sign_convention": "influence = -grad L(test)^T (H + ridge I)^-1 grad L(train); positive = harmful",
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "config": json.loads(cfg.model_dump_json()),
-        "versions": {"fastif": fastif_engine.__version__, "python": platform.python_version(),
-                     "torch": torch.__version__, "faiss": faiss_build(), "prefect": prefect.__version__},
+        "versions": {"fastif": __version__, "python": platform.python_version(),
+                     "torch": torch.__version__, "faiss": faiss_build(), "prefect": _installed("prefect")},
     }
 
 
@@ -189,8 +187,9 @@ def _content(ds, value, width: int) -> str:
     return shown + (", …" if len(value) > n else "")
 
 
-def write_outputs(out: Path, cfg, ds, flags, influence, metrics, predictions: dict) -> None:
-    """Render and write every output into a staging folder first, then move them into place.
+def write_outputs(out: Path, cfg, ds, flags, influence, metrics, predictions: dict) -> str:
+    """Render and write every output into a staging folder first, then move them into place;
+    returns the report's markdown.
 
     A failure while rendering or writing (a bad value, a full disk) leaves the previous run's
     outputs untouched; the final moves are single renames on the same filesystem.
@@ -224,16 +223,14 @@ def write_outputs(out: Path, cfg, ds, flags, influence, metrics, predictions: di
             os.replace(staging / name, out / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    create_markdown_artifact(markdown=_artifact_markdown(markdown), key="fastif-report",
-                             description=f"fastif cleaning report for {cfg.train}")
-    top = flags[flags["flagged"]].sort_values("rank").head(50)
-    create_table_artifact(table=json.loads(top.dropna(axis="columns", how="all").to_json(orient="records")),
-                          key="fastif-flags", description=f"top flagged training rows, by {metrics['flag_by']} "
-                                                          "(positive harm = harmful)")
-    create_table_artifact(table=metrics["history"]["trend"], key="fastif-history",
-                          description="cleaning runs recorded in " + metrics["history"]["path"] + " (latest last)")
+    return markdown
 
 
-def _artifact_markdown(markdown: str) -> str:
-    """Prefect's UI cannot see local PNGs: drop image references from the artifact copy."""
-    return "\n".join(line for line in markdown.splitlines() if not line.startswith("!["))
+def _installed(package: str) -> str | None:
+    """A package's installed version (without importing it), None when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None

@@ -1,0 +1,611 @@
+"""The cleaning pipeline's stages, as plain functions (``fastif_engine.pipeline`` runs them in order;
+``flows/`` runs the same functions as Prefect tasks).
+
+Stages hand each other paths, never arrays. Every stage writes its output to the run's stage
+cache under a name that contains a content key (file fingerprints + the settings that matter),
+atomically; a stage whose output already exists is not recomputed (see ``StageCache``).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from functools import lru_cache, wraps
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .api import extract_features
+from .batching import RowFile, chunk_slices, select, take
+from .data import Dataset, dataset_arrays, dataset_from_arrays, load_dataset
+from .gradients import FlatParams, chunk_rows, gradient_matrix
+from .hessian import spectrum
+from .errors import LissaDivergenceError, SolverSetupError
+from .influence import influence_on_candidates, self_influence
+from .knn import FaissIndex
+from .memory import return_freed_memory
+from .net_harm import net_harm
+from .models import DataInfo, create_model
+from .retrain import retrain_and_evaluate
+from .kfac import EkfacSolver
+from .solvers import (CG_MAX_ITERATIONS, CG_TOLERANCE, EXACT_MAX_PARAMS, LOW_RANK, CgSolver, LissaSettings,
+                      LissaSolver, LowRankSolver, SolverPlan, auto_scale, choose_solver, make_solver,
+                      plan_solver, sweep_scale)
+from .store import (NpyRows, atomic_path, file_fingerprint, fingerprint, load_arrays, load_tensors, npy_writer,
+                    save_arrays, save_tensors, tensors_metadata, write_json, write_npy, write_parquet)
+from .training import evaluate
+
+from .config import CleanConfig
+from .workers import set_worker_threads, worker_device
+
+log = logging.getLogger("fastif_engine")
+_LOCK = threading.Lock()
+# Self-influence needs (H + λI)⁻¹ for every training row: with an explicit Hessian that is one
+# factorisation, cheap up to a few thousand parameters; "auto" computes it only then.
+SELF_INFLUENCE_AUTO_LIMIT = 4096
+
+
+class StageCache:
+    """``<out>/.fastif-cache/<stage>-<key>.<ext>``: present means done (files land by rename)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def path(self, stage: str, key: str, ext: str) -> Path:
+        return self.root / f"{stage}-{key}.{ext}"
+
+
+def _cached(cache: str, stage: str, key: str, ext: str, *, log_as: str | None = None) -> tuple[Path, bool]:
+    """This stage's output file and whether it is already there (the stage is then skipped).
+
+    ``log_as`` names the stage in the log line of a reuse (per-batch tasks reuse silently)."""
+    path = StageCache(cache).path(stage, key, ext)
+    if path.exists() and log_as:
+        log.info("%s: inputs unchanged, reusing %s", log_as, path.name)
+    return path, path.exists()
+
+
+def _fault_point(stage: str) -> None:
+    """Fault injection for the reliability tests: ``FASTIF_KILL_ONCE=<stage>:<marker file>``
+    kills the worker process the first time ``stage`` runs (the marker file records it)."""
+    spec = os.environ.get("FASTIF_KILL_ONCE", "")
+    name, _, marker = spec.partition(":")
+    if name == stage and marker and not os.path.exists(marker):
+        Path(marker).write_text(f"killed in {stage}\n")
+        os._exit(137)
+
+
+def stage(name: str):
+    """Mark a function as the pipeline stage ``name`` (what logs, timings and Prefect call it); it
+    hands what it freed back to the OS when it ends (see ``return_freed_memory``)."""
+    def decorate(fn):
+        @wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                return_freed_memory()
+        run.stage_name = name
+        return run
+    return decorate
+
+
+# ---- cache keys: each stage declares the settings its output depends on ----
+
+@dataclasses.dataclass(frozen=True)
+class StageKey:
+    """A stage's cache key: the keys of the stages it reads (``after``) and the settings its output
+    depends on. ``lissa``: settings that count only when the run's solver is LiSSA (another solver
+    gives the same answer whatever they are); ``when``: settings that count only under a condition
+    on the config."""
+
+    after: tuple[str, ...]
+    settings: tuple[str, ...] = ()
+    lissa: tuple[str, ...] = ()
+    when: tuple[tuple[str, object], ...] = ()  # (setting, predicate on the config)
+
+
+LISSA = ("depth", "batch_size", "tolerance")
+# In pipeline order. "data" also keys on the input files' contents and fastif's version, "prep" on
+# the model's recipe; "flags" and "retrain" are keyed by the flagged rows themselves, which these
+# settings decide (the declaration is what the completeness test reads).
+STAGE_KEYS = {
+    "data": StageKey((), ("label_column", "id_column", "text_column", "feature_columns", "image_column",
+                          "embedding_column")),
+    "prep": StageKey(("data",), ("model", "model_options")),
+    "model": StageKey(("prep",), ("seed",)),
+    "index": StageKey(("model",), ("index",)),
+    "candidates": StageKey(("index",), ("k",)),
+    "solver": StageKey(("model",), ("solver", "damping", "scale", "seed"),
+                       when=(("scale_sweep", lambda cfg: True), ("depth", lambda cfg: cfg.scale_sweep))),
+    "stest": StageKey(("solver",), ("tests_per_batch",), lissa=LISSA),
+    "influence": StageKey(("stest", "candidates"), lissa=("repeats",)),
+    "net harm": StageKey(("solver",), ("net_harm_prior",), lissa=(*LISSA, "repeats"),
+                         when=(("flag_evidence", lambda cfg: cfg.net_harm_prior == "auto"),)),
+    "self-influence": StageKey(("solver",)),
+    "flags": StageKey(("influence", "net harm", "self-influence"),
+                      ("flag_by", "flag_fraction", "flag_top", "flag_threshold", "flag_evidence", "self_influence")),
+    "retrain": StageKey(("flags",), ("fix", "retrain", "seeds")),
+}
+# Settings no output depends on: where the files are (their contents key "data"), where and how
+# the work runs, and how much memory a step may take at once.
+NOT_IN_OUTPUTS = ("train", "valid", "test", "out", "history", "runner", "dask_address", "ray_address", "device",
+                  "workers", "memory_budget", "chunk_size")
+
+
+def stage_keys(cfg: CleanConfig, solver: str | None = None) -> dict[str, str]:
+    """Cache key per stage, from ``STAGE_KEYS``: each key extends the keys of the stages it reads.
+
+    ``solver``: the resolved solver, once known (None: assume LiSSA); LiSSA's settings then key
+    the solving stages only when it is ``lissa`` (``auto`` → exact does not solve again for a new
+    ``--depth``)."""
+    from . import __version__
+    from .models import model_recipe
+
+    keys: dict[str, str] = {}
+    for name, spec in STAGE_KEYS.items():
+        if name in ("flags", "retrain"):
+            continue
+        parts = [name, *(keys[a] for a in spec.after), *(getattr(cfg, s) for s in spec.settings)]
+        parts += [getattr(cfg, s) if solver in (None, "lissa") else None for s in spec.lissa]
+        parts += [getattr(cfg, s) if applies(cfg) else None for s, applies in spec.when]
+        if name == "data":
+            parts += [__version__, *(_safe_fingerprint(p) for p in (cfg.train, cfg.valid, cfg.test))]
+        if name == "prep":
+            parts.append(model_recipe(cfg.model))
+        keys[name] = fingerprint(*parts)
+    return keys
+
+
+def _safe_fingerprint(location: str | None) -> str | None:
+    """Content hash, or a marker for a file that cannot be read (validation then says why)."""
+    if location is None:
+        return None
+    try:
+        return file_fingerprint(location)
+    except Exception:
+        return f"unreadable:{location}"
+
+
+# ---- loading shared state inside a worker (threads share these; processes load once each) ----
+
+@lru_cache(maxsize=4)
+def load_cached_dataset(path: str) -> Dataset:
+    """The validated dataset a ``load + validate`` stage wrote (plain arrays; no pickle is loaded)."""
+    return dataset_from_arrays(load_arrays(path))
+
+
+@lru_cache(maxsize=4)
+def _inputs(path: str) -> dict:
+    """``{split: tensor or {name: tensor}, "labels": {split: int64 array}}`` (safetensors, no pickle);
+    the leaves ``prepare_inputs`` wrote to disk come back as ``RowFile``s, read by rows when used."""
+    blob = load_tensors(path)
+    blob["labels"] = {split: labels.numpy() for split, labels in blob["labels"].items()}
+    for name, file_name in json.loads(tensors_metadata(path).get("rows_on_disk", "{}")).items():
+        split, leaf = name.split("/")
+        blob.setdefault(split, {})[leaf] = RowFile(Path(path).with_name(file_name))
+    return blob
+
+
+@lru_cache(maxsize=2)
+def _base_model(model: str, options_json: str, info: DataInfo):
+    return create_model(model, info, **json.loads(options_json))
+
+
+def data_info(ds: Dataset) -> DataInfo:
+    return DataInfo(ds.modality, ds.n_classes, ds.input_shape)
+
+
+def load_adapter(cfg: CleanConfig, dataset_path: str, state_path: str | None):
+    """A private copy of the model per task: functional_call swaps parameters in place, so
+    threads must never share one module."""
+    info = data_info(load_cached_dataset(dataset_path))
+    with _LOCK:
+        base = _base_model(cfg.model, json.dumps(cfg.model_options, sort_keys=True), info)
+        adapter = copy.deepcopy(base)
+    adapter.to(worker_device(cfg.device))
+    if state_path:
+        adapter.model.load_state_dict(torch.load(state_path, weights_only=True, map_location=adapter.placement))
+        adapter.model.eval()
+    return adapter
+
+
+def lissa_settings(cfg: CleanConfig, scale: float | None) -> LissaSettings:
+    return LissaSettings(depth=cfg.depth, repeats=cfg.repeats, batch_size=cfg.batch_size,
+                         damping=cfg.damping, scale=scale, tolerance=cfg.tolerance, seed=cfg.seed)
+
+
+def task_budget(cfg: CleanConfig) -> float:
+    """GB one task's gradient chunks and LiSSA blocks may take: ``--memory-budget`` is per process,
+    so the thread runner's workers, which run at once in the flow's process, share it."""
+    return cfg.memory_budget / (cfg.workers if cfg.runner == "thread" else 1)
+
+
+def chunk_size(cfg: CleanConfig, n_params: int) -> int:
+    """Rows per per-sample-gradient chunk: ``cfg.chunk_size``, or what the task's budget allows for P."""
+    return cfg.chunk_size or chunk_rows(n_params, task_budget(cfg))
+
+
+def s_test_rows(cfg: CleanConfig, n_params: int) -> int:
+    """s_test vectors an influence task holds at once: what the task's budget allows for P, on top
+    of its gradient chunks (so the stage takes up to twice the budget, whatever the number of errors)."""
+    return max(1, int(task_budget(cfg) * 1e9 // (4 * max(n_params, 1))))  # float32 rows, as the s_test file
+
+
+def stage_solver(cfg: CleanConfig, adapter, x, y, solver_path: str, flat: FlatParams, name: str | None = None):
+    """The run's inverse-HVP solver (or ``name``) with the scale and ridge ``resolve_solver`` fixed once;
+    a low-rank solver reuses the eigenpairs saved beside it when there are any."""
+    info = json.loads(Path(solver_path).read_text())
+    name = name or info["name"]
+    eigenpairs = Path(solver_path).with_suffix(".npz")
+    if name == "lowrank" and eigenpairs.exists():
+        saved = load_arrays(eigenpairs)
+        return LowRankSolver.from_eigenpairs(torch.from_numpy(saved["values"]).to(adapter.placement),
+                                             torch.from_numpy(saved["vectors"]).to(adapter.placement), info["ridge"])
+    factors = Path(solver_path).with_suffix(".ekfac.npz")
+    if name in ("ekfac", "cg") and factors.exists():
+        state = {k: torch.from_numpy(v) for k, v in load_arrays(factors).items()}
+        ekfac = EkfacSolver.from_state(adapter, state, ridge=info["ridge"], flat=flat)
+        if name == "ekfac":
+            return ekfac
+        return CgSolver(adapter, x, y, ridge=info["ridge"], preconditioner=ekfac, flat=flat,
+                        tolerance=info.get("tolerance", CG_TOLERANCE),
+                        max_iterations=info.get("max_iterations", CG_MAX_ITERATIONS))
+    return make_solver(name, adapter, x, y, lissa_settings(cfg, info["scale"]), rank=LOW_RANK, flat=flat,
+                       memory_budget=task_budget(cfg), plan=SolverPlan(name, "cached", {}) if name in
+                       ("exact", "lissa", "lowrank") else None)
+
+
+def _split_tensors(inputs_path: str, split: str):
+    blob = _inputs(inputs_path)
+    return blob[split], torch.as_tensor(blob["labels"][split])
+
+
+@dataclasses.dataclass
+class _Work:
+    """What a stage computes with, loaded inside its worker: a private copy of the model (trained,
+    or fresh when ``model_path`` is None), the training split and the differentiated parameters."""
+
+    cfg: CleanConfig
+    inputs_path: str
+    adapter: object
+    x: object
+    y: torch.Tensor
+    flat: FlatParams
+
+    @classmethod
+    def load(cls, cfg: CleanConfig, dataset_path: str, inputs_path: str, model_path: str | None,
+             threads: int | None = None) -> "_Work":
+        if threads:
+            set_worker_threads(threads)
+        adapter = load_adapter(cfg, dataset_path, model_path)
+        x, y = _split_tensors(inputs_path, "train")
+        return cls(cfg, inputs_path, adapter, x, y, FlatParams.of(adapter))
+
+    def split(self, name: str):
+        return _split_tensors(self.inputs_path, name)
+
+    @property
+    def chunk(self) -> int:
+        return chunk_size(self.cfg, self.flat.size)
+
+    def solver(self, solver_path: str, name: str | None = None):
+        return stage_solver(self.cfg, self.adapter, self.x, self.y, solver_path, self.flat, name)
+
+
+# ---- stages ----
+
+@stage("load + validate")
+def load_and_validate(cfg: CleanConfig, cache: str, key: str) -> str:
+    """Read and check every split; nothing else runs if this fails."""
+    path, done = _cached(cache, "dataset", key, "npz", log_as="load + validate")
+    if done:
+        return str(path)
+    ds = load_dataset({"train": cfg.train, "valid": cfg.valid, "test": cfg.test}, cfg.columns())
+    info = data_info(ds)
+    if ":" in cfg.model:  # a user model that cannot be built fails here, before any other work
+        create_model(cfg.model, info, **cfg.model_options)
+    save_arrays(path, dataset_arrays(ds))
+    log.info("load + validate: %s", ", ".join(f"{k} {len(s)} rows" for k, s in ds.splits.items()))
+    return str(path)
+
+
+@stage("prepare inputs")
+def prepare_inputs(cfg: CleanConfig, cache: str, key: str, dataset_path: str) -> str:
+    """Model-specific inputs for every split (for text-minilm: the frozen layers' output, once)."""
+    path, done = _cached(cache, "inputs", key, "safetensors", log_as="prepare inputs")
+    if done:
+        return str(path)
+    ds = load_cached_dataset(dataset_path)
+    adapter = load_adapter(cfg, dataset_path, None)
+    on_disk: dict[str, str] = {}
+    blob = {name: _prepare_split(adapter, split.values, path, name, on_disk) for name, split in ds.splits.items()}
+    # written last: its presence marks the stage done, the row files beside it already complete
+    save_tensors(path, {**blob, "labels": {name: split.labels for name, split in ds.splits.items()}},
+                 metadata={"rows_on_disk": json.dumps(on_disk)})
+    return str(path)
+
+
+PREPARE_ROWS = 1024  # rows prepared at a time where some input leaves go to disk
+
+
+def _prepare_split(adapter, values, path: Path, split: str, on_disk: dict[str, str]):
+    """A split's inputs; the leaves in ``adapter.rows_on_disk`` are written to an ``.npy`` of their
+    own, ``PREPARE_ROWS`` rows at a time (``on_disk`` records the file), the others returned."""
+    if not adapter.rows_on_disk or not len(values):
+        return adapter.prepare(values)
+    kept: dict[str, list] = {}
+    with contextlib.ExitStack() as files:
+        writers = {}
+        for rows in chunk_slices(len(values), PREPARE_ROWS):
+            for leaf, tensor in adapter.prepare(values[rows]).items():
+                if leaf not in adapter.rows_on_disk:
+                    kept.setdefault(leaf, []).append(tensor)
+                    continue
+                if leaf not in writers:
+                    file = path.with_name(f"{path.stem}.{split}.{leaf}.npy")
+                    writers[leaf] = files.enter_context(npy_writer(file, len(values), tensor.shape[1:],
+                                                                   tensor.numpy().dtype))
+                    on_disk[f"{split}/{leaf}"] = file.name
+                writers[leaf](tensor.numpy())
+    return {leaf: torch.cat(parts) for leaf, parts in kept.items()}
+
+
+@stage("train model")
+def train_model(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str) -> str:
+    path, done = _cached(cache, "model", key, "pt", log_as="train model")
+    if done:
+        return str(path)
+    w = _Work.load(cfg, dataset_path, inputs_path, None)
+    t0 = time.perf_counter()
+    w.adapter.fit(w.x, w.y, seed=cfg.seed)
+    with atomic_path(path) as tmp:
+        torch.save(w.adapter.model.state_dict(), tmp)
+    log.info("train model: %s fitted on %d rows in %.1f s", cfg.model, len(w.y), time.perf_counter() - t0)
+    return str(path)
+
+
+@stage("extract features")
+def features_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
+                   model_path: str) -> str:
+    path, done = _cached(cache, "features", key, "npz", log_as="extract features")
+    if done:
+        return str(path)
+    adapter = load_adapter(cfg, dataset_path, model_path)
+    blob = _inputs(inputs_path)
+    save_arrays(path, {split: extract_features(adapter, blob[split]) for split in ("train", "valid")})
+    return str(path)
+
+
+@stage("build index")
+def build_index(cfg: CleanConfig, cache: str, key: str, features_path: str) -> str:
+    path, done = _cached(cache, "index", key, "faiss", log_as="build index")
+    if done:
+        return str(path)
+    feats = np.load(features_path)["train"]
+    FaissIndex(cfg.index, seed=cfg.seed).build(feats).save(path)
+    return str(path)
+
+
+@stage("kNN candidates")
+def search_neighbours(cfg: CleanConfig, cache: str, key: str, features_path: str, index_path: str,
+                      errors_path: str) -> str:
+    """The k nearest training rows (feature space) of every misclassified validation row."""
+    path, done = _cached(cache, "candidates", key, "npy", log_as="kNN candidates")
+    if done:
+        return str(path)
+    errors = np.asarray(json.loads(Path(errors_path).read_text())["errors"], dtype=np.int64)
+    _, cand = FaissIndex.load(index_path).search(np.load(features_path)["valid"][errors], cfg.k)
+    write_npy(path, cand)
+    return str(path)
+
+
+@stage("find errors")
+def find_errors(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
+                model_path: str) -> str:
+    """Predict on validation (and test); the misclassified validation rows are the errors.
+
+    Training rows also keep their own loss under the fitted model (``flag_by: loss``)."""
+    path, done = _cached(cache, "predictions", key, "json", log_as="find errors")
+    if done:
+        return str(path)
+    adapter = load_adapter(cfg, dataset_path, model_path)
+    blob = _inputs(inputs_path)
+    out = {}
+    for split in [s for s in ("valid", "test", "train") if s in blob]:
+        ev = evaluate(adapter, blob[split], torch.as_tensor(blob["labels"][split]))
+        out[split] = {**ev.summary(), "predictions": ev.predictions.tolist()}
+        if split == "train":
+            out[split]["losses"] = ev.losses.tolist()
+    wrong = np.flatnonzero(np.asarray(out["valid"]["predictions"]) != blob["labels"]["valid"])
+    out["errors"] = wrong.tolist()
+    write_json(path, out)
+    log.info("find errors: %d of %d validation rows misclassified (accuracy %.4f)",
+                          len(wrong), len(blob["labels"]["valid"]), out["valid"]["accuracy"])
+    return str(path)
+
+
+@stage("resolve solver")
+def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
+                   model_path: str, n_vectors: int = 16) -> str:
+    """Fix the scale, hence the ridge λ, once so every worker uses the same, and pick the solver for
+    ``n_vectors`` vectors (``auto``: by predicted cost, see solvers.plan_solver). Factors that every
+    solve reuses (EK-FAC's, the low-rank eigenpairs) are computed here once and saved beside it."""
+    path, done = _cached(cache, "solver", key, "json", log_as="resolve solver")
+    if done:
+        return str(path)
+    w = _Work.load(cfg, dataset_path, inputs_path, model_path)
+    choose_solver(cfg.solver)  # checks the name
+    scale, estimated = cfg.scale, False
+    if scale is None:
+        scale, estimated = auto_scale(w.adapter, w.flat, w.x, w.y, cfg.seed), True
+    sweep = []
+    if cfg.scale_sweep and cfg.solver == "lissa":
+        scale, sweep = sweep_scale(w.adapter, w.x, w.y, lissa_settings(cfg, scale), flat=w.flat)
+        for t in sweep:
+            log.log(logging.WARNING if t["diverged"] else logging.INFO, "scale sweep: LiSSA %s at "
+                                 "scale %.4g", "diverged" if t["diverged"] else "stays bounded", t["scale"])
+    settings = lissa_settings(cfg, scale)
+    plan = plan_solver(cfg.solver, w.adapter, w.x, w.y, ridge=settings.ridge, n_vectors=n_vectors, flat=w.flat,
+                       seed=cfg.seed)
+    name = plan.name
+    info = {"name": name, "requested": cfg.solver, "scale": scale, "scale_estimated": estimated,
+            "damping": cfg.damping, "ridge": settings.ridge, "parameters": w.flat.size, "scale_sweep": sweep,
+            "vectors": n_vectors, "plan": plan.as_dict()}
+    if name == "lissa":
+        info.update(depth=cfg.depth, repeats=cfg.repeats, batch_size=cfg.batch_size, tolerance=cfg.tolerance)
+    if name == "lowrank":
+        low = make_solver("lowrank", w.adapter, w.x, w.y, settings, rank=LOW_RANK, flat=w.flat, plan=plan)
+        save_arrays(path.with_suffix(".npz"), {"values": low.eigenvalues.cpu().numpy(),
+                                               "vectors": low.eigenvectors.cpu().numpy()})
+        info["rank"] = len(low.eigenvalues)
+    if plan.ekfac is not None:
+        save_arrays(path.with_suffix(".ekfac.npz"), {k: v.cpu().numpy() for k, v in plan.ekfac.state().items()})
+    if name == "cg":
+        info.update(tolerance=CG_TOLERANCE, max_iterations=CG_MAX_ITERATIONS)
+    known_top = plan.lowrank.eigenvalues[0] if plan.lowrank is not None and len(plan.lowrank.eigenvalues) else None
+    spec = spectrum(w.adapter, w.flat, w.x, w.y, seed=cfg.seed,
+                    largest=None if known_top is None else float(known_top))
+    info["spectrum"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in spec.relative(settings.ridge).items()}
+    write_json(path, info)
+    log.info("resolve solver: %s, scale %.4g%s, ridge λ = %.4g", plan.reason if cfg.solver == "auto"
+                          else name, scale, " (estimated)" if estimated else "", info["ridge"])
+    log.info("ridge in the Hessian's spectrum: λ = %.3g × its top eigenvalue (%.4g), %.3g × its mean "
+                          "(%.4g; trace estimated on %d sampled rows)", info["spectrum"]["ridge_over_largest"], spec.largest,
+                          info["spectrum"]["ridge_over_mean"], spec.mean, spec.rows)
+    if plan.ekfac is not None:
+        e = plan.ekfac.describe()
+        log.info("EK-FAC: %d Linear weights Kronecker-factored (%.1f%% of the parameters), %d other "
+                              "tensors diagonal", len(e["kronecker"]), 100 * e["kronecker_share"], len(e["diagonal"]))
+    return str(path)
+
+
+@stage("s_test")
+def s_test_batch(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
+                 model_path: str, errors_path: str, solver_path: str, batch: int, repeat: int,
+                 threads: int) -> str:
+    """s_test for one batch of errors and one LiSSA repeat (other solvers: repeat 0 only)."""
+    path, done = _cached(cache, "stest", f"{key}-b{batch}-r{repeat}", "npy")
+    if done:
+        return str(path)
+    _fault_point("s_test")
+    w = _Work.load(cfg, dataset_path, inputs_path, model_path, threads)
+    errors = np.asarray(json.loads(Path(errors_path).read_text())["errors"])
+    rows = errors[batch * cfg.tests_per_batch:(batch + 1) * cfg.tests_per_batch]
+    xv, yv = w.split("valid")
+    v = gradient_matrix(w.adapter, take(xv, torch.as_tensor(rows)), yv[rows], chunk_size=w.chunk, flat=w.flat)
+    solver = w.solver(solver_path)
+    s = solver.solve_repeat(v, repeat) if isinstance(solver, LissaSolver) else solver.solve(v)
+    write_npy(path, s.float().cpu().numpy())
+    return str(path)
+
+
+@stage("influence")
+def influence_part(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
+                   model_path: str, stest_path: str, candidates_path: str, part: int, parts: int,
+                   threads: int) -> str:
+    """Scores for the candidates in this part (distinct training rows split across workers)."""
+    path, done = _cached(cache, "influence", f"{key}-p{part}of{parts}", "parquet")
+    if done:
+        return str(path)
+    w = _Work.load(cfg, dataset_path, inputs_path, model_path, threads)
+    cand = np.load(candidates_path)
+    union = np.unique(cand[cand >= 0])  # an approximate index pads short results with -1
+    mine = union[part::parts]
+    lists = [row[np.isin(row, mine)] for row in cand]
+    s = NpyRows(stest_path)  # read a group of errors' rows at a time, never the whole [m, P] block
+    res = influence_on_candidates(w.adapter, w.x, w.y, s, lists, chunk_size=w.chunk, flat=w.flat,
+                                  max_vectors=s_test_rows(cfg, w.flat.size))
+    write_parquet(path, pd.DataFrame({"test_pos": res.test_pos, "train_index": res.train_index,
+                                      "influence": res.influence}))
+    return str(path)
+
+
+@stage("net harm")
+def net_harm_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str, model_path: str,
+                   solver_path: str, threads: int) -> str:
+    """``[n_train, folds]``: every training row's influence on each validation fold's summed loss
+    (one s_test per fold, all folds solved together; see fastif_engine.net_harm)."""
+    path, done = _cached(cache, "netharm", key, "npy", log_as="net harm")
+    if done:
+        return str(path)
+    w = _Work.load(cfg, dataset_path, inputs_path, model_path, threads)
+    result = net_harm(w.adapter, w.x, w.y, *w.split("valid"), w.solver(solver_path), seed=cfg.seed,
+                      chunk_size=w.chunk, flat=w.flat, prior=cfg.net_harm_prior, evidence=cfg.flag_evidence)
+    prior = {"setting": cfg.net_harm_prior, "refitted": result.refitted,
+             **(result.prior.as_dict() if result.prior is not None else {})}
+    if result.prior is not None:
+        log.info("net harm: validation's class mix vs the model's predictions z = %.2f: %s", result.prior.z,
+                              "class prior refitted to validation" if result.refitted else "model's class prior kept")
+    write_json(prior_path(path), prior)  # before the scores: their file's presence marks the stage done
+    write_npy(path, result.per_fold)
+    return str(path)
+
+
+def prior_path(net_harm_path: str | Path) -> Path:
+    """Where the net harm stage records its class-prior check, beside the scores."""
+    return Path(net_harm_path).with_suffix(".prior.json")
+
+
+@stage("relabel targets")
+def relabel_targets(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
+                    flagged_path: str, threads: int) -> str:
+    """The class a model trained without the flagged rows (seed ``cfg.seed``) predicts for every training
+    row: what ``fix: relabel`` sets a fixed row's label to (the flags' own labels never vote)."""
+    path, done = _cached(cache, "targets", key, "npy", log_as="relabel targets")
+    if done:
+        return str(path)
+    w = _Work.load(cfg, dataset_path, inputs_path, None, threads)
+    keep = torch.as_tensor(np.flatnonzero(~np.load(flagged_path)))
+    w.adapter.fit(select(w.x, keep), w.y[keep], seed=cfg.seed)
+    write_npy(path, evaluate(w.adapter, w.x, w.y).predictions.astype(np.int64))
+    return str(path)
+
+
+@stage("self-influence")
+def self_influence_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
+                         model_path: str, solver_path: str, threads: int) -> str | None:
+    """∇L(z)ᵀ(H + λI)⁻¹∇L(z) per training row. Under ``auto`` an indefinite Hessian (the model
+    is not at a minimum) skips this second score with a warning instead of failing the run,
+    unless it is the score that flags rows (``flag_by: self-influence``)."""
+    path, done = _cached(cache, "selfinf", key, "npy", log_as="self-influence")
+    if done:
+        return str(path)
+    w = _Work.load(cfg, dataset_path, inputs_path, model_path, threads)
+    try:  # one factorisation serves every row; a LiSSA chain per row would not scale
+        name = "exact" if w.flat.size <= EXACT_MAX_PARAMS else "lowrank"
+        if name == "lowrank":
+            log.info("self-influence: rank-%d Hessian over %d parameters (Lanczos)", LOW_RANK, w.flat.size)
+        scores = self_influence(w.adapter, w.x, w.y, w.solver(solver_path, name), chunk_size=w.chunk, flat=w.flat)
+    except (SolverSetupError, LissaDivergenceError) as exc:
+        if cfg.self_influence == "on" or cfg.flag_by == "self-influence":
+            raise
+        log.warning("self-influence skipped: %s", exc)
+        return None
+    write_npy(path, scores)
+    return str(path)
+
+
+@stage("retrain")
+def retrain_one(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
+                flagged_path: str, variant: str, seed: int, threads: int, targets_path: str | None = None,
+                model_path: str | None = None) -> str:
+    """One variant × seed of the retrain. ``model_path``: the run's trained model, which is the
+    original variant's fit for ``cfg.seed`` (same rows, labels, recipe and seed): evaluated, not refitted."""
+    path, done = _cached(cache, "retrain", f"{key}-{variant}-s{seed}", "json")
+    if done:
+        return str(path)
+    reuse = model_path is not None and variant == "original" and seed == cfg.seed
+    w = _Work.load(cfg, dataset_path, inputs_path, model_path if reuse else None, threads)
+    eval_split = "test" if "test" in _inputs(inputs_path) else "valid"
+    result = retrain_and_evaluate(w.adapter, w.x, w.y, *w.split(eval_split), np.load(flagged_path), variant, seed,
+                                  np.load(targets_path) if targets_path else None, fitted=reuse)
+    write_json(path, {**result, "eval_split": eval_split})
+    return str(path)

@@ -1,0 +1,65 @@
+"""The pipeline's cache keys and the Python entry point's checks (no Prefect here)."""
+import numpy as np
+import pandas as pd
+import pytest
+
+import fastif_engine
+from fastif_engine.config import CleanConfig, ConfigError
+from fastif_engine.errors import FastIFError
+from fastif_engine.stages import NOT_IN_OUTPUTS, STAGE_KEYS, stage_keys
+
+# a different valid value for every setting a stage declares
+CHANGED = {"label_column": "y", "id_column": "row_id", "text_column": "text", "feature_columns": ["a"],
+           "image_column": "pixels", "embedding_column": "vector", "model": "tabular-logreg", "model_options": {"hidden": 8}, "seed": 1,
+           "index": "ivf", "k": 10, "solver": "exact", "damping": 0.02, "scale": 3.0, "scale_sweep": True,
+           "depth": 301, "tests_per_batch": 8, "batch_size": 4, "tolerance": 1e-3, "repeats": 2,
+           "net_harm_prior": "refit", "flag_evidence": 3.0}
+CACHED = [name for name in STAGE_KEYS if name not in ("flags", "retrain")]
+
+
+def _declared(spec) -> set[str]:
+    return {*spec.settings, *spec.lissa, *(name for name, _ in spec.when)}
+
+
+def test_every_setting_is_declared_by_a_stage_or_as_not_in_any_output():
+    """A new CleanConfig field fails here until a stage declares it (or it is marked as changing no output),
+    so no setting can be forgotten by the cache keys."""
+    declared = set().union(*(_declared(spec) for spec in STAGE_KEYS.values()))
+    fields = set(CleanConfig.model_fields)
+    assert declared | set(NOT_IN_OUTPUTS) == fields
+    assert not declared & set(NOT_IN_OUTPUTS)
+
+
+@pytest.mark.parametrize("stage", CACHED)
+def test_each_declared_setting_changes_its_stage_key_and_those_after_it(stage, tmp_path):
+    cfg = CleanConfig(train=str(tmp_path / "t.csv"), valid=str(tmp_path / "v.csv"), out=str(tmp_path),
+                      model="tabular-mlp", model_options={})
+    spec = STAGE_KEYS[stage]
+    for setting in sorted(_declared(spec)):
+        # under the condition in which `depth` keys the solver (a scale sweep), unless that is what changes
+        base = cfg.model_copy(update={"scale_sweep": setting != "scale_sweep"})
+        changed = base.model_copy(update={setting: CHANGED[setting]})
+        before, after = stage_keys(base, "lissa"), stage_keys(changed, "lissa")
+        assert before[stage] != after[stage], f"{setting} does not change the {stage} key"
+        later = [name for name in CACHED if stage in STAGE_KEYS[name].after]
+        assert all(before[n] != after[n] for n in later), f"{setting}: a stage after {stage} kept its key"
+
+
+def test_settings_that_no_output_depends_on_leave_every_key(tmp_path):
+    cfg = CleanConfig(train=str(tmp_path / "t.csv"), valid=str(tmp_path / "v.csv"), out=str(tmp_path),
+                      model="tabular-mlp")
+    moved = cfg.model_copy(update={"out": str(tmp_path / "elsewhere"), "runner": "process", "workers": 7,
+                                   "memory_budget": 2.0, "chunk_size": 64, "device": "cpu"})
+    assert stage_keys(moved) == stage_keys(cfg)
+
+
+def test_clean_names_a_wrong_setting_and_a_wrong_table_before_any_work(tmp_path):
+    frame = pd.DataFrame({"a": np.arange(6.0), "label": ["x", "y"] * 3})
+    with pytest.raises(ConfigError, match="'kk': unknown key"):
+        fastif_engine.clean(frame, frame, model="tabular-logreg", out=tmp_path / "a", kk=3)
+    with pytest.raises(FastIFError, match="valid: expected a DataFrame"):
+        fastif_engine.clean(frame, [1, 2, 3], model="tabular-logreg", out=tmp_path / "b")
+    with pytest.raises(FastIFError, match="missing.parquet"):
+        fastif_engine.clean(tmp_path / "missing.parquet", frame, model="tabular-logreg", out=tmp_path / "c",
+                            progress=False)
+    assert not (tmp_path / "c" / "flags.parquet").exists()
