@@ -12,11 +12,12 @@ from .config import CleanConfig, ConfigError
 from .errors import FastIFError, LissaDivergenceError, SolverSetupError
 from .influence import influence_on_candidates, self_influence
 from .knn import FaissIndex, recall_at_k
+from .models import TorchClassifier
 from .net_harm import NetHarm, net_harm
 from .solvers import ExactSolver, InverseHVPSolver, LissaSettings, LissaSolver, make_solver
 
 __all__ = [
-    "clean", "CleanResult", "CleanConfig", "ConfigError",
+    "clean", "CleanResult", "CleanConfig", "ConfigError", "TorchClassifier",
     "ModelAdapter", "TrainableAdapter", "FastIF", "extract_features", "FastIFError", "LissaDivergenceError",
     "SolverSetupError", "influence_on_candidates", "self_influence", "FaissIndex", "recall_at_k", "NetHarm",
     "net_harm", "ExactSolver", "InverseHVPSolver", "LissaSettings", "LissaSolver", "make_solver",

@@ -86,19 +86,25 @@ class CleanResult:
                 f"{counts['errors']} validation errors, verdict={self.verdict!r}, out={str(self.out)!r})")
 
 
-def clean(train, valid, test=None, *, model: str, out: str | Path | None = None, progress: bool = True,
+def clean(train, valid, test=None, *, model, out: str | Path | None = None, progress: bool = True,
           **settings) -> CleanResult:
     """Flag the training rows that cause the model's validation errors; see the module docstring.
 
     ``train``/``valid``/``test``: a pandas DataFrame, anything with ``.to_pandas()`` (polars,
     pyarrow, Hugging Face datasets) or a path to a CSV/Parquet file, in the data format of
-    ``fastif clean`` (a label column, and feature, text or image columns). ``model``: a built-in
-    model (``tabular-logreg``, ``tabular-mlp``, ``image-cnn``, ``text-minilm``) or
-    ``module:function``. ``out``: where the run's files go (default: a temporary folder that
+    ``fastif clean`` (a label column, and feature, text, image or embedding columns). ``model``: a
+    built-in model (``tabular-logreg``, ``tabular-mlp``, ``image-cnn``, ``text-minilm``),
+    ``hf:PATH`` (a local Hugging Face checkpoint), ``module:function``, or a model object (a
+    :class:`~fastif_engine.TrainableAdapter`, e.g. :class:`~fastif_engine.TorchClassifier`
+    around your ``nn.Module``; ``weights="given"`` explains it as it is). ``out``: where the run's files go (default: a temporary folder that
     lives as long as the result). ``settings``: any ``fastif clean`` setting by its Python name
     (``k=200``, ``retrain=True``, ``label_column="y"``, …); a wrong name or value raises
     ``ConfigError`` naming it, before any work.
     """
+    if not isinstance(model, str):  # a model object: known by its content in this process
+        from .models import register_object
+
+        model = register_object(model)
     tmp = None
     if out is None:
         tmp = tempfile.TemporaryDirectory(prefix="fastif-")

@@ -62,6 +62,10 @@ class CleanConfig(BaseModel):
     model_options: dict = _setting(default_factory=dict, group="model",
                                    help="keyword option for the model (YAML value), repeatable",
                                    cli={"flag": "--model-option", "metavar": "KEY=VALUE"})
+    weights: Literal["train", "given"] = _setting(
+        "train", group="model", help="train: fastif trains the model (the built-ins from scratch); given: explain "
+                                     "the model with the weights it comes with (hf:PATH, a factory's trained model); "
+                                     "retrains still fit copies")
     seed: int = _setting(0, group="model")
 
     k: int = _setting(1000, group="influence", help="nearest training rows scored per error", ge=1)

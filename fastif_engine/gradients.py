@@ -188,3 +188,40 @@ def gradient_matrix(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor,
     """All per-example gradients as one ``[n, P]`` matrix — for a handful of test rows only."""
     parts = [g for _, g in per_sample_gradients(adapter, inputs, labels, chunk_size=chunk_size, flat=flat)]
     return torch.cat(parts)
+
+
+# ``fit_check``: above this ratio the training gradient at θ̂ is far from zero next to one row's. Trained by
+# their recipes, tabular-logreg reads 3e-5, tabular-mlp 0.04, image-cnn 0.04 (digits, breast cancer); an
+# untrained MLP 0.25. A small ratio is necessary, not sufficient: a symmetric initialisation reads small too.
+STATIONARY_RATIO = 0.1
+
+
+def fit_check(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *, flat: FlatParams | None = None,
+              chunk_size: int = 256, sample: int = 64, seed: int = 0) -> dict:
+    """How close θ̂ is to a stationary point of the training objective, in the differentiated parameters.
+
+    Influence functions assume ∇R(θ̂) = 0. ``gradient_norm`` = ‖∇R(θ̂)‖ (mean loss gradient over
+    every row plus the L2 term); ``row_gradient_rms`` = the root-mean-square ‖∇L(z_i)‖ over
+    ``sample`` rows, the scale a single row's gradient has; ``ratio`` = the first over the second:
+    about 0 at a minimum, about 1 when every row pulls the same way (an untrained model)."""
+    flat = flat or FlatParams.of(adapter)
+    f = loss_function(adapter)
+    n = n_rows(inputs)
+    total = torch.zeros(flat.size, dtype=flat.l2_mask.dtype, device=flat.l2_mask.device)
+    params = {name: t.detach().requires_grad_() for name, t in flat.as_dict().items()}
+    for rows in chunk_slices(n, chunk_size):
+        x = adapter.trim_batch(to_device(take(inputs, rows), adapter.device))
+        with TRANSFORM_LOCK, torch.enable_grad():
+            loss = f(params, x, labels[rows].to(adapter.device)).sum() / n
+            parts = torch.autograd.grad(loss, list(params.values()), allow_unused=True, materialize_grads=True)
+        total += flat.flatten(dict(zip(flat.names, parts)))
+    if adapter.l2:
+        total += adapter.l2 * flat.l2_mask * torch.cat([v.reshape(-1) for v in flat.values])
+    picked = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:min(n, sample)].sort().values
+    squares = [float((g.double() ** 2).sum(dim=1).sum())
+               for _, g in per_sample_gradients(adapter, take(inputs, picked), labels[picked], chunk_size=chunk_size,
+                                                flat=flat)]
+    rms = (sum(squares) / len(picked)) ** 0.5
+    norm = float(total.norm())
+    return {"gradient_norm": norm, "row_gradient_rms": rms, "ratio": norm / rms if rms > 0 else 0.0,
+            "sampled_rows": int(len(picked)), "stationary": bool(norm <= STATIONARY_RATIO * rms)}

@@ -137,6 +137,7 @@ def metrics_record(cfg, ds, predictions, errors, flags, n_candidates, solver_inf
         "flagging": flagging,
         "class_mix": _class_mix(flags),
         "solver": solver_info,
+        "model_fit": predictions["train"].get("fit"),  # is θ̂ a minimum? (gradients.fit_check)
         "device": str(worker_device(cfg.device)),  # where the flow's own stages (training) ran
         "sign_convention": "influence = -grad L(test)^T (H + ridge I)^-1 grad L(train); positive = harmful",
         "timings": {k: round(v, 3) for k, v in timings.items()},

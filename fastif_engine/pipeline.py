@@ -261,7 +261,7 @@ def check_inputs(cfg: CleanConfig) -> None:
     """Validate data, model, device and output folder before any stage runs: bad input fails fast,
     naming what is wrong, and nothing is written."""
     from .data import load_dataset
-    from .models import BUILTIN_MODELS, DataInfo, ModelLoadError, builtin_options, create_model
+    from .models import BUILTIN_MODELS, ModelLoadError, builtin_options, create_model, data_info
     from .workers import worker_device
 
     if cfg.runner in ("thread", "process"):
@@ -270,8 +270,11 @@ def check_inputs(cfg: CleanConfig) -> None:
     if len(ds.splits["valid"]) < 2:
         raise FastIFError(f"valid file {cfg.valid}: {len(ds.splits['valid'])} row; net harm (the default flag "
                           "score's evidence) needs at least 2 validation rows")
-    info = DataInfo(ds.modality, ds.n_classes, ds.input_shape)
+    info = data_info(ds)
     if cfg.model in BUILTIN_MODELS:
+        if cfg.weights == "given":
+            raise FastIFError(f"--weights given: model {cfg.model} is built untrained; give a model that comes with "
+                              "weights (hf:PATH, module:factory) or let fastif train it (--weights train)")
         if BUILTIN_MODELS[cfg.model] != ds.modality:
             raise ModelLoadError(f"model {cfg.model} needs {BUILTIN_MODELS[cfg.model]} inputs, but the data has "
                                  f"{ds.modality} inputs")

@@ -155,6 +155,13 @@ def _accuracy_items(metrics: dict) -> list:
         items.append(([f"Model as trained: validation accuracy **{acc['before']['valid']:.4f}**"
                        + (f", {acc['before']['eval_split']} accuracy **{acc['before']['eval']:.4f}**"
                           if "eval" in acc["before"] else "")], []))
+    fit = metrics.get("model_fit")
+    if fit:
+        line = (f"Training-loss gradient at the model's weights: ‖∇R‖ = {fit['gradient_norm']:.3g}, "
+                f"{fit['ratio']:.3g} × a single row's")
+        items.append(([line + ("" if fit["stationary"] else
+                               " — **the model is not at a minimum of its training loss**, which influence assumes: "
+                               "its scores are less reliable (train longer, or let fastif train it)")], []))
     retrain = acc.get("retrain")
     if retrain:
         split, flagged = retrain["eval_split"], metrics["counts"]["flagged"]

@@ -25,14 +25,14 @@ import torch
 from .api import extract_features
 from .batching import RowFile, chunk_slices, select, take
 from .data import Dataset, dataset_arrays, dataset_from_arrays, load_dataset
-from .gradients import FlatParams, chunk_rows, gradient_matrix
+from .gradients import STATIONARY_RATIO, FlatParams, chunk_rows, fit_check, gradient_matrix
 from .hessian import spectrum
 from .errors import LissaDivergenceError, SolverSetupError
 from .influence import influence_on_candidates, self_influence
 from .knn import FaissIndex
 from .memory import return_freed_memory
 from .net_harm import net_harm
-from .models import DataInfo, create_model
+from .models import DataInfo, create_model, data_info
 from .retrain import retrain_and_evaluate
 from .kfac import EkfacSolver
 from .solvers import (CG_MAX_ITERATIONS, CG_TOLERANCE, EXACT_MAX_PARAMS, LOW_RANK, CgSolver, LissaSettings,
@@ -120,7 +120,7 @@ STAGE_KEYS = {
     "data": StageKey((), ("label_column", "id_column", "text_column", "feature_columns", "image_column",
                           "embedding_column")),
     "prep": StageKey(("data",), ("model", "model_options")),
-    "model": StageKey(("prep",), ("seed",)),
+    "model": StageKey(("prep",), ("seed", "weights")),
     "index": StageKey(("model",), ("index",)),
     "candidates": StageKey(("index",), ("k",)),
     "solver": StageKey(("model",), ("solver", "damping", "scale", "seed"),
@@ -197,10 +197,6 @@ def _inputs(path: str) -> dict:
 @lru_cache(maxsize=2)
 def _base_model(model: str, options_json: str, info: DataInfo):
     return create_model(model, info, **json.loads(options_json))
-
-
-def data_info(ds: Dataset) -> DataInfo:
-    return DataInfo(ds.modality, ds.n_classes, ds.input_shape)
 
 
 def load_adapter(cfg: CleanConfig, dataset_path: str, state_path: str | None):
@@ -365,10 +361,13 @@ def train_model(cfg: CleanConfig, cache: str, key: str, dataset_path: str, input
         return str(path)
     w = _Work.load(cfg, dataset_path, inputs_path, None)
     t0 = time.perf_counter()
-    w.adapter.fit(w.x, w.y, seed=cfg.seed)
+    if cfg.weights == "given":  # explain the model as it came; retrains still fit copies
+        log.info("train model: %s used with its weights as given (not trained)", cfg.model)
+    else:
+        w.adapter.fit(w.x, w.y, seed=cfg.seed)
+        log.info("train model: %s fitted on %d rows in %.1f s", cfg.model, len(w.y), time.perf_counter() - t0)
     with atomic_path(path) as tmp:
         torch.save(w.adapter.model.state_dict(), tmp)
-    log.info("train model: %s fitted on %d rows in %.1f s", cfg.model, len(w.y), time.perf_counter() - t0)
     return str(path)
 
 
@@ -416,20 +415,32 @@ def find_errors(cfg: CleanConfig, cache: str, key: str, dataset_path: str, input
     path, done = _cached(cache, "predictions", key, "json", log_as="find errors")
     if done:
         return str(path)
-    adapter = load_adapter(cfg, dataset_path, model_path)
+    w = _Work.load(cfg, dataset_path, inputs_path, model_path)
     blob = _inputs(inputs_path)
     out = {}
     for split in [s for s in ("valid", "test", "train") if s in blob]:
-        ev = evaluate(adapter, blob[split], torch.as_tensor(blob["labels"][split]))
+        ev = evaluate(w.adapter, blob[split], torch.as_tensor(blob["labels"][split]))
         out[split] = {**ev.summary(), "predictions": ev.predictions.tolist()}
         if split == "train":
             out[split]["losses"] = ev.losses.tolist()
+    fit = out["train"]["fit"] = fit_check(w.adapter, w.x, w.y, flat=w.flat, chunk_size=w.chunk, seed=cfg.seed)
     wrong = np.flatnonzero(np.asarray(out["valid"]["predictions"]) != blob["labels"]["valid"])
     out["errors"] = wrong.tolist()
     write_json(path, out)
     log.info("find errors: %d of %d validation rows misclassified (accuracy %.4f)",
-                          len(wrong), len(blob["labels"]["valid"]), out["valid"]["accuracy"])
+             len(wrong), len(blob["labels"]["valid"]), out["valid"]["accuracy"])
+    log.log(logging.INFO if fit["stationary"] else logging.WARNING, "%s", fit_message(fit))
     return str(path)
+
+
+def fit_message(fit: dict) -> str:
+    """One line on whether the model sits at a minimum of its training loss (``gradients.fit_check``)."""
+    line = (f"training-loss gradient at the model's weights: ‖∇R‖ = {fit['gradient_norm']:.3g}, "
+            f"{fit['ratio']:.3g} × a single row's (RMS {fit['row_gradient_rms']:.3g})")
+    if fit["stationary"]:
+        return line
+    return (line + f"; above {STATIONARY_RATIO}: the model is not at a minimum of its training loss, which "
+            "influence assumes, so scores are less reliable (train longer, or let fastif train it)")
 
 
 @stage("resolve solver")
@@ -602,7 +613,8 @@ def retrain_one(cfg: CleanConfig, cache: str, key: str, dataset_path: str, input
     path, done = _cached(cache, "retrain", f"{key}-{variant}-s{seed}", "json")
     if done:
         return str(path)
-    reuse = model_path is not None and variant == "original" and seed == cfg.seed
+    # (given weights were not fitted by the recipe the other variants are: the original is refitted too)
+    reuse = model_path is not None and variant == "original" and seed == cfg.seed and cfg.weights == "train"
     w = _Work.load(cfg, dataset_path, inputs_path, model_path if reuse else None, threads)
     eval_split = "test" if "test" in _inputs(inputs_path) else "valid"
     result = retrain_and_evaluate(w.adapter, w.x, w.y, *w.split(eval_split), np.load(flagged_path), variant, seed,

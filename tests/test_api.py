@@ -69,3 +69,14 @@ def test_embeddings_example_cleans_through_a_vector_column(tmp_path):
     assert metrics["solver"]["parameters"] == (384 + 1) * 2  # a binary logistic head over the 384-dim vectors
     assert result["train_rows"] == metrics["counts"]["train"] == 300 and result["flipped"] > 0
     assert result["flagged"] == metrics["counts"]["flagged"] and result["flipped_in_flags"] <= result["flagged"]
+
+
+def test_torch_module_example_explains_a_trained_network_as_given(tmp_path):
+    """examples/torch_module.py: a network trained in plain torch, wrapped in TorchClassifier, explained with
+    its own weights (at a minimum of its loss), flags that are mostly the flipped labels, a verdict."""
+    result = runpy.run_path(str(ROOT / "examples" / "torch_module.py"))["main"](out=str(tmp_path))
+    assert result.metrics["config"]["weights"] == "given" and result.metrics["model_fit"]["stationary"]
+    assert result.metrics["solver"]["parameters"] == 32 * 2 + 2  # the head only
+    flagged = result.flagged
+    assert len(flagged) > 5 and flagged["noisy"].mean() > 0.7  # 10% of the rows are flipped
+    assert result.verdict.split(",")[0] in ("helped", "hurt", "no measurable effect")

@@ -610,3 +610,66 @@ def test_text_minilm_on_rotten_tomatoes(tmp_path, monkeypatch):
     assert torch.equal(train["mask"][rows], whole["mask"])
     real = whole["mask"].unsqueeze(-1)  # what pad positions hold depends on the batch; nothing reads them
     torch.testing.assert_close(train["hidden"][rows] * real, whole["hidden"] * real, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def hf_checkpoint(tmp_path_factory):
+    """A Hugging Face sequence classifier as a user would have one: the bundled MiniLM loaded as
+    BertForSequenceClassification (a new 2-class head) and written with save_pretrained; offline."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from fastif_engine.models.text import encoder_path
+
+    folder = tmp_path_factory.mktemp("hf") / "checkpoint"
+    model = AutoModelForSequenceClassification.from_pretrained(encoder_path(), num_labels=2,
+                                                               id2label={0: "fresh", 1: "rotten"},
+                                                               label2id={"fresh": 0, "rotten": 1})
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(encoder_path()).save_pretrained(folder)
+    return folder
+
+
+def test_a_hugging_face_checkpoint_as_given_from_the_cli_and_from_python(hf_checkpoint, tmp_path, capsys):
+    """``--model hf:DIR --weights given``: the checkpoint explained as it is (its head is untrained, so the
+    report says the model is not at a minimum); the same flags through fastif_engine.clean."""
+    import fastif_engine
+
+    data = tmp_path / "data"
+    assert main(["datasets", "export", "rotten-tomatoes", "--out", str(data), "--noise", "0.1",
+                 "--max-train", "160"]) == 0
+    settings = ["--weights", "given", "--solver", "lowrank", "--k", "40", "--self-influence", "off"]
+    out = tmp_path / "cli"
+    assert main(["clean", "--train", str(data / "train.parquet"), "--valid", str(data / "valid.parquet"),
+                 "--out", str(out), "--model", f"hf:{hf_checkpoint}", *settings]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    from transformers import AutoModelForSequenceClassification
+
+    given = AutoModelForSequenceClassification.from_pretrained(hf_checkpoint)
+    top = [given.bert.encoder.layer[-1], given.bert.pooler, given.classifier]  # layers=1 and the checkpoint's head
+    assert metrics["solver"]["parameters"] == sum(p.numel() for m in top for p in m.parameters())
+    fit = metrics["model_fit"]
+    assert not fit["stationary"] and fit["ratio"] > 0.1  # a random head is nowhere near a minimum
+    report = (out / "report.md").read_text()
+    assert "not at a minimum of its training loss" in report and f"{fit['gradient_norm']:.3g}" in report
+
+    result = fastif_engine.clean(data / "train.parquet", data / "valid.parquet", model=f"hf:{hf_checkpoint}",
+                                 out=tmp_path / "py", weights="given", solver="lowrank", k=40, self_influence="off",
+                                 progress=False)
+    cli_flags = pd.read_parquet(out / "flags.parquet")
+    assert result.flags["flagged"].tolist() == cli_flags["flagged"].tolist()
+    np.testing.assert_allclose(result.flags["net_harm"], cli_flags["net_harm"], rtol=1e-4, atol=1e-9)
+
+
+def test_an_unsupported_checkpoint_architecture_is_one_line_and_exit_2(tmp_path, capsys):
+    folder = tmp_path / "gpt"
+    folder.mkdir()
+    config = {"model_type": "gpt2", "architectures": ["GPT2ForSequenceClassification"]}
+    (folder / "config.json").write_text(json.dumps(config))
+    data = tmp_path / "data"
+    assert main(["datasets", "export", "rotten-tomatoes", "--out", str(data), "--max-train", "40"]) == 0
+    capsys.readouterr()
+    assert main(["clean", "--train", str(data / "train.parquet"), "--valid", str(data / "valid.parquet"),
+                 "--out", str(tmp_path / "out"), "--model", f"hf:{folder}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "architecture 'gpt2'" in err[0] and "not supported" in err[0]
+    assert not (tmp_path / "out").exists()

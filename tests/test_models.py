@@ -231,3 +231,33 @@ def test_length_grouped_minibatches_cover_each_row_once_with_less_padding():
     assert torch.equal(torch.cat(plain), torch.randperm(1000, generator=torch.Generator().manual_seed(1)))
     padded = lambda bs: sum(len(b) * int(lengths[b.numpy()].max()) for b in bs)  # noqa: E731
     assert padded(batches) < 0.7 * padded(plain)  # random batches pad to near the longest row
+
+
+def test_torch_classifier_wraps_any_module(digits):
+    """TorchClassifier: parameters by name pattern, features = what the last Linear sees, every fit from a copy
+    of the module as given (so retrains never inherit one another's weights), clear errors for bad names."""
+    from torch import nn
+
+    from fastif_engine import TorchClassifier
+    from fastif_engine.training import TrainSettings
+    from fastif_engine.errors import FastIFError
+
+    x, y = digits["train"]
+    x = x / 16.0  # pixels in [0, 1]: the frozen tanh layer does not saturate
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10)).double()
+    given = {k: v.clone() for k, v in net.state_dict().items()}
+    model = TorchClassifier(net, differentiate=["2.*"], settings=TrainSettings(optimizer="adam", epochs=100, lr=1e-2))
+    assert model.parameter_names() == ["2.weight", "2.bias"]
+    torch.testing.assert_close(model.features(x[:5]), torch.tanh(net[0](x[:5])))
+    model.fit(x, y, seed=0)
+    fitted = model.model.state_dict()
+    assert torch.equal(fitted["0.weight"], given["0.weight"])  # not differentiated: kept as given
+    assert not torch.equal(fitted["2.weight"], given["2.weight"])
+    assert float((model.predict(x) == y).double().mean()) > 0.7  # the head learned (10 classes: chance 0.1)
+    again = model.fit(x, y, seed=0).model.state_dict()
+    assert torch.equal(again["2.weight"], fitted["2.weight"])  # from the given copy, deterministic for the seed
+    with pytest.raises(FastIFError, match=r"differentiate=\['head.\*'\] matches no parameter"):
+        TorchClassifier(net, differentiate=["head.*"])
+    with pytest.raises(FastIFError, match="features='body' is not a submodule"):
+        TorchClassifier(net, features="body")

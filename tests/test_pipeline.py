@@ -10,7 +10,8 @@ from fastif_engine.stages import NOT_IN_OUTPUTS, STAGE_KEYS, stage_keys
 
 # a different valid value for every setting a stage declares
 CHANGED = {"label_column": "y", "id_column": "row_id", "text_column": "text", "feature_columns": ["a"],
-           "image_column": "pixels", "embedding_column": "vector", "model": "tabular-logreg", "model_options": {"hidden": 8}, "seed": 1,
+           "image_column": "pixels", "embedding_column": "vector", "model": "tabular-logreg",
+           "model_options": {"hidden": 8}, "seed": 1, "weights": "given",
            "index": "ivf", "k": 10, "solver": "exact", "damping": 0.02, "scale": 3.0, "scale_sweep": True,
            "depth": 301, "tests_per_batch": 8, "batch_size": 4, "tolerance": 1e-3, "repeats": 2,
            "net_harm_prior": "refit", "flag_evidence": 3.0}

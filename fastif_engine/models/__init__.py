@@ -1,12 +1,14 @@
 """Built-in model adapters, each with the training recipe used for first training and retrains.
 
 ``create_model(name, info)`` builds one for a dataset: a built-in name
-(``tabular-logreg``, ``tabular-mlp``, ``image-cnn``, ``text-minilm``) or
-``package.module:callable``, the user's own factory, called as ``callable(info, **options)``
-and returning a :class:`~fastif_engine.adapter.TrainableAdapter`.
+(``tabular-logreg``, ``tabular-mlp``, ``image-cnn``, ``text-minilm``), ``hf:PATH`` (a local
+Hugging Face sequence classifier, :mod:`fastif_engine.models.hf`) or ``package.module:callable``,
+the user's own factory, called as ``callable(info, **options)`` and returning a
+:class:`~fastif_engine.adapter.TrainableAdapter`.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import importlib
@@ -20,10 +22,11 @@ from ..errors import FastIFError
 from ..training import TrainSettings
 from .image import CNNAdapter
 from .tabular import LogisticRegressionAdapter, MLPAdapter
+from .wrap import TorchClassifier  # noqa: F401  (exported)
 
 # Options of every built-in that change its training recipe rather than its architecture.
 RECIPE_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainSettings) if f.name != "seed")
-_DATA_ARGUMENTS = {"self", "n_features", "n_classes", "side", "settings", "dtype", "path"}
+_DATA_ARGUMENTS = {"self", "n_features", "n_classes", "side", "settings", "dtype", "path", "classes"}
 
 BUILTIN_MODELS = {
     "tabular-logreg": "tabular",
@@ -44,6 +47,37 @@ class DataInfo:
     modality: str  # "text" | "tabular" | "image"
     n_classes: int
     input_shape: tuple[int, ...]  # (F,) tabular, (1, H, W) image, () text
+    classes: tuple = ()  # class names in code order (a checkpoint's labels are matched to them)
+
+
+HF_PREFIX = "hf:"
+OBJECT_PREFIX = "object:"  # a model object handed to fastif_engine.clean (this process only)
+_OBJECTS: dict[str, TrainableAdapter] = {}
+
+
+def register_object(adapter: TrainableAdapter) -> str:
+    """A model name for ``adapter`` (``object:<content key>``): its class, differentiated parameter
+    names, weights and training settings key the cache, so a changed model is a different model."""
+    from ..store import fingerprint
+
+    if not isinstance(adapter, TrainableAdapter):
+        raise ModelLoadError(f"model: expected a model name or a TrainableAdapter (wrap an nn.Module in "
+                             f"fastif_engine.TorchClassifier), got {type(adapter).__name__}")
+    weights = hashlib.sha256()
+    for name, tensor in sorted(adapter.model.state_dict().items()):
+        weights.update(name.encode())
+        weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    fit = getattr(adapter, "fit_fn", None)
+    key = fingerprint(type(adapter).__qualname__, adapter.parameter_names(), weights.hexdigest(),
+                      repr(getattr(adapter, "settings", None)), getattr(fit, "__qualname__", None), adapter.l2)
+    _OBJECTS[key] = adapter
+    return OBJECT_PREFIX + key
+
+
+def _hf_class():
+    from .hf import HFClassifierAdapter  # transformers is slow to import: only when asked
+
+    return HFClassifierAdapter
 
 
 def _builtin_class(name: str):
@@ -70,11 +104,11 @@ def _number(value):
 
 
 def builtin_options(name: str, options: dict) -> dict:
-    """Check a built-in's options; recipe options (epochs, lr, …) become its ``settings``.
+    """Check a built-in's (or ``hf:``'s) options; recipe options (epochs, lr, …) become its ``settings``.
 
     Raises ModelLoadError naming an unknown option, or a recipe value that is out of range.
     """
-    cls = _builtin_class(name)
+    cls = _hf_class() if name.startswith(HF_PREFIX) else _builtin_class(name)
     params = inspect.signature(cls.__init__).parameters
     allowed = sorted((set(params) - _DATA_ARGUMENTS) | set(RECIPE_OPTIONS))
     unknown = [k for k in options if k not in allowed]
@@ -99,12 +133,28 @@ def model_recipe(name: str) -> dict:
         params = inspect.signature(_builtin_class(name).__init__).parameters
         return {k: (dataclasses.asdict(p.default) if dataclasses.is_dataclass(p.default) else repr(p.default))
                 for k, p in params.items() if p.default is not inspect.Parameter.empty and k != "path"}
+    if name.startswith(OBJECT_PREFIX):
+        return {"object": name[len(OBJECT_PREFIX):]}  # the key already holds the object's content
+    if name.startswith(HF_PREFIX):  # the checkpoint's files by content, and the adapter's defaults
+        from ..store import file_fingerprint
+
+        files = sorted(p for p in Path(name[len(HF_PREFIX):]).glob("*") if p.is_file())
+        params = inspect.signature(_hf_class().__init__).parameters
+        return {"files": {p.name: file_fingerprint(str(p)) for p in files},
+                **{k: (dataclasses.asdict(p.default) if dataclasses.is_dataclass(p.default) else repr(p.default))
+                   for k, p in params.items() if p.default is not inspect.Parameter.empty and k not in ("path",
+                                                                                                        "classes")}}
     module = name.partition(":")[0]
     try:
         origin = importlib.util.find_spec(module).origin
         return {"module": module, "source": hashlib.sha256(Path(origin).read_bytes()).hexdigest()}
     except Exception:  # not importable here (validation says so) or not a file: the name alone
         return {"module": module}
+
+
+def data_info(ds) -> DataInfo:
+    """What a model factory is told about a loaded dataset."""
+    return DataInfo(ds.modality, ds.n_classes, ds.input_shape, tuple(str(c) for c in ds.classes))
 
 
 def create_model(name: str, info: DataInfo, **options) -> TrainableAdapter:
@@ -123,6 +173,18 @@ def create_model(name: str, info: DataInfo, **options) -> TrainableAdapter:
                     raise ModelLoadError(f"image-cnn needs square images, got {h}×{w}")
                 return CNNAdapter(h, info.n_classes, **kwargs)
             return _builtin_class(name)(info.n_classes, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ModelLoadError(f"model {name}: {exc}") from None
+    if name.startswith(OBJECT_PREFIX):
+        if name[len(OBJECT_PREFIX):] not in _OBJECTS:
+            raise ModelLoadError(f"model {name}: a model object is only known in the process that handed it over")
+        return copy.deepcopy(_OBJECTS[name[len(OBJECT_PREFIX):]])
+    if name.startswith(HF_PREFIX):
+        if info.modality != "text":
+            raise ModelLoadError(f"model {name} needs text inputs, but the data has {info.modality} inputs")
+        try:
+            return _hf_class()(info.n_classes, path=name[len(HF_PREFIX):], classes=info.classes,
+                               **builtin_options(name, options))
         except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"model {name}: {exc}") from None
     if ":" not in name:

@@ -103,12 +103,17 @@ def _inside_vmap(t: torch.Tensor) -> bool:
 
 
 class _TopLayers(nn.Module):
-    """Top transformer layers + mean pooling + linear head; input ``{"hidden", "mask"}``."""
+    """Top transformer layers + pooling + linear head; input ``{"hidden", "mask"}``.
 
-    def __init__(self, layers: list[nn.Module], dim: int, n_classes: int):
+    Pooling is the mean over real tokens, or ``pooler`` (a module over the ``[n, L, dim]`` hidden
+    states, e.g. BERT's first-token dense + tanh); ``head`` a given classifier or a new ``Linear``."""
+
+    def __init__(self, layers: list[nn.Module], dim: int, n_classes: int, *, head: nn.Module | None = None,
+                 pooler: nn.Module | None = None):
         super().__init__()
         self.layers = nn.ModuleList(layers)
-        self.head = nn.Linear(dim, n_classes)
+        self.pooler = pooler
+        self.head = head if head is not None else nn.Linear(dim, n_classes)
         self.pack = True  # run the top layers on real tokens only (off: padded rows, see rows_first)
 
     def features(self, inputs: dict) -> torch.Tensor:
@@ -122,6 +127,8 @@ class _TopLayers(nn.Module):
             for layer in self.layers:
                 tokens = _packed_layer(layer, tokens, packing, additive)
             h = packing.unpack(tokens)
+        if self.pooler is not None:
+            return self.pooler(h)
         weights = mask.unsqueeze(-1).to(h.dtype)
         return (h * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
