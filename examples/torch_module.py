@@ -9,7 +9,6 @@ retrain a copy; ``weights="given"`` explains the trained network itself.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import torch
 from sklearn.datasets import load_breast_cancer
 from torch import nn

@@ -64,7 +64,8 @@ class CleanResult:
         return pd.read_csv(self.out / "fixes.csv", dtype=str, keep_default_na=False)
 
     def write_report(self, path: str | Path) -> Path:
-        """Copy the report to ``path``: ``.html`` (images inline) or ``.md`` (images in ``report_assets/`` beside it)."""
+        """Copy the report to ``path``: ``.html`` (images inline) or ``.md`` (its images in
+        ``report_assets/`` beside it)."""
         path = Path(path)
         if path.suffix not in (".html", ".md"):
             raise FastIFError(f"write_report({str(path)!r}): give a .html or .md path")
@@ -96,8 +97,8 @@ def clean(train, valid, test=None, *, model, out: str | Path | None = None, prog
     built-in model (``tabular-logreg``, ``tabular-mlp``, ``image-cnn``, ``text-minilm``),
     ``hf:PATH`` (a local Hugging Face checkpoint), ``module:function``, or a model object (a
     :class:`~fastif_engine.TrainableAdapter`, e.g. :class:`~fastif_engine.TorchClassifier`
-    around your ``nn.Module``; ``weights="given"`` explains it as it is). ``out``: where the run's files go (default: a temporary folder that
-    lives as long as the result). ``settings``: any ``fastif clean`` setting by its Python name
+    around your ``nn.Module``; ``weights="given"`` explains it as it is). ``out``: where the
+    run's files go (default: a temporary folder that lives as long as the result). ``settings``: any ``fastif clean`` setting by its Python name
     (``k=200``, ``retrain=True``, ``label_column="y"``, …); a wrong name or value raises
     ``ConfigError`` naming it, before any work.
     """

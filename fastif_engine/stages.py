@@ -462,7 +462,7 @@ def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
         scale, sweep = sweep_scale(w.adapter, w.x, w.y, lissa_settings(cfg, scale), flat=w.flat)
         for t in sweep:
             log.log(logging.WARNING if t["diverged"] else logging.INFO, "scale sweep: LiSSA %s at "
-                                 "scale %.4g", "diverged" if t["diverged"] else "stays bounded", t["scale"])
+                    "scale %.4g", "diverged" if t["diverged"] else "stays bounded", t["scale"])
     settings = lissa_settings(cfg, scale)
     plan = plan_solver(cfg.solver, w.adapter, w.x, w.y, ridge=settings.ridge, n_vectors=n_vectors, flat=w.flat,
                        seed=cfg.seed)
@@ -487,14 +487,14 @@ def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
     info["spectrum"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in spec.relative(settings.ridge).items()}
     write_json(path, info)
     log.info("resolve solver: %s, scale %.4g%s, ridge λ = %.4g", plan.reason if cfg.solver == "auto"
-                          else name, scale, " (estimated)" if estimated else "", info["ridge"])
+             else name, scale, " (estimated)" if estimated else "", info["ridge"])
     log.info("ridge in the Hessian's spectrum: λ = %.3g × its top eigenvalue (%.4g), %.3g × its mean "
-                          "(%.4g; trace estimated on %d sampled rows)", info["spectrum"]["ridge_over_largest"], spec.largest,
-                          info["spectrum"]["ridge_over_mean"], spec.mean, spec.rows)
+             "(%.4g; trace estimated on %d sampled rows)", info["spectrum"]["ridge_over_largest"], spec.largest,
+             info["spectrum"]["ridge_over_mean"], spec.mean, spec.rows)
     if plan.ekfac is not None:
         e = plan.ekfac.describe()
         log.info("EK-FAC: %d Linear weights Kronecker-factored (%.1f%% of the parameters), %d other "
-                              "tensors diagonal", len(e["kronecker"]), 100 * e["kronecker_share"], len(e["diagonal"]))
+                 "tensors diagonal", len(e["kronecker"]), 100 * e["kronecker_share"], len(e["diagonal"]))
     return str(path)
 
 
@@ -554,7 +554,7 @@ def net_harm_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
              **(result.prior.as_dict() if result.prior is not None else {})}
     if result.prior is not None:
         log.info("net harm: validation's class mix vs the model's predictions z = %.2f: %s", result.prior.z,
-                              "class prior refitted to validation" if result.refitted else "model's class prior kept")
+                 "class prior refitted to validation" if result.refitted else "model's class prior kept")
     write_json(prior_path(path), prior)  # before the scores: their file's presence marks the stage done
     write_npy(path, result.per_fold)
     return str(path)

@@ -637,7 +637,7 @@ def test_a_hugging_face_checkpoint_as_given_from_the_cli_and_from_python(hf_chec
     data = tmp_path / "data"
     assert main(["datasets", "export", "rotten-tomatoes", "--out", str(data), "--noise", "0.1",
                  "--max-train", "160"]) == 0
-    settings = ["--weights", "given", "--solver", "lowrank", "--k", "40", "--self-influence", "off"]
+    settings = ["--weights", "given", "--solver", "ekfac", "--k", "40", "--self-influence", "off"]
     out = tmp_path / "cli"
     assert main(["clean", "--train", str(data / "train.parquet"), "--valid", str(data / "valid.parquet"),
                  "--out", str(out), "--model", f"hf:{hf_checkpoint}", *settings]) == 0
@@ -653,7 +653,7 @@ def test_a_hugging_face_checkpoint_as_given_from_the_cli_and_from_python(hf_chec
     assert "not at a minimum of its training loss" in report and f"{fit['gradient_norm']:.3g}" in report
 
     result = fastif_engine.clean(data / "train.parquet", data / "valid.parquet", model=f"hf:{hf_checkpoint}",
-                                 out=tmp_path / "py", weights="given", solver="lowrank", k=40, self_influence="off",
+                                 out=tmp_path / "py", weights="given", solver="ekfac", k=40, self_influence="off",
                                  progress=False)
     cli_flags = pd.read_parquet(out / "flags.parquet")
     assert result.flags["flagged"].tolist() == cli_flags["flagged"].tolist()

@@ -64,3 +64,21 @@ def test_clean_names_a_wrong_setting_and_a_wrong_table_before_any_work(tmp_path)
         fastif_engine.clean(tmp_path / "missing.parquet", frame, model="tabular-logreg", out=tmp_path / "c",
                             progress=False)
     assert not (tmp_path / "c" / "flags.parquet").exists()
+
+
+def test_the_prefect_flow_orchestrates_only():
+    """flows/clean.py and flows/tasks.py reach the engine through the pipeline, its stages, the settings and
+    the workers' device/threads alone: no scoring, flagging or record-building of their own."""
+    import ast
+    from pathlib import Path
+
+    allowed = {"fastif_engine.config", "fastif_engine.pipeline", "fastif_engine.stages", "fastif_engine.workers"}
+    root = Path(__file__).parent.parent
+    for name in ("flows/clean.py", "flows/tasks.py"):
+        tree = ast.parse((root / name).read_text())
+        engine = {node.module if node.module != "fastif_engine" else f"fastif_engine.{a.name}"
+                  for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                  and (node.module or "").startswith("fastif_engine") for a in node.names}
+        engine |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names
+                   if a.name.startswith("fastif_engine")}
+        assert engine <= allowed, f"{name} imports {sorted(engine - allowed)}"
