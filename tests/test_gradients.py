@@ -63,3 +63,24 @@ def test_chunk_rows_follow_the_memory_budget():
     assert chunk_rows(p, 0.5) == int(0.5e9 // (3 * 4 * p)) == 23  # three [rows, P] float32 copies fit 0.5 GB
     assert chunk_rows(p, 1.0) == 46 and chunk_rows(p, 1e-6) == 1
     assert chunk_rows(650, 0.5) == MAX_CHUNK_ROWS  # small models: activations, not gradients, bound the chunk
+
+
+def test_fit_check_measures_the_training_gradient_at_the_weights(logreg, digits):
+    """‖∇R(θ̂)‖ equals autograd's gradient of the whole objective (L2 included); a converged logreg reads as
+    stationary, the same model with its weights moved does not."""
+    import copy
+
+    from fastif_engine.gradients import fit_check
+    from fastif_engine.training import objective
+
+    x, y = digits["train"]
+    at_minimum = fit_check(logreg, x, y)
+    assert at_minimum["stationary"] and at_minimum["ratio"] < 1e-4 and at_minimum["gradient_rows"] == len(y)
+    moved = copy.deepcopy(logreg)
+    with torch.no_grad():
+        moved.model.head.weight.mul_(0.3)
+    params = [p for p in moved.model.parameters() if p.requires_grad]
+    exact = torch.cat([g.reshape(-1) for g in torch.autograd.grad(objective(moved, x, y), params)]).norm()
+    check = fit_check(moved, x, y)
+    assert check["gradient_norm"] == pytest.approx(float(exact), rel=1e-6)
+    assert not check["stationary"] and check["ratio"] > 0.1
