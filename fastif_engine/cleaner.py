@@ -111,6 +111,7 @@ def clean(train, valid, test=None, *, model, out: str | Path | None = None, prog
         tmp = tempfile.TemporaryDirectory(prefix="fastif-")
         out = tmp.name
     out = Path(out)
+    load_config(None, {**settings, "train": "-", "valid": "-", "out": str(out), "model": model})  # settings first
     tables = {"train": train, "valid": valid, "test": test}
     files = {name: _as_file(table, out / "inputs", name) for name, table in tables.items()}
     cfg = load_config(None, {**settings, **files, "out": str(out), "model": model})

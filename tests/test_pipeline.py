@@ -58,6 +58,7 @@ def test_clean_names_a_wrong_setting_and_a_wrong_table_before_any_work(tmp_path)
     frame = pd.DataFrame({"a": np.arange(6.0), "label": ["x", "y"] * 3})
     with pytest.raises(ConfigError, match="'kk': unknown key"):
         fastif_engine.clean(frame, frame, model="tabular-logreg", out=tmp_path / "a", kk=3)
+    assert not (tmp_path / "a").exists()  # refused before any table was written
     with pytest.raises(FastIFError, match="valid: expected a DataFrame"):
         fastif_engine.clean(frame, [1, 2, 3], model="tabular-logreg", out=tmp_path / "b")
     with pytest.raises(FastIFError, match="missing.parquet"):
