@@ -40,9 +40,8 @@ class TorchClassifier(TrainableAdapter):
         self.feature_module = features
         self.fit_fn, self.l2, self.settings = fit, l2, settings
         self._net = copy.deepcopy(self._given)
-        names = self.parameter_names()  # checks the patterns now, not in the middle of a run
+        self.parameter_names()  # checks the patterns and the feature module now, not in the middle of a run
         self._feature_layer()
-        self.n_differentiated = len(names)
 
     @property
     def model(self) -> nn.Module:
