@@ -1,6 +1,6 @@
 """Every inverse-HVP solver on the text model, against a converged reference, in one run.
 
-    python benchmarks/text_solvers.py [--rows 400] [--errors 8] [--skip-lissa]
+    python benchmarks/studies/text_solvers.py [--rows 400] [--errors 8] [--skip-lissa]
 
 text-minilm (top layer + head, 1.78M differentiated parameters) fine-tuned on a Rotten Tomatoes
 slice of ``--rows`` training rows, at the default ridge λ = damping × scale. The reference is
@@ -18,7 +18,7 @@ solver took (build + solve), for
 * ``gauss-newton``: CG on the exact Gauss-Newton matrix (what EK-FAC approximates), to tell the
   Kronecker approximation's error from the Gauss-Newton's.
 
-Also prints the Hessian's top eigenvalues beside λ. Writes benchmarks/results/text_solvers.json.
+Also prints the Hessian's top eigenvalues beside λ. Writes benchmarks/studies/results/text_solvers.json.
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from fastif_engine.kfac import EkfacSolver
 from fastif_engine.solvers import (AUTO_LOWRANK_ROWS, AUTO_RANK, CgSolver, LissaSettings, LissaSolver,
                                    LowRankSolver, with_scale)
 
+import _path  # noqa: F401  (benchmarks/ on the path)
 from _shared import model_for
 
 

@@ -1,7 +1,7 @@
 """Which ridge λ cleans best? Today's λ = 0.01 × scale against ridges set from the Hessian's spectrum.
 
-    python benchmarks/ridge.py --datasets digits breast-cancer rotten-tomatoes --seeds 0 1
-    python benchmarks/ridge.py --summary            # markdown table from the saved results
+    python benchmarks/studies/ridge.py --datasets digits breast-cancer rotten-tomatoes --seeds 0 1
+    python benchmarks/studies/ridge.py --summary            # markdown table from the saved results
 
 Per dataset, noise kind (the cleaning study's: ``benchmarks/cleaning.py``) and seed: train the
 built-in model on the noisy labels, estimate where each ridge sits in the Hessian's spectrum
@@ -41,6 +41,7 @@ from fastif_engine.ranking import FlagRule, rank_and_flag, rank_fusion
 from fastif_engine.solvers import LissaSettings, auto_scale, make_solver
 from fastif_engine.training import evaluate
 
+import _path  # noqa: F401  (benchmarks/ on the path)
 from cleaning import NOISE, noisy_setup, row_losses
 
 RULES = ("d=0.01", "d=0.05", "0.1·max", "0.1·mean")

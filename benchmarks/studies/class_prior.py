@@ -1,7 +1,7 @@
 """Net harm's class prior: the model's own, refitted to validation, or chosen by the prior check.
 
-    python benchmarks/class_prior.py --datasets rotten-tomatoes --noise-modes uniform class-conditional --seeds 0 1 2
-    python benchmarks/class_prior.py --summary      # the table, from benchmarks/results/class_prior-*.json
+    python benchmarks/studies/class_prior.py --results benchmarks/studies/results --datasets rotten-tomatoes --noise-modes uniform class-conditional --seeds 0 1 2
+    python benchmarks/studies/class_prior.py --summary      # the table, from benchmarks/studies/results/class_prior-*.json
 
 Per dataset, noise kind and seed (the exports, models and solver settings of ``cleaning.py``):
 train the built-in model on the noisy labels, compute net harm twice (``prior="model"`` and
@@ -25,6 +25,7 @@ from fastif_engine.api import FastIF
 from fastif_engine.net_harm import net_harm, refits_prior
 from fastif_engine.ranking import rank_fusion
 
+import _path  # noqa: F401  (benchmarks/ on the path)
 from cleaning import MIN_EVIDENCE, REMOVAL, floored_flags, noisy_setup, row_losses, study_arguments
 
 

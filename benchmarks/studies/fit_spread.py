@@ -1,6 +1,6 @@
 """How much image-cnn's test accuracy moves from one fit to the next: constant vs falling learning rate.
 
-    python benchmarks/fit_spread.py [--noise-modes class-conditional uniform] [--noise-seed 0] [--fits 5]
+    python benchmarks/studies/fit_spread.py [--noise-modes class-conditional uniform] [--noise-seed 0] [--fits 5]
 
 Fashion-MNIST, a seeded 10,000-image training subset (as ``cleaning.py`` uses), with 30%
 class-conditional or 10% uniform label noise. For each learning-rate schedule (Adam, 8 epochs,
@@ -23,6 +23,7 @@ from fastif_engine.data import load_dataset
 from fastif_engine.datasets import export
 from fastif_engine.training import evaluate
 
+import _path  # noqa: F401  (benchmarks/ on the path)
 from _shared import model_for
 
 RATES = {"class-conditional": 0.3, "uniform": 0.1}

@@ -1,8 +1,8 @@
 """Does a larger flag budget pay where more rows are flipped than the budget holds?
 
-    python benchmarks/flag_budget.py [--dataset fashion-mnist] [--noise-mode class-conditional] \
+    python benchmarks/studies/flag_budget.py [--dataset fashion-mnist] [--noise-mode class-conditional] \
         [--seeds 0 1 2 3 4 5] [--budgets 0.1 0.15 0.2] [--results DIR]
-    python benchmarks/flag_budget.py --summary DIR     # the tables of every JSON in DIR
+    python benchmarks/studies/flag_budget.py --summary DIR     # the tables of every JSON in DIR
 
 The same setting as ``cleaning.py`` (its noise kinds and rates, model, k, solver and seed per
 noise seed). The default flags (``combined`` with net harm's prior chosen as the product does,
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import _path  # noqa: F401  (benchmarks/ on the path)
 from cleaning import MIN_EVIDENCE, NOISE, SETUPS, floored_flags, noisy_setup
 from fastif_engine.api import FastIF
 from fastif_engine.batching import take

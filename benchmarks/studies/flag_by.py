@@ -1,8 +1,8 @@
 """`fastif clean --flag-by combined | net-harm | harm | self-influence | loss`, through the command line.
 
-    python benchmarks/flag_by.py --dataset digits --noise-mode class-conditional --seeds 0 1 2
-    python benchmarks/flag_by.py --dataset fashion-mnist --max-train 10000 --seeds 0 1 2 --retrain-seeds 2
-    python benchmarks/flag_by.py --summary
+    python benchmarks/studies/flag_by.py --dataset digits --noise-mode class-conditional --seeds 0 1 2
+    python benchmarks/studies/flag_by.py --dataset fashion-mnist --max-train 10000 --seeds 0 1 2 --retrain-seeds 2
+    python benchmarks/studies/flag_by.py --summary
 
 Per noise seed: ``fastif datasets export NAME --noise RATE --noise-mode MODE --seed S`` (the rates
 of cleaning.py: 10% uniform, 30% class-conditional), then one ``fastif clean
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+import _path  # noqa: F401  (benchmarks/ on the path)
 from cleaning import NOISE, SETUPS
 from fastif_engine.datasets import pixels_as_columns
 
@@ -112,7 +113,7 @@ def main() -> None:
     ap.add_argument("--max-train", type=int, default=None)
     ap.add_argument("--retrain-seeds", type=int, default=3)
     ap.add_argument("--scores", nargs="+", choices=SCORES, default=list(SCORES))
-    ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--results", type=Path, default=Path("benchmarks/studies/results"))
     ap.add_argument("--summary", action="store_true", help="only print tables from saved results")
     args = ap.parse_args()
     if not args.summary:

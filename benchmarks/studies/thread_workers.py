@@ -1,6 +1,6 @@
 """The thread runner with one worker vs two, on the demo's text run.
 
-    python benchmarks/thread_workers.py [--repeats 2] [--seeds 2] [--workdir /tmp/fastif-thread-workers]
+    python benchmarks/studies/thread_workers.py [--repeats 2] [--seeds 2] [--workdir /tmp/fastif-thread-workers]
 
 Thread-runner tasks take turns inside torch.func (``TRANSFORM_LOCK``: every per-sample gradient,
 HVP and forward-mode product) and inside the seeded-RNG lock (every fit), so a second thread worker
@@ -28,6 +28,7 @@ import pandas as pd
 from fastif_engine.datasets import export
 from fastif_engine.pipeline import CACHE_DIR
 
+import _path  # noqa: F401  (benchmarks/ on the path)
 from run_memory import run
 
 K = 200
@@ -40,7 +41,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/fastif-thread-workers"))
-    ap.add_argument("--results", type=Path, default=Path("benchmarks/results/thread_workers.json"))
+    ap.add_argument("--results", type=Path, default=Path("benchmarks/studies/results/thread_workers.json"))
     args = ap.parse_args()
     paths = export("rotten-tomatoes", args.workdir / "data", max_train=2000, noise=0.3,
                    noise_mode="class-conditional", seed=0)

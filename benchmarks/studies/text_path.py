@@ -1,6 +1,6 @@
 """The text model's hot loops, side by side: transformers' padded layer vs fastif's packed tokens.
 
-    python benchmarks/text_path.py [--rows 2000] [--repeats 3] [--vectors 16]
+    python benchmarks/studies/text_path.py [--rows 2000] [--repeats 3] [--vectors 16]
 
 text-minilm (top layer + head, 1.78M differentiated parameters) on the demo's Rotten Tomatoes
 snippets. For each path, alternating, ``--repeats`` times: one fine-tuning fit (the recipe of
@@ -28,6 +28,7 @@ from fastif_engine.models import text
 from fastif_engine.solvers import LissaSettings, LissaSolver
 from fastif_engine.training import minibatches
 
+import _path  # noqa: F401  (benchmarks/ on the path)
 from _shared import model_for
 
 

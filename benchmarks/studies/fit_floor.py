@@ -1,6 +1,6 @@
 """How fast can the demo's retrain fits go on this machine? One text-minilm fit, arranged five ways.
 
-    python benchmarks/fit_floor.py [--repeats 2]
+    python benchmarks/studies/fit_floor.py [--repeats 2]
 
 The demo's verdict needs 14 fits (5 seeds × original / flags removed / random control, the
 seed-0 original reused). Each arrangement fits the demo's 2,000 snippets (its export: one class
@@ -28,6 +28,7 @@ from fastif_engine.data import load_dataset
 from fastif_engine.datasets import export
 from fastif_engine.training import evaluate
 
+import _path  # noqa: F401  (benchmarks/ on the path)
 from _shared import model_for
 
 FITS_IN_THE_DEMO = 14

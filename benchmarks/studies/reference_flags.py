@@ -1,6 +1,6 @@
 """Do a run's flags hold up under a high-accuracy solve? Re-flag a finished run with long LiSSA.
 
-    python benchmarks/reference_flags.py --run runs/demo [--depth 1000] [--batch-size 16] [--repeats 2]
+    python benchmarks/studies/reference_flags.py --run runs/demo [--depth 1000] [--batch-size 16] [--repeats 2]
 
 Loads the run's trained model and inputs from its stage cache, recomputes net harm (one s_test per
 validation fold) with the given LiSSA settings at the run's own ridge, re-ranks by the run's flag

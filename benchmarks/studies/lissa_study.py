@@ -1,6 +1,6 @@
 """LiSSA against the exact damped inverse: error and time as depth J, batch B and repeats T vary.
 
-    python benchmarks/lissa_study.py [--plot docs/img/lissa.png]
+    python benchmarks/studies/lissa_study.py [--plot docs/img/lissa.png]
 
 image-cnn on digits (influence over fc + head: small enough for the explicit Hessian), 8
 misclassified test examples, one ridge λ = damping × scale for every solver (scale estimated

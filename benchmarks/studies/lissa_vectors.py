@@ -1,7 +1,7 @@
 """Cost of one LiSSA step per vector as more vectors share one vmapped chain (the m = 128 question).
 
-    python benchmarks/lissa_vectors.py
-    MALLOC_MMAP_THRESHOLD_=1073741824 python benchmarks/lissa_vectors.py   # large blocks kept in glibc's heap
+    python benchmarks/studies/lissa_vectors.py
+    MALLOC_MMAP_THRESHOLD_=1073741824 python benchmarks/studies/lissa_vectors.py   # large blocks kept in glibc's heap
 
 image-cnn's differentiated layers (fc + head: 101,066 parameters) on 2,000 random 28×28 inputs
 (speed does not depend on the data), LiSSA B = 1, 30 steps, fixed scale, all m vectors in one
