@@ -19,7 +19,7 @@ from fastif_engine.solvers import DEFAULT_DAMPING, EXACT_MAX_PARAMS, LOW_RANK
 
 # Workers when --workers is not given. The thread runner's tasks take turns inside torch.func and the
 # seeded-RNG lock (fastif_engine.gradients.TRANSFORM_LOCK, training.seeded), so a second thread would only
-# halve each task's memory budget (docs/BENCHMARKS.md, "Thread workers"); a deployed run (flows.clean's
+# halve each task's memory budget (docs/decisions/thread-workers.md); a deployed run (flows.clean's
 # own runner) takes as many. The process, Dask and Ray runners' workers run at once.
 THREAD_WORKERS = 1
 POOL_WORKERS = 2

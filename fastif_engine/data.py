@@ -1,6 +1,6 @@
 """Load and validate the train / valid / test tables before any work starts.
 
-Format (DESIGN.md): parquet or CSV, a local path or an fsspec URL; an optional ``id`` column
+Format (docs/guide/cleaning.md): parquet or CSV, a local path or an fsspec URL; an optional ``id`` column
 (row number otherwise); ``label`` with int or string classes; inputs in one of
   * a text column (``text``),
   * numeric feature columns,

@@ -4,7 +4,7 @@ Scores (``flag_by`` → flags.parquet column):
 
 * ``combined`` (default): the mean percentile rank of ``net-harm`` and ``loss`` — rows that both
   raise the validation loss and that the model refuses to fit. Chosen by the study in
-  docs/BENCHMARKS.md: it finds flipped labels under random *and* class-conditional noise.
+  docs/decisions/flag-score.md: it finds flipped labels under random *and* class-conditional noise.
 * ``net-harm``: influence on the whole validation loss (errors and correct rows), see
   :mod:`fastif_engine.net_harm`.
 * ``harm``: FastIF's harm to the errors,
@@ -32,7 +32,7 @@ DEFAULT_FLAG_BY = "combined"
 # The default budget: at most 15% of training rows. A ceiling: where the evidence floor is stricter
 # (10% uniform noise: 0.5–7.8% of the rows clear it on the study's four datasets) it changes nothing;
 # where more rows are mislabelled than 10% holds (30% of half the classes: 15% of the rows), 0.2.4's
-# 10% left most of the gain on the table (docs/BENCHMARKS.md, "How large a budget").
+# 10% left most of the gain on the table (docs/decisions/flag-budget.md).
 DEFAULT_FLAG_FRACTION = 0.15
 
 

@@ -248,7 +248,7 @@ def _flagging_blocks(metrics: dict) -> list[Block]:
                          "is lenient (the demo's data has 880 such rows for its 262 mislabelled ones), so this count is "
                          "no estimate of the label errors left; but where you expect more of them than the budget "
                          "holds, a larger budget (`--flag-fraction`, `--flag-top`) flags more, and the retrain verdict "
-                         "says whether that paid (docs/BENCHMARKS.md, \"How large a budget\")."))
+                         "says whether that paid (docs/decisions/flag-budget.md)."))
     mix = metrics.get("class_mix")
     if mix and f["flagged"]:
         blocks.append(Block("table", header=["given label", "training rows", "share", "flagged", "share of flags"],

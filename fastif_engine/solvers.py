@@ -89,7 +89,7 @@ class ExactSolver(InverseHVPSolver):
         return out
 
 
-# d in λ = d × scale. 0.05 since 0.3.0: the ridge study (docs/BENCHMARKS.md, "Which ridge") found cleaning
+# d in λ = d × scale. 0.05 since 0.3.0: the ridge study (docs/decisions/ridge.md) found cleaning
 # quality flat from d = 0.01 to 0.05 (and at 0.1 × the top eigenvalue) on four datasets × two noise kinds,
 # while d = 0.01 left the breast-cancer MLP's H + λI indefinite in 1 of 10 runs (the run stops); 0.05 in none.
 DEFAULT_DAMPING = 0.05
@@ -99,7 +99,7 @@ DEFAULT_DAMPING = 0.05
 class LissaSettings:
     """LiSSA's knobs, and the damping every solver shares.
 
-    Defaults come from the J/B/T study (docs/BENCHMARKS.md): one B = 1 chain plateaus at 25–35%
+    Defaults come from the J/B/T study (docs/decisions/lissa-defaults.md): one B = 1 chain plateaus at 25–35%
     error however deep, while B = 16 at J = 300 reaches cosine 0.998 to the exact inverse and is
     faster on CPU than J = 1000 at B = 1 (FastIF's GPU setting, still available).
     """

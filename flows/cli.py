@@ -1,4 +1,4 @@
-"""The ``fastif`` command line (the stable contract in DESIGN.md).
+"""The ``fastif`` command line (every option: docs/reference/cli.md).
 
     fastif clean   --train T --valid V [--test X] --out DIR --model NAME [options]
     fastif explain --run DIR --test-id ID [--top 10]

@@ -1,6 +1,7 @@
 """What the command line shows while a run works: one line per finished stage, a progress bar for
 the parallel stages on a terminal, then the summary. Prefect's own per-task log lines still go to
-the Prefect API (and UI); on the console they appear only with ``--verbose``.
+the Prefect API (and UI); on the console they, and other libraries' progress bars and warnings,
+appear only with ``--verbose``.
 
 Off unless the command line turns it on, so a deployment's flow run prints nothing extra.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 
 _enabled = False
@@ -23,6 +25,7 @@ def enable(verbose: bool) -> None:
 
     if not verbose:  # worker processes (process pool, local Dask) read this at start-up
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        quiet_third_parties()
     setup_logging()
     # Prefect sets its console handlers up once per process, on the stderr of that moment: a later
     # command in the same process (a notebook, a test) must print to its own stderr
@@ -33,6 +36,19 @@ def enable(verbose: bool) -> None:
         handler.console.file = sys.stderr
         if not verbose:
             handler.setLevel(logging.WARNING)
+
+
+def quiet_third_parties() -> None:
+    """Keep other libraries' progress bars and Python warnings off the console (``--verbose`` keeps them).
+
+    transformers reads ``HF_HUB_DISABLE_PROGRESS_BARS`` when it is imported (its "Loading weights"
+    bar), so the variable is set first and, if it was imported already, its bars are turned off."""
+    for name, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_VERBOSITY", "error"),
+                        ("PYTHONWARNINGS", "ignore")):  # the last one for worker processes
+        os.environ.setdefault(name, value)
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+    warnings.simplefilter("ignore")
 
 
 def stage_done(name: str, seconds: float) -> None:

@@ -76,3 +76,10 @@ def test_the_deployment_parameters_are_valid_settings():
     spec = yaml.safe_load((Path(__file__).parent.parent / "prefect.yaml").read_text())
     for deployment in spec["deployments"]:
         CleanConfig(**deployment["parameters"]["config"])
+
+
+def test_the_cli_reference_page_is_generated_from_the_current_parser():
+    from flows.reference import PAGE, markdown
+
+    assert PAGE.read_text() == markdown(), "docs/reference/cli.md is stale: run `python -m flows.reference`"
+    assert "`--flag-evidence`" in PAGE.read_text() and "## `fastif apply`" in PAGE.read_text()

@@ -575,9 +575,10 @@ def test_image_cnn_on_digits(tmp_path, capsys):
     assert shown.count(", predicted '") == 4 and ".0  " not in shown and "@" in shown
 
 
-def test_text_minilm_on_rotten_tomatoes(tmp_path, monkeypatch):
+def test_text_minilm_on_rotten_tomatoes(tmp_path, monkeypatch, capsys):
     """The text model end to end; its hidden states are prepared 128 rows at a time into a file
-    of their own and read back by rows, and equal what one in-memory ``prepare`` gives."""
+    of their own and read back by rows, and equal what one in-memory ``prepare`` gives. The
+    console shows fastif's stage lines, not transformers' "Loading weights" bar."""
     from fastif_engine import stages
 
     monkeypatch.setattr(stages, "PREPARE_ROWS", 128)
@@ -588,6 +589,8 @@ def test_text_minilm_on_rotten_tomatoes(tmp_path, monkeypatch):
     assert main(["clean", "--train", str(data / "train.parquet"), "--valid", str(data / "valid.parquet"),
                  "--out", str(out), "--model", "text-minilm", "--model-option", "top_layers=1",
                  "--depth", "20", "--batch-size", "2", "--k", "50", "--retrain", "--seeds", "1"]) == 0
+    console = capsys.readouterr().err
+    assert "train model" in console and "Loading weights" not in console
     flags = pd.read_parquet(out / "flags.parquet")
     assert len(flags) == 300 and flags["flagged"].sum() > 0
     metrics = json.loads((out / "metrics.json").read_text())
