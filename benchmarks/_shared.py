@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastif_engine.batching import take
+from fastif_engine.data.batching import take
 from fastif_engine.models import DataInfo, create_model
 
 

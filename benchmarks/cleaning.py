@@ -14,7 +14,7 @@ every training row by
 * ``harm-norm``  the same with each error's scores divided by its largest |score| (each
                  error counts once)
 * ``net-harm``   influence on the whole validation loss (errors and correct rows), from 10
-                 fold s_tests (fastif_engine.net_harm), the class prior as the product's default
+                 fold s_tests (fastif_engine.influence.net_harm), the class prior as the product's default
                  ``auto`` takes it: refitted to validation unless validation's class mix differs
                  from the model's predictions with z ≥ 2; ``net-t`` its fold t-statistic;
                  ``net-harm-refit`` always refitted; ``net-harm-model``, ``net-t-model`` never
@@ -52,16 +52,16 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from fastif_engine import __version__
-from fastif_engine.api import FastIF
-from fastif_engine.batching import take
-from fastif_engine.data import load_dataset
-from fastif_engine.datasets import export
-from fastif_engine.influence import self_influence
-from fastif_engine.net_harm import net_harm, refits_prior
-from fastif_engine.ranking import harm_scores, rank_fusion
-from fastif_engine.solvers import EXACT_MAX_PARAMS, ExactSolver, LissaSettings, LowRankSolver
-from fastif_engine.training import evaluate
-from fastif_engine.verdict import paired_ci
+from fastif_engine.cleaning.flagging import harm_scores, rank_fusion
+from fastif_engine.cleaning.verdict import paired_ci
+from fastif_engine.data.batching import take
+from fastif_engine.data.datasets import export
+from fastif_engine.data.tables import load_dataset
+from fastif_engine.influence.api import FastIF
+from fastif_engine.influence.net_harm import net_harm, refits_prior
+from fastif_engine.influence.scores import self_influence
+from fastif_engine.influence.solvers import EXACT_MAX_PARAMS, ExactSolver, LissaSettings, LowRankSolver
+from fastif_engine.models.training import evaluate
 
 from _shared import model_for
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fastif_engine.datasets import export, pixels_as_columns
+from fastif_engine.data.datasets import export, pixels_as_columns
 from flows.cli import main as fastif
 
 

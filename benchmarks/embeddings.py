@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 import fastif_engine
-from fastif_engine.datasets import export
+from fastif_engine.data.datasets import export
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "embeddings.json"

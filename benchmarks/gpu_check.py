@@ -46,12 +46,12 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("no GPU visible to torch: nothing to check")
         return
-    from fastif_engine.gradients import FlatParams, gradient_matrix
-    from fastif_engine.hessian import hvp_on_batch
-    from fastif_engine.influence import influence_on_candidates
-    from fastif_engine.knn import FaissIndex, gpu_count, recall_at_k
+    from fastif_engine.influence.gradients import FlatParams, gradient_matrix
+    from fastif_engine.influence.hessian import hvp_on_batch
+    from fastif_engine.influence.knn import FaissIndex, gpu_count, recall_at_k
+    from fastif_engine.influence.scores import influence_on_candidates
+    from fastif_engine.influence.solvers import LissaSettings, LissaSolver
     from fastif_engine.models import CNNAdapter
-    from fastif_engine.solvers import LissaSettings, LissaSolver
 
     print(f"machine: {platform.machine()}, {torch.cuda.get_device_name(0)}, torch {torch.__version__}, "
           f"faiss GPUs: {gpu_count()}")

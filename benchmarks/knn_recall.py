@@ -15,9 +15,9 @@ import tempfile
 import time
 
 
-from fastif_engine.data import load_dataset
-from fastif_engine.datasets import export
-from fastif_engine.knn import FaissIndex, recall_at_k
+from fastif_engine.data.datasets import export
+from fastif_engine.data.tables import load_dataset
+from fastif_engine.influence.knn import FaissIndex, recall_at_k
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastif_engine.knn import FaissIndex, recall_at_k
+from fastif_engine.influence.knn import FaissIndex, recall_at_k
 
 from _shared import log_log_axes, save_figure
 

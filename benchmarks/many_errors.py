@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastif_engine.api import extract_features
-from fastif_engine.batching import take
-from fastif_engine.data import load_dataset
-from fastif_engine.datasets import export
-from fastif_engine.gradients import FlatParams, gradient_matrix
-from fastif_engine.influence import influence_on_candidates
-from fastif_engine.knn import FaissIndex
+from fastif_engine.data.batching import take
+from fastif_engine.data.datasets import export
+from fastif_engine.data.tables import load_dataset
+from fastif_engine.influence.api import extract_features
+from fastif_engine.influence.gradients import FlatParams, gradient_matrix
+from fastif_engine.influence.knn import FaissIndex
+from fastif_engine.influence.scores import influence_on_candidates
+from fastif_engine.influence.solvers import LissaSettings, LissaSolver, auto_scale
 from fastif_engine.models import DataInfo, create_model
-from fastif_engine.solvers import LissaSettings, LissaSolver, auto_scale
 
 from _shared import log_log_axes, save_figure
 

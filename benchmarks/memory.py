@@ -36,11 +36,11 @@ def _reset_peak() -> None:
 
 
 def child(inputs_path: str, candidates: int, budget: float, errors: int, trim_every: int | None) -> None:
-    from fastif_engine import memory
-    from fastif_engine.gradients import FlatParams, chunk_rows
-    from fastif_engine.influence import influence_on_candidates
+    from fastif_engine.influence.gradients import FlatParams, chunk_rows
+    from fastif_engine.influence.scores import influence_on_candidates
     from fastif_engine.models import DataInfo, create_model
-    from fastif_engine.store import load_tensors
+    from fastif_engine.store import memory
+    from fastif_engine.store.files import load_tensors
 
     if trim_every:
         memory.TRIM_EVERY = trim_every
@@ -76,10 +76,10 @@ def main() -> None:
         return
     inputs_path = args.cache / f"rt{max(args.candidates)}-minilm-inputs.safetensors"
     if not inputs_path.exists():
-        from fastif_engine.data import load_dataset
-        from fastif_engine.datasets import export
+        from fastif_engine.data.datasets import export
+        from fastif_engine.data.tables import load_dataset
         from fastif_engine.models import DataInfo, create_model
-        from fastif_engine.store import save_tensors
+        from fastif_engine.store.files import save_tensors
 
         paths = export("rotten-tomatoes", args.cache / "rt-memory", seed=0, max_train=max(args.candidates))
         ds = load_dataset({k: str(v) for k, v in paths.items()})

@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from fastif_engine.data import load_dataset
-from fastif_engine.datasets import export
-from fastif_engine.training import evaluate
+from fastif_engine.data.datasets import export
+from fastif_engine.data.tables import load_dataset
+from fastif_engine.models.training import evaluate
 
 from _shared import model_for
 

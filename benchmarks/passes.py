@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import fastif_engine
-from fastif_engine.datasets import export, pixels_as_columns
+from fastif_engine.data.datasets import export, pixels_as_columns
 from flows.cli import main as fastif
 
 INFLUENCE_STAGES = ("resolve solver", "s_test", "influence", "net harm", "self-influence")

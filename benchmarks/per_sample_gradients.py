@@ -15,12 +15,12 @@ import time
 import torch
 from sklearn.datasets import load_digits
 
-from fastif_engine.batching import take
-from fastif_engine.data import load_dataset
-from fastif_engine.datasets import export
-from fastif_engine.gradients import gradient_matrix
+from fastif_engine.data.batching import take
+from fastif_engine.data.datasets import export
+from fastif_engine.data.tables import load_dataset
+from fastif_engine.influence.gradients import gradient_matrix
 from fastif_engine.models import CNNAdapter, LogisticRegressionAdapter, MLPAdapter
-from fastif_engine.training import TrainSettings
+from fastif_engine.models.training import TrainSettings
 
 
 def loop_gradients(adapter, x, y):

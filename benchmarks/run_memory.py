@@ -18,7 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from fastif_engine.datasets import export
+from fastif_engine.data.datasets import export
 
 DEMO = ["--model", "text-minilm", "--depth", "100", "--repeats", "1", "--batch-size", "1", "--damping", "0.05"]
 

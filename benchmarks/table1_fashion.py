@@ -25,15 +25,15 @@ import numpy as np
 import torch
 
 from _shared import loop_influence, timed
-from fastif_engine.api import extract_features
-from fastif_engine.batching import take
-from fastif_engine.data import load_dataset
-from fastif_engine.datasets import export
-from fastif_engine.gradients import FlatParams, gradient_matrix
-from fastif_engine.influence import influence_on_candidates
-from fastif_engine.knn import FaissIndex
+from fastif_engine.data.batching import take
+from fastif_engine.data.datasets import export
+from fastif_engine.data.tables import load_dataset
+from fastif_engine.influence.api import extract_features
+from fastif_engine.influence.gradients import FlatParams, gradient_matrix
+from fastif_engine.influence.knn import FaissIndex
+from fastif_engine.influence.scores import influence_on_candidates
+from fastif_engine.influence.solvers import LissaSettings, LissaSolver, auto_scale
 from fastif_engine.models import DataInfo, create_model
-from fastif_engine.solvers import LissaSettings, LissaSolver, auto_scale
 
 DAMPING = 0.01
 ORIGINAL_B = 128

@@ -50,15 +50,16 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 import fastif_engine
-from fastif_engine.api import FastIF, extract_features
-from fastif_engine.batching import take
-from fastif_engine.gradients import FlatParams, gradient_matrix
-from fastif_engine.hessian import full_hvp
-from fastif_engine.influence import influence_on_candidates
-from fastif_engine.knn import FaissIndex
-from fastif_engine.datasets import export
+from fastif_engine.data.batching import take
+from fastif_engine.data.datasets import export
+from fastif_engine.influence.api import FastIF, extract_features
+from fastif_engine.influence.gradients import FlatParams, gradient_matrix
+from fastif_engine.influence.hessian import full_hvp
+from fastif_engine.influence.knn import FaissIndex
+from fastif_engine.influence.scores import influence_on_candidates
+from fastif_engine.influence.solvers import (DEFAULT_DAMPING, AUTO_LOWRANK_ROWS, AUTO_RANK, CgSolver,
+    LissaSettings, LowRankSolver, with_scale)
 from fastif_engine.models import DataInfo, create_model
-from fastif_engine.solvers import DEFAULT_DAMPING, AUTO_LOWRANK_ROWS, AUTO_RANK, CgSolver, LissaSettings, LowRankSolver, with_scale
 from flows.cli import DEMO_NOISE, DEMO_SETTINGS
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -37,10 +37,10 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
 import fastif_engine
-from fastif_engine.api import FastIF
-from fastif_engine.gradients import FlatParams
+from fastif_engine.influence.api import FastIF
+from fastif_engine.influence.gradients import FlatParams
+from fastif_engine.influence.solvers import DEFAULT_DAMPING, LissaSettings, with_scale
 from fastif_engine.models.tabular import LogisticRegressionAdapter, MLPAdapter
-from fastif_engine.solvers import DEFAULT_DAMPING, LissaSettings, with_scale
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vs_peers.json"
 N_TRAIN, N_TEST = 1257, 30

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 import fastif_engine
-from fastif_engine.datasets import export
+from fastif_engine.data.datasets import export
 
 
 def sentence_embeddings(texts: list[str], batch_size: int = 64) -> np.ndarray:

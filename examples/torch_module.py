@@ -14,7 +14,7 @@ from sklearn.datasets import load_breast_cancer
 from torch import nn
 
 import fastif_engine
-from fastif_engine.datasets import add_label_noise
+from fastif_engine.data.datasets import add_label_noise
 
 
 class Net(nn.Module):

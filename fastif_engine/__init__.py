@@ -6,15 +6,15 @@ positive = harmful (removing z should lower the test loss), negative = helpful.
 __version__ = "0.3.1"
 
 from .adapter import ModelAdapter, TrainableAdapter
-from .api import FastIF, extract_features
-from .cleaner import CleanResult, clean
+from .cleaning.cleaner import CleanResult, clean
 from .config import CleanConfig, ConfigError
 from .errors import FastIFError, LissaDivergenceError, SolverSetupError
-from .influence import influence_on_candidates, self_influence
-from .knn import FaissIndex, recall_at_k
+from .influence.api import FastIF, extract_features
+from .influence.knn import FaissIndex, recall_at_k
+from .influence.net_harm import NetHarm, net_harm
+from .influence.scores import influence_on_candidates, self_influence
+from .influence.solvers import ExactSolver, InverseHVPSolver, LissaSettings, LissaSolver, make_solver
 from .models import TorchClassifier
-from .net_harm import NetHarm, net_harm
-from .solvers import ExactSolver, InverseHVPSolver, LissaSettings, LissaSolver, make_solver
 
 __all__ = [
     "clean", "CleanResult", "CleanConfig", "ConfigError", "TorchClassifier",

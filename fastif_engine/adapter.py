@@ -13,7 +13,7 @@ features, predictions) goes through a :class:`ModelAdapter`.  A minimal adapter:
             return self.net.body(inputs)          # what the classifier head sees
 
 ``model(inputs)`` must return logits ``[n, n_classes]``; ``inputs`` is a tensor or a dict of
-tensors whose first dim is the row (see :mod:`fastif_engine.batching`).
+tensors whose first dim is the row (see :mod:`fastif_engine.data.batching`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batching import Inputs
+from .data.batching import Inputs
 
 
 class ModelAdapter(ABC):

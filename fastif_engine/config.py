@@ -11,14 +11,14 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fastif_engine.cleaning.flagging import DEFAULT_FLAG_FRACTION
 from fastif_engine.errors import FastIFError
-from fastif_engine.gradients import MEMORY_BUDGET_GB
-from fastif_engine.ranking import DEFAULT_FLAG_FRACTION
-from fastif_engine.solvers import DEFAULT_DAMPING, EXACT_MAX_PARAMS, LOW_RANK
+from fastif_engine.influence.gradients import MEMORY_BUDGET_GB
+from fastif_engine.influence.solvers import DEFAULT_DAMPING, EXACT_MAX_PARAMS, LOW_RANK
 
 
 # Workers when --workers is not given. The thread runner's tasks take turns inside torch.func and the
-# seeded-RNG lock (fastif_engine.gradients.TRANSFORM_LOCK, training.seeded), so a second thread would only
+# seeded-RNG lock (fastif_engine.influence.gradients.TRANSFORM_LOCK, training.seeded), so a second thread would only
 # halve each task's memory budget (docs/decisions/thread-workers.md); a deployed run (flows.clean's
 # own runner) takes as many. The process, Dask and Ray runners' workers run at once.
 THREAD_WORKERS = 1
@@ -154,15 +154,15 @@ class CleanConfig(BaseModel):
         return self
 
     def columns(self):
-        """Which columns hold what (``fastif_engine.data.Columns``)."""
-        from fastif_engine.data import Columns
+        """Which columns hold what (``fastif_engine.data.tables.Columns``)."""
+        from fastif_engine.data.tables import Columns
 
         return Columns(label=self.label_column, id=self.id_column, text=self.text_column,
                        features=tuple(self.feature_columns) if self.feature_columns else None,
                        image=self.image_column, embedding=self.embedding_column)
 
     def flag_rule(self):
-        from fastif_engine.ranking import FlagRule
+        from fastif_engine.cleaning.flagging import FlagRule
 
         if self.flag_top is not None:
             return FlagRule(fraction=None, top=self.flag_top)

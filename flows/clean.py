@@ -1,4 +1,4 @@
-"""The ``clean_dataset`` flow: fastif's pipeline (``fastif_engine.pipeline``) run by Prefect.
+"""The ``clean_dataset`` flow: fastif's pipeline (``fastif_engine.cleaning.pipeline``) run by Prefect.
 
 Every stage is a Prefect task (``flows/tasks.py``); the parallel ones (s_test batches × repeats,
 influence parts, retrain variants × seeds) are submitted to the flow's task runner at once.
@@ -14,9 +14,9 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
     update_progress_artifact
 from prefect.futures import as_completed
 
+from fastif_engine.cleaning.pipeline import Runner, run_pipeline
+from fastif_engine.cleaning.workers import threads_per_worker
 from fastif_engine.config import THREAD_WORKERS, CleanConfig
-from fastif_engine.pipeline import Runner, run_pipeline
-from fastif_engine.workers import threads_per_worker
 
 from . import console
 from .runtime import gpus_for, task_runner
@@ -68,7 +68,7 @@ class PrefectRunner(Runner):
 # Prefect's default thread pool, unbounded, would run every s_test batch at once.
 @flow(name="clean_dataset", task_runner=task_runner("thread", THREAD_WORKERS))
 def clean_dataset(config: CleanConfig) -> dict:
-    """Flag the training rows that harm the model's validation errors (see fastif_engine.pipeline)."""
+    """Flag the training rows that harm the model's validation errors (see fastif_engine.cleaning.pipeline)."""
     _warn_if_runner_ignored(config.runner)
     return run_pipeline(config, PrefectRunner(config))
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import flows  # noqa: F401  (pins the embedded-server settings before prefect is imported)
 from fastif_engine import __version__
-from fastif_engine.datasets import DATASETS, NOISE_MODES
+from fastif_engine.data.datasets import DATASETS, NOISE_MODES
 from fastif_engine.errors import FastIFError
 
 # The demo's data: Rotten Tomatoes with one class under-reported (30% of its training rows carry the
@@ -158,7 +158,7 @@ def _model_options(pairs: list[str] | None) -> dict | None:
 
 def _preflight(cfg) -> None:
     """Validate runner, data and model before Prefect starts: bad input fails fast, and nothing is written."""
-    from fastif_engine.pipeline import check_inputs
+    from fastif_engine.cleaning.pipeline import check_inputs
 
     from .runtime import check_runner_installed
 
@@ -193,7 +193,7 @@ def _clean(args: argparse.Namespace) -> int:
 
 
 def _print_summary(cfg, metrics: dict, seconds: float) -> None:
-    from fastif_engine.report import verdict_line
+    from fastif_engine.report.render import verdict_line
 
     c, f = metrics["counts"], metrics["flagging"]
     floor = (f" ({f['below_evidence']} more within the budget lacked evidence of net harm, t < {f['min_evidence']:g})"
@@ -235,14 +235,14 @@ def _print_flipped_found(flags_path: Path, flag_by: str) -> None:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from fastif_engine.explain import explain
+    from fastif_engine.cleaning.explain import explain
 
     print(explain(args.run, args.test_id, args.top))
     return 0
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from fastif_engine.fixes import apply_fixes
+    from fastif_engine.cleaning.fixes import apply_fixes
 
     done = apply_fixes(args.train, args.fixes, args.out, args.label_column, args.id_column)
     print(f"{done['removed']} rows removed, {done['relabelled']} relabelled, {done['kept']} kept as they were "
@@ -251,7 +251,7 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from fastif_engine.datasets import export
+    from fastif_engine.data.datasets import export
 
     from fastif_engine.config import CleanConfig
 
@@ -276,7 +276,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _datasets_export(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from fastif_engine.datasets import export
+    from fastif_engine.data.datasets import export
 
     paths = export(args.name, args.out, noise=args.noise, seed=args.seed, noise_mode=args.noise_mode,
                    max_train=args.max_train)

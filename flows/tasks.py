@@ -1,11 +1,11 @@
-"""The pipeline's stages (``fastif_engine.stages``) as Prefect tasks: the same functions, with
+"""The pipeline's stages (``fastif_engine.cleaning.stages``) as Prefect tasks: the same functions, with
 Prefect's retries where a worker may die mid-stage. Nothing is computed here."""
 from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from fastif_engine import stages
+from fastif_engine.cleaning import stages
 
 from .runtime import route_engine_log
 

@@ -3,7 +3,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from fastif_engine.models import LogisticRegressionAdapter, MLPAdapter
-from fastif_engine.training import TrainSettings
+from fastif_engine.models.training import TrainSettings
 
 
 @pytest.fixture(scope="session")

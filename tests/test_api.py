@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from fastif_engine import ExactSolver, FastIF, FaissIndex, LissaSettings, extract_features
-from fastif_engine.knn import exact_neighbours
+from fastif_engine.influence.knn import exact_neighbours
 
 ROOT = Path(__file__).resolve().parents[1]
 

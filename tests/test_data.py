@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fastif_engine.data import Columns, DataError, load_dataset
+from fastif_engine.data.tables import Columns, DataError, load_dataset
 
 
 def tabular(n=6, seed=0):
@@ -154,7 +154,7 @@ def test_named_id_column_must_exist(tmp_path):
 
 
 def test_npy_rows_reads_any_rows_without_loading_the_file(tmp_path):
-    from fastif_engine.store import CacheError, NpyRows, write_npy_rows
+    from fastif_engine.store.files import CacheError, NpyRows, write_npy_rows
 
     whole = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
     write_npy_rows(tmp_path / "s.npy", [whole[:25], whole[25:]], 40, 6)
@@ -176,7 +176,7 @@ def test_npy_rows_reads_any_rows_without_loading_the_file(tmp_path):
 def test_a_row_file_leaf_indexes_like_the_tensor_it_stores(tmp_path):
     import torch
 
-    from fastif_engine.batching import RowFile, n_rows, select, take, to_device
+    from fastif_engine.data.batching import RowFile, n_rows, select, take, to_device
 
     whole = torch.arange(10 * 3 * 2, dtype=torch.float32).reshape(10, 3, 2)
     np.save(tmp_path / "h.npy", whole.numpy())
@@ -196,7 +196,7 @@ def test_a_row_file_leaf_indexes_like_the_tensor_it_stores(tmp_path):
 
 
 def test_npy_written_part_by_part_is_the_whole_array_or_nothing(tmp_path):
-    from fastif_engine.store import write_npy_rows
+    from fastif_engine.store.files import write_npy_rows
 
     whole = np.arange(35, dtype=np.float64).reshape(7, 5)
     path = tmp_path / "s.npy"

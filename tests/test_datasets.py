@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fastif_engine.data import load_dataset
-from fastif_engine.datasets import FASHION_MNIST_DIR, export
+from fastif_engine.data.datasets import FASHION_MNIST_DIR, export
+from fastif_engine.data.tables import load_dataset
 from flows.cli import main
 
 

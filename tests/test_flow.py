@@ -12,9 +12,9 @@ import pytest
 import torch
 from sklearn.datasets import load_breast_cancer
 
-from fastif_engine.batching import RowFile
-from fastif_engine.datasets import add_label_noise
-from fastif_engine.pipeline import CACHE_DIR
+from fastif_engine.cleaning.pipeline import CACHE_DIR
+from fastif_engine.data.batching import RowFile
+from fastif_engine.data.datasets import add_label_noise
 from flows.cli import main
 from fastif_engine.config import CleanConfig
 
@@ -255,7 +255,7 @@ def test_rerun_reuses_unchanged_stages(tabular, tmp_path):
 def test_a_new_fastif_version_or_model_recipe_is_not_served_from_an_old_cache(tabular, tmp_path, monkeypatch):
     import fastif_engine
     import fastif_engine.models
-    from fastif_engine.stages import stage_keys
+    from fastif_engine.cleaning.stages import stage_keys
     from fastif_engine.config import CleanConfig
 
     cfg = CleanConfig(train=str(tabular["train"]), valid=str(tabular["valid"]), out=str(tmp_path), model="tabular-mlp")
@@ -284,7 +284,7 @@ def test_a_tampered_cache_file_is_refused_not_executed(tabular, tmp_path, capsys
     """Cached data loads without pickle: a pickle planted in the cache is an error, never run."""
     import pickle
 
-    from fastif_engine import stages
+    from fastif_engine.cleaning import stages
 
     out, marker = tmp_path / "out", tmp_path / "pwned"
 
@@ -311,7 +311,7 @@ def test_a_tampered_cache_file_is_refused_not_executed(tabular, tmp_path, capsys
 @pytest.fixture(scope="module")
 def digits_noisy(tmp_path_factory):
     """digits with 10% of training labels flipped: as 8×8 images, and as 64 pixel columns."""
-    from fastif_engine.datasets import export, pixels_as_columns
+    from fastif_engine.data.datasets import export, pixels_as_columns
 
     images = export("digits", tmp_path_factory.mktemp("digits"), noise=0.1, seed=0)
     return {"image": images, "tabular": pixels_as_columns(images)}
@@ -448,7 +448,7 @@ def test_console_shows_stages_and_the_summary_and_verbose_adds_prefect_lines(tab
 def test_history_names_new_and_resolved_flags_across_two_runs(tabular, tmp_path, capsys):
     """A scheduled run on corrected data: one flagged, flipped row gets its true label back between
     the runs; the second run's report, summary and history table say what is new and what is gone."""
-    from fastif_engine.history import load
+    from fastif_engine.cleaning.history import load
 
     out, history_path = tmp_path / "out", tmp_path / "history.parquet"
     assert clean(tabular, out, "--history", str(history_path), model="tabular-logreg") == 0
@@ -481,7 +481,7 @@ def test_history_names_new_and_resolved_flags_across_two_runs(tabular, tmp_path,
 def test_apply_edited_fixes_writes_exactly_those_changes(tabular_run, tabular, tmp_path, capsys):
     """fixes.csv round trip: a person edits two rows (one kept, one relabelled instead of removed);
     `fastif apply` writes a corrected copy with exactly what the file says, which loads cleanly."""
-    from fastif_engine.data import load_dataset
+    from fastif_engine.data.tables import load_dataset
 
     fixes = pd.read_csv(tabular_run / "fixes.csv", dtype=str).fillna("")
     flags = pd.read_parquet(tabular_run / "flags.parquet")
@@ -579,7 +579,7 @@ def test_text_minilm_on_rotten_tomatoes(tmp_path, monkeypatch, capsys):
     """The text model end to end; its hidden states are prepared 128 rows at a time into a file
     of their own and read back by rows, and equal what one in-memory ``prepare`` gives. The
     console shows fastif's stage lines, not transformers' "Loading weights" bar."""
-    from fastif_engine import stages
+    from fastif_engine.cleaning import stages
 
     monkeypatch.setattr(stages, "PREPARE_ROWS", 128)
     data = tmp_path / "data"

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from fastif_engine.batching import take
+from fastif_engine.data.batching import take
 from fastif_engine.errors import NonFiniteGradientError
-from fastif_engine.gradients import FlatParams, gradient_matrix, per_sample_gradients
+from fastif_engine.influence.gradients import FlatParams, gradient_matrix, per_sample_gradients
 
 
 def loop_gradients(adapter, x, y):
@@ -57,7 +57,7 @@ def test_frozen_parameters_are_not_differentiated(mlp):
 
 
 def test_chunk_rows_follow_the_memory_budget():
-    from fastif_engine.gradients import MAX_CHUNK_ROWS, chunk_rows
+    from fastif_engine.influence.gradients import MAX_CHUNK_ROWS, chunk_rows
 
     p = 1_775_234  # text-minilm's top layer + head
     assert chunk_rows(p, 0.5) == int(0.5e9 // (3 * 4 * p)) == 23  # three [rows, P] float32 copies fit 0.5 GB
@@ -70,8 +70,8 @@ def test_fit_check_measures_the_training_gradient_at_the_weights(logreg, digits)
     stationary, the same model with its weights moved does not."""
     import copy
 
-    from fastif_engine.gradients import fit_check
-    from fastif_engine.training import objective
+    from fastif_engine.influence.gradients import fit_check
+    from fastif_engine.models.training import objective
 
     x, y = digits["train"]
     at_minimum = fit_check(logreg, x, y)

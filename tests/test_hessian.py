@@ -1,9 +1,9 @@
 import torch
 from torch.autograd.functional import hessian as autograd_hessian
 
-from fastif_engine.gradients import FlatParams
-from fastif_engine.hessian import explicit_hessian, full_hvp, hvp_on_batch, spectrum, top_eigenvalue
-from fastif_engine.training import objective
+from fastif_engine.influence.gradients import FlatParams
+from fastif_engine.influence.hessian import explicit_hessian, full_hvp, hvp_on_batch, spectrum, top_eigenvalue
+from fastif_engine.models.training import objective
 
 
 def reference_hessian(adapter, x, y):

@@ -5,11 +5,11 @@ import pytest
 import torch
 from sklearn.datasets import load_breast_cancer
 
-from fastif_engine.gradients import gradient_matrix
-from fastif_engine.influence import influence_on_candidates, self_influence
+from fastif_engine.influence.gradients import gradient_matrix
+from fastif_engine.influence.scores import influence_on_candidates, self_influence
+from fastif_engine.influence.solvers import ExactSolver
 from fastif_engine.models import LogisticRegressionAdapter
-from fastif_engine.solvers import ExactSolver
-from fastif_engine.training import TrainSettings, train
+from fastif_engine.models.training import TrainSettings, train
 from tests.test_hessian import reference_hessian
 
 
@@ -17,7 +17,7 @@ from tests.test_hessian import reference_hessian
 def test_candidate_scores_equal_dense_formula(mlp, digits, monkeypatch, pairs_per_row):
     """Both ways of scoring (shared per-sample gradients; one jvp per test example) give exactly
     −s_test·∇L(z) for each requested pair, in order."""
-    monkeypatch.setattr("fastif_engine.influence.FORWARD_MODE_PAIRS_PER_ROW", pairs_per_row)
+    monkeypatch.setattr("fastif_engine.influence.scores.FORWARD_MODE_PAIRS_PER_ROW", pairs_per_row)
     x, y = digits["train"]
     xt, yt = digits["test"]
     gen = torch.Generator().manual_seed(0)
@@ -36,9 +36,9 @@ def test_candidate_scores_equal_dense_formula(mlp, digits, monkeypatch, pairs_pe
 def test_scores_in_groups_of_errors_from_disk_equal_all_at_once(mlp, digits, monkeypatch, tmp_path, pairs_per_row):
     """Holding at most 2 of 7 s_test vectors (read from a file) gives the same pairs, in the same
     order, as holding all of them."""
-    from fastif_engine.store import NpyRows
+    from fastif_engine.store.files import NpyRows
 
-    monkeypatch.setattr("fastif_engine.influence.FORWARD_MODE_PAIRS_PER_ROW", pairs_per_row)
+    monkeypatch.setattr("fastif_engine.influence.scores.FORWARD_MODE_PAIRS_PER_ROW", pairs_per_row)
     x, y = digits["train"]
     s = torch.randn(7, sum(p.numel() for p in mlp.model.parameters()), generator=torch.Generator().manual_seed(1))
     np.save(tmp_path / "s.npy", s.numpy())
@@ -56,7 +56,7 @@ def test_scores_in_groups_of_errors_from_disk_equal_all_at_once(mlp, digits, mon
 
 
 def test_error_groups_put_errors_that_share_candidates_together():
-    from fastif_engine.influence import error_groups
+    from fastif_engine.influence.scores import error_groups
 
     # two neighbourhoods, their errors interleaved: 0, 2, 4 near rows 0–9; 1, 3, 5 near rows 100–109
     rng = np.random.default_rng(0)

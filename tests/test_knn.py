@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from fastif_engine.errors import IndexNotBuiltError
-from fastif_engine.knn import FaissIndex, exact_neighbours, faiss_build, recall_at_k
+from fastif_engine.influence.knn import FaissIndex, exact_neighbours, faiss_build, recall_at_k
 
 
 @pytest.fixture(scope="module")

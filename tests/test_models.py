@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from fastif_engine import FastIF, LissaSettings
-from fastif_engine.batching import take
-from fastif_engine.data import load_dataset
-from fastif_engine.datasets import export
-from fastif_engine.gradients import FlatParams, directional_derivatives, gradient_matrix
-from fastif_engine.hessian import hvp_on_batch
+from fastif_engine.data.batching import take
+from fastif_engine.data.datasets import export
+from fastif_engine.data.tables import load_dataset
+from fastif_engine.influence.gradients import FlatParams, directional_derivatives, gradient_matrix
+from fastif_engine.influence.hessian import hvp_on_batch
 from fastif_engine.models import DataInfo, ModelLoadError, create_model
-from fastif_engine.training import evaluate, objective, seeded
+from fastif_engine.models.training import evaluate, objective, seeded
 from tests.test_gradients import loop_gradients
 
 
@@ -220,7 +220,7 @@ def test_same_seed_same_weights_across_threads():
 
 
 def test_length_grouped_minibatches_cover_each_row_once_with_less_padding():
-    from fastif_engine.training import minibatches
+    from fastif_engine.models.training import minibatches
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(5, 65, size=1000)
@@ -239,8 +239,8 @@ def test_torch_classifier_wraps_any_module(digits):
     from torch import nn
 
     from fastif_engine import TorchClassifier
-    from fastif_engine.training import TrainSettings
     from fastif_engine.errors import FastIFError
+    from fastif_engine.models.training import TrainSettings
 
     x, y = digits["train"]
     x = x / 16.0  # pixels in [0, 1]: the frozen tanh layer does not saturate

@@ -6,11 +6,11 @@ import pytest
 import torch
 from sklearn.datasets import load_breast_cancer
 
-from fastif_engine.gradients import FlatParams, gradient_matrix
+from fastif_engine.influence.gradients import FlatParams, gradient_matrix
+from fastif_engine.influence.net_harm import NetHarm, check_prior, class_offsets, fold_of_rows, net_harm
+from fastif_engine.influence.solvers import ExactSolver
 from fastif_engine.models import LogisticRegressionAdapter
-from fastif_engine.net_harm import NetHarm, check_prior, class_offsets, fold_of_rows, net_harm
-from fastif_engine.solvers import ExactSolver
-from fastif_engine.training import TrainSettings
+from fastif_engine.models.training import TrainSettings
 from tests.test_hessian import reference_hessian
 from tests.test_influence import leave_one_out_changes
 

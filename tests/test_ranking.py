@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fastif_engine.ranking import FlagRule, harm_scores, rank_and_flag, rank_fusion, within_budget
+from fastif_engine.cleaning.flagging import FlagRule, harm_scores, rank_and_flag, rank_fusion, within_budget
 
 
 def test_harm_sums_influence_per_row_and_counts_harmed_errors():

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_iris
 
-import fastif_engine.outputs
+import fastif_engine.report.outputs
 from flows.cli import main
 from tests.test_flow import FAST, clean, prefect_server, tabular  # noqa: F401  (shared fixtures)
 
@@ -12,18 +12,18 @@ from tests.test_flow import FAST, clean, prefect_server, tabular  # noqa: F401  
 def test_crash_while_writing_keeps_the_previous_outputs(tabular, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     assert clean(tabular, out) == 0
-    before = {name: (out / name).read_bytes() for name in fastif_engine.outputs.OUTPUTS}
+    before = {name: (out / name).read_bytes() for name in fastif_engine.report.outputs.OUTPUTS}
 
     def disk_full(path, text):
         if str(path).endswith("report.html"):
             raise OSError(28, "No space left on device")
         return original(path, text)
 
-    original = fastif_engine.outputs.write_text
-    monkeypatch.setattr(fastif_engine.outputs, "write_text", disk_full)
+    original = fastif_engine.report.outputs.write_text
+    monkeypatch.setattr(fastif_engine.report.outputs, "write_text", disk_full)
     assert clean(tabular, out, "--flag-top", "3") == 1  # other settings: new outputs would differ
     assert "No space left on device" in capsys.readouterr().err
-    assert {name: (out / name).read_bytes() for name in fastif_engine.outputs.OUTPUTS} == before
+    assert {name: (out / name).read_bytes() for name in fastif_engine.report.outputs.OUTPUTS} == before
     assert not list(out.glob(".fastif-staging-*"))
 
 

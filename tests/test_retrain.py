@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from fastif_engine.cleaning.retrain import retrain_and_evaluate
 from fastif_engine.models import MLPAdapter
-from fastif_engine.retrain import retrain_and_evaluate
-from fastif_engine.training import TrainSettings
+from fastif_engine.models.training import TrainSettings
 
 
 def _mlp() -> MLPAdapter:

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from fastif_engine.gradients import chunk_rows
+from fastif_engine.cleaning.stages import chunk_size, s_test_rows, task_budget
 from fastif_engine.config import POOL_WORKERS, CleanConfig
-from fastif_engine.stages import chunk_size, s_test_rows, task_budget
+from fastif_engine.influence.gradients import chunk_rows
 
 
 def _config(**kw) -> CleanConfig:
@@ -47,7 +47,7 @@ def test_a_deployed_run_takes_one_task_at_a_time_as_its_budget_assumes():
 
 # Run in a fresh interpreter: where glibc places the blocks depends on the heap's history.
 _FREED_THEN_TRIMMED = """
-from fastif_engine.memory import return_freed_memory
+from fastif_engine.store.memory import return_freed_memory
 
 def rss_mb():
     with open("/proc/self/status") as status:
@@ -79,7 +79,7 @@ def test_freed_memory_goes_back_to_the_operating_system():
 
 
 def test_long_loops_trim_every_so_many_steps(monkeypatch):
-    from fastif_engine import memory
+    from fastif_engine.store import memory
 
     seen, trims = [], []
     monkeypatch.setattr(memory, "return_freed_memory", lambda: trims.append(len(seen)))

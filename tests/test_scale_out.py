@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from flows.cli import main
-from fastif_engine.workers import worker_device
+from fastif_engine.cleaning.workers import worker_device
 from tests.test_flow import FAST, clean, prefect_server, tabular  # noqa: F401  (shared fixtures)
 
 

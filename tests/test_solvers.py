@@ -4,9 +4,10 @@ import torch
 from scipy.stats import spearmanr
 
 from fastif_engine.errors import LissaDivergenceError, SolverSetupError
-from fastif_engine.gradients import FlatParams, gradient_matrix
-from fastif_engine.influence import influence_on_candidates, self_influence
-from fastif_engine.solvers import ExactSolver, LissaSettings, LissaSolver, LowRankSolver, lissa_block, make_solver
+from fastif_engine.influence.gradients import FlatParams, gradient_matrix
+from fastif_engine.influence.scores import influence_on_candidates, self_influence
+from fastif_engine.influence.solvers import (ExactSolver, LissaSettings, LissaSolver, LowRankSolver, lissa_block,
+    make_solver)
 from tests.test_hessian import reference_hessian
 
 
@@ -167,7 +168,7 @@ def _influence_pearson(model, x, y, s, reference):
 def test_ekfac_approximates_the_exact_damped_inverse(small_model, digits, damping, floor):
     """EK-FAC (Gauss-Newton, Kronecker-factored per layer) against the explicit Hessian, beside the
     no-Hessian baseline S = V / λ: closer than it, at the default ridge and at 10× less damping."""
-    from fastif_engine.kfac import EkfacSolver
+    from fastif_engine.influence.kfac import EkfacSolver
 
     x, y = digits["train"]
     xt, yt = misclassified(small_model, *digits["test"], n=8)
@@ -183,7 +184,7 @@ def test_ekfac_approximates_the_exact_damped_inverse(small_model, digits, dampin
 
 def test_ekfac_chunked_factors_equal_row_by_row_and_survive_saving(mlp, digits):
     """Per-row gradient sums from a batched chunk == one row at a time; saved factors solve the same."""
-    from fastif_engine.kfac import EkfacSolver
+    from fastif_engine.influence.kfac import EkfacSolver
 
     x, y = digits["train"]
     v = gradient_matrix(mlp, *[t[:5] for t in digits["test"]])
@@ -197,8 +198,8 @@ def test_ekfac_chunked_factors_equal_row_by_row_and_survive_saving(mlp, digits):
 @pytest.mark.parametrize("damping", [0.01, 0.001])
 @pytest.mark.parametrize("preconditioned", [False, True])
 def test_cg_reaches_the_exact_damped_inverse(small_model, digits, damping, preconditioned):
-    from fastif_engine.kfac import EkfacSolver
-    from fastif_engine.solvers import CgSolver
+    from fastif_engine.influence.kfac import EkfacSolver
+    from fastif_engine.influence.solvers import CgSolver
 
     x, y = digits["train"]
     xt, yt = misclassified(small_model, *digits["test"], n=8)
@@ -218,13 +219,13 @@ def test_lanczos_stops_once_the_top_eigenvalues_settle(logreg, digits):
     top = np.linalg.eigvalsh(reference_hessian(logreg, x, y).numpy())[::-1][:4]
     low = LowRankSolver(logreg, x, y, ridge=0.05, rank=4, rows=len(y), iterations=200, early_stop=True)
     np.testing.assert_allclose(low.eigenvalues.numpy(), top, rtol=2e-2)
-    from fastif_engine.hessian import lanczos_eigenpairs
+    from fastif_engine.influence.hessian import lanczos_eigenpairs
     steps = []
     flat = FlatParams.of(logreg)
 
     def counted(q):
         steps.append(1)
-        from fastif_engine.hessian import full_hvp
+        from fastif_engine.influence.hessian import full_hvp
         return full_hvp(logreg, flat, x, y, q)
 
     lanczos_eigenpairs(counted, flat.size, iterations=200, dtype=torch.float64, converged=4)
@@ -232,7 +233,7 @@ def test_lanczos_stops_once_the_top_eigenvalues_settle(logreg, digits):
 
 
 def test_auto_takes_an_exact_quality_solver_where_it_is_cheap(logreg, digits):
-    from fastif_engine.solvers import plan_solver
+    from fastif_engine.influence.solvers import plan_solver
 
     x, y = digits["train"]
     plan = plan_solver("auto", logreg, x, y, ridge=0.05, n_vectors=20)
@@ -244,7 +245,7 @@ def test_auto_takes_an_exact_quality_solver_where_it_is_cheap(logreg, digits):
 def test_auto_compares_the_approximations_by_measured_residual(mlp, digits, monkeypatch):
     """With no time for an exact-quality solver, auto builds EK-FAC and the low-rank Hessian and keeps
     the one with the smaller residual on probe gradients; the residual it reports is the real one."""
-    import fastif_engine.solvers as solvers
+    import fastif_engine.influence.solvers as solvers
 
     monkeypatch.setattr(solvers, "AUTO_BUDGET_SECONDS", 0.0)
     x, y = digits["train"]

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from fastif_engine.verdict import accuracy_stderr, paired_ci, retrain_verdict, verdict
+from fastif_engine.cleaning.verdict import accuracy_stderr, paired_ci, retrain_verdict, verdict
 
 
 def test_paired_ci_on_a_hand_made_table():

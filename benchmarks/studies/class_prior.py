@@ -5,7 +5,7 @@
 
 Per dataset, noise kind and seed (the exports, models and solver settings of ``cleaning.py``):
 train the built-in model on the noisy labels, compute net harm twice (``prior="model"`` and
-``prior="refit"``, fastif_engine.net_harm) and the own training loss, and flag as the product
+``prior="refit"``, fastif_engine.influence.net_harm) and the own training loss, and flag as the product
 does by default (``combined`` score, top 10%, net-harm t ≥ 2) under each prior and under
 ``auto`` (refit unless the prior check's z ≥ 2). Reports the check's z, and per prior the
 recall of flipped rows in the combined score's top 10%, the flags, the flipped rows among them
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from fastif_engine import __version__
-from fastif_engine.api import FastIF
-from fastif_engine.net_harm import net_harm, refits_prior
-from fastif_engine.ranking import rank_fusion
+from fastif_engine.cleaning.flagging import rank_fusion
+from fastif_engine.influence.api import FastIF
+from fastif_engine.influence.net_harm import net_harm, refits_prior
 
 import _path  # noqa: F401  (benchmarks/ on the path)
 from cleaning import MIN_EVIDENCE, REMOVAL, floored_flags, noisy_setup, row_losses, study_arguments

@@ -25,12 +25,12 @@ import torch
 
 import _path  # noqa: F401  (benchmarks/ on the path)
 from cleaning import MIN_EVIDENCE, NOISE, SETUPS, floored_flags, noisy_setup
-from fastif_engine.api import FastIF
-from fastif_engine.batching import take
-from fastif_engine.net_harm import net_harm
-from fastif_engine.ranking import rank_fusion
-from fastif_engine.training import evaluate
-from fastif_engine.verdict import paired_ci
+from fastif_engine.cleaning.flagging import rank_fusion
+from fastif_engine.cleaning.verdict import paired_ci
+from fastif_engine.data.batching import take
+from fastif_engine.influence.api import FastIF
+from fastif_engine.influence.net_harm import net_harm
+from fastif_engine.models.training import evaluate
 
 
 def run(dataset: str, mode: str, seed: int, budgets: list[float], workdir: Path) -> dict:

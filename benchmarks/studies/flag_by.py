@@ -30,7 +30,7 @@ import pandas as pd
 
 import _path  # noqa: F401  (benchmarks/ on the path)
 from cleaning import NOISE, SETUPS
-from fastif_engine.datasets import pixels_as_columns
+from fastif_engine.data.datasets import pixels_as_columns
 
 SCORES = ("combined", "net-harm", "harm", "self-influence", "loss")
 

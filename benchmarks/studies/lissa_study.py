@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
-from fastif_engine.batching import take
-from fastif_engine.gradients import FlatParams, gradient_matrix
-from fastif_engine.influence import influence_on_candidates
+from fastif_engine.data.batching import take
+from fastif_engine.influence.gradients import FlatParams, gradient_matrix
+from fastif_engine.influence.scores import influence_on_candidates
+from fastif_engine.influence.solvers import ExactSolver, LissaSettings, LissaSolver, auto_scale
 from fastif_engine.models import CNNAdapter
-from fastif_engine.solvers import ExactSolver, LissaSettings, LissaSolver, auto_scale
 
 DAMPING = 0.01
 GRID = ([("J", j, dict(depth=j)) for j in (10, 30, 100, 300, 1000)]

@@ -14,9 +14,9 @@ import time
 import numpy as np
 import torch
 
-from fastif_engine.gradients import FlatParams
+from fastif_engine.influence.gradients import FlatParams
+from fastif_engine.influence.solvers import LissaSettings, LissaSolver
 from fastif_engine.models import DataInfo, create_model
-from fastif_engine.solvers import LissaSettings, LissaSolver
 
 torch.set_num_threads(2)
 torch.manual_seed(0)

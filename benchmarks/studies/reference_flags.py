@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fastif_engine.gradients import FlatParams
-from fastif_engine.net_harm import net_harm
-from fastif_engine.ranking import FLAG_SCORES, rank_and_flag, rank_fusion
-from fastif_engine.solvers import LissaSettings, LissaSolver
+from fastif_engine.cleaning.flagging import FLAG_SCORES, rank_and_flag, rank_fusion
+from fastif_engine.cleaning.stages import _split_tensors, load_adapter
 from fastif_engine.config import CleanConfig
-from fastif_engine.stages import _split_tensors, load_adapter
+from fastif_engine.influence.gradients import FlatParams
+from fastif_engine.influence.net_harm import net_harm
+from fastif_engine.influence.solvers import LissaSettings, LissaSolver
 
 
 def main() -> None:

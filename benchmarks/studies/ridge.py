@@ -5,7 +5,7 @@
 
 Per dataset, noise kind (the cleaning study's: ``benchmarks/cleaning.py``) and seed: train the
 built-in model on the noisy labels, estimate where each ridge sits in the Hessian's spectrum
-(``fastif_engine.hessian.spectrum``: top eigenvalue, mean eigenvalue = trace / P), and for each
+(``fastif_engine.influence.hessian.spectrum``: top eigenvalue, mean eigenvalue = trace / P), and for each
 ridge rule build the product's default solver (``auto``) at that λ, compute net harm (class prior
 ``auto``) and the default flag score ``combined`` (net harm's and the training loss's mean
 percentile rank), and flag as the product does (top 15%, score > 0, net-harm t ≥ 2). Reported
@@ -32,14 +32,14 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from fastif_engine import __version__
-from fastif_engine.batching import take
+from fastif_engine.cleaning.flagging import FlagRule, rank_and_flag, rank_fusion
+from fastif_engine.data.batching import take
 from fastif_engine.errors import SolverSetupError
-from fastif_engine.gradients import FlatParams
-from fastif_engine.hessian import spectrum
-from fastif_engine.net_harm import DEFAULT_FOLDS, net_harm
-from fastif_engine.ranking import FlagRule, rank_and_flag, rank_fusion
-from fastif_engine.solvers import LissaSettings, auto_scale, make_solver
-from fastif_engine.training import evaluate
+from fastif_engine.influence.gradients import FlatParams
+from fastif_engine.influence.hessian import spectrum
+from fastif_engine.influence.net_harm import DEFAULT_FOLDS, net_harm
+from fastif_engine.influence.solvers import LissaSettings, auto_scale, make_solver
+from fastif_engine.models.training import evaluate
 
 import _path  # noqa: F401  (benchmarks/ on the path)
 from cleaning import NOISE, noisy_setup, row_losses

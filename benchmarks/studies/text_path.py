@@ -21,12 +21,12 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from fastif_engine.data import load_dataset
-from fastif_engine.datasets import export
-from fastif_engine.gradients import FlatParams
+from fastif_engine.data.datasets import export
+from fastif_engine.data.tables import load_dataset
+from fastif_engine.influence.gradients import FlatParams
+from fastif_engine.influence.solvers import LissaSettings, LissaSolver
 from fastif_engine.models import text
-from fastif_engine.solvers import LissaSettings, LissaSolver
-from fastif_engine.training import minibatches
+from fastif_engine.models.training import minibatches
 
 import _path  # noqa: F401  (benchmarks/ on the path)
 from _shared import model_for

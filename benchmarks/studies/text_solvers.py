@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from torch.func import functional_call, jvp, vjp
 
-from fastif_engine.batching import chunk_slices, take
-from fastif_engine.data import load_dataset
-from fastif_engine.datasets import export
-from fastif_engine.gradients import FlatParams, gradient_matrix
-from fastif_engine.influence import influence_on_candidates
-from fastif_engine.kfac import EkfacSolver
-from fastif_engine.solvers import (AUTO_LOWRANK_ROWS, AUTO_RANK, CgSolver, LissaSettings, LissaSolver,
+from fastif_engine.data.batching import chunk_slices, take
+from fastif_engine.data.datasets import export
+from fastif_engine.data.tables import load_dataset
+from fastif_engine.influence.gradients import FlatParams, gradient_matrix
+from fastif_engine.influence.kfac import EkfacSolver
+from fastif_engine.influence.scores import influence_on_candidates
+from fastif_engine.influence.solvers import (AUTO_LOWRANK_ROWS, AUTO_RANK, CgSolver, LissaSettings, LissaSolver,
                                    LowRankSolver, with_scale)
 
 import _path  # noqa: F401  (benchmarks/ on the path)

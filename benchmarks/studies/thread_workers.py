@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fastif_engine.datasets import export
-from fastif_engine.pipeline import CACHE_DIR
+from fastif_engine.cleaning.pipeline import CACHE_DIR
+from fastif_engine.data.datasets import export
 
 import _path  # noqa: F401  (benchmarks/ on the path)
 from run_memory import run

@@ -14,7 +14,7 @@ from torch import nn
 
 from fastif_engine import TrainableAdapter
 from fastif_engine.models import DataInfo
-from fastif_engine.training import TrainSettings, seeded, train
+from fastif_engine.models.training import TrainSettings, seeded, train
 
 
 class SoftplusNet(nn.Module):

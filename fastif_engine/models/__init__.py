@@ -19,10 +19,10 @@ from pathlib import Path
 
 from ..adapter import TrainableAdapter
 from ..errors import FastIFError
-from ..training import TrainSettings
 from .image import CNNAdapter
 from .tabular import LogisticRegressionAdapter, MLPAdapter
-from .wrap import TorchClassifier  # noqa: F401  (exported)
+from .training import TrainSettings
+from .wrap import TorchClassifier
 
 # Options of every built-in that change its training recipe rather than its architecture.
 RECIPE_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainSettings) if f.name != "seed")
@@ -58,7 +58,7 @@ _OBJECTS: dict[str, TrainableAdapter] = {}
 def register_object(adapter: TrainableAdapter) -> str:
     """A model name for ``adapter`` (``object:<content key>``): its class, differentiated parameter
     names, weights and training settings key the cache, so a changed model is a different model."""
-    from ..store import fingerprint
+    from ..store.files import fingerprint
 
     if not isinstance(adapter, TrainableAdapter):
         raise ModelLoadError(f"model: expected a model name or a TrainableAdapter (wrap an nn.Module in "
@@ -75,7 +75,7 @@ def register_object(adapter: TrainableAdapter) -> str:
 
 
 def _hf_class():
-    from .hf import HFClassifierAdapter  # transformers is slow to import: only when asked
+    from .hf import HFClassifierAdapter
 
     return HFClassifierAdapter
 
@@ -87,7 +87,7 @@ def _builtin_class(name: str):
         return MLPAdapter
     if name == "image-cnn":
         return CNNAdapter
-    from .text import MiniLMAdapter  # transformers is slow to import: only when asked
+    from .text import MiniLMAdapter
 
     return MiniLMAdapter
 
@@ -136,7 +136,7 @@ def model_recipe(name: str) -> dict:
     if name.startswith(OBJECT_PREFIX):
         return {"object": name[len(OBJECT_PREFIX):]}  # the key already holds the object's content
     if name.startswith(HF_PREFIX):  # the checkpoint's files by content, and the adapter's defaults
-        from ..store import file_fingerprint
+        from ..store.files import file_fingerprint
 
         files = sorted(p for p in Path(name[len(HF_PREFIX):]).glob("*") if p.is_file())
         params = inspect.signature(_hf_class().__init__).parameters

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from torch import nn
 
-from ..training import TrainSettings, seeded
 from . import ModelLoadError
 from .text import MiniLMAdapter, _TopLayers
+from .training import TrainSettings, seeded
 
 SUPPORTED = ("bert",)  # model_type values whose layout (embeddings, encoder.layer, pooler, classifier) is read
 

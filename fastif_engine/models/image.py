@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..adapter import TrainableAdapter
-from ..training import TrainSettings, seeded, train
+from .training import TrainSettings, seeded, train
 
 
 class _CNN(nn.Module):

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..adapter import TrainableAdapter
-from ..training import TrainSettings, seeded, train
+from .training import TrainSettings, seeded, train
 
 
 class Standardize(nn.Module):

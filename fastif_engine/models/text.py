@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..adapter import TrainableAdapter
-from ..batching import chunk_slices
-from ..training import TrainSettings, seeded, train
+from ..data.batching import chunk_slices
+from .training import TrainSettings, seeded, train
 
 
 def encoder_path() -> str:

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from ..adapter import TrainableAdapter
-from ..batching import Inputs
+from ..data.batching import Inputs
 from ..errors import FastIFError
-from ..training import TrainSettings, seeded, train
+from .training import TrainSettings, seeded, train
 
 FitFn = Callable[[nn.Module, Inputs, torch.Tensor, int], None]
 

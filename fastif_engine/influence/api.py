@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .adapter import ModelAdapter
-from .batching import INFERENCE_ROWS, Inputs, chunk_slices, n_rows, take, to_device
+from ..adapter import ModelAdapter
+from ..data.batching import INFERENCE_ROWS, Inputs, chunk_slices, n_rows, take, to_device
+from ..store.memory import TRIM_EVERY_INFERENCE, trimming
 from .gradients import FlatParams, chunk_rows, gradient_matrix
-from .influence import influence_on_candidates, self_influence
 from .knn import FaissIndex
-from .memory import TRIM_EVERY_INFERENCE, trimming
+from .scores import influence_on_candidates, self_influence
 from .solvers import InverseHVPSolver, LissaSettings, ProgressFn, make_solver
 
 
@@ -36,7 +36,7 @@ class FastIF:
     Args:
         adapter: the model (see :class:`~fastif_engine.adapter.ModelAdapter`), already trained.
         train_inputs, train_labels: the training set the model was fit on.
-        solver: ``"auto"`` (default: by predicted cost, see :func:`~fastif_engine.solvers.plan_solver`),
+        solver: ``"auto"`` (default: by predicted cost, see :func:`~fastif_engine.influence.solvers.plan_solver`),
             ``"ekfac"`` (Kronecker-factored Gauss-Newton), ``"cg"`` (EK-FAC-preconditioned conjugate
             gradient), ``"exact"``, ``"lissa"``, ``"lowrank"`` (rank-32 Lanczos), or a ready solver object.
         lissa: LiSSA settings; damping × scale is the ridge λ for every solver.

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import DataError, _rows, read_table
-from .store import atomic_path
+from ..data.tables import DataError, _rows, read_table
+from ..store.files import atomic_path
 
 ACTIONS = ("remove", "relabel", "keep")
 COLUMNS = ("train_id", "given_label", "suggested_action", "suggested_label", "action", "new_label")

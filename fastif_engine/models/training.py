@@ -1,6 +1,6 @@
 """The training recipe shared by first training and every retrain, and evaluation.
 
-Objective (the one the Hessian in :mod:`fastif_engine.hessian` describes):
+Objective (the one the Hessian in :mod:`fastif_engine.influence.hessian` describes):
     R(θ) = (1/N) Σ_i L(z_i, θ) + (l2/2) ‖θ_reg‖²
 """
 from __future__ import annotations
@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .adapter import ModelAdapter
-from .batching import INFERENCE_ROWS, Inputs, chunk_slices, n_rows, take, to_device
-from .errors import NonFiniteGradientError
-from .memory import TRIM_EVERY_INFERENCE, trimming
+from ..adapter import ModelAdapter
+from ..data.batching import INFERENCE_ROWS, Inputs, chunk_slices, n_rows, take, to_device
+from ..errors import NonFiniteGradientError
+from ..store.memory import TRIM_EVERY_INFERENCE, trimming
 
 
 @dataclass(frozen=True)

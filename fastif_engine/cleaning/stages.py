@@ -1,4 +1,4 @@
-"""The cleaning pipeline's stages, as plain functions (``fastif_engine.pipeline`` runs them in order;
+"""The cleaning pipeline's stages, as plain functions (``fastif_engine.cleaning.pipeline`` runs them in order;
 ``flows/`` runs the same functions as Prefect tasks).
 
 Stages hand each other paths, never arrays. Every stage writes its output to the run's stage
@@ -22,27 +22,27 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .api import extract_features
-from .batching import RowFile, chunk_slices, select, take
-from .data import Dataset, dataset_arrays, dataset_from_arrays, load_dataset
-from .gradients import STATIONARY_RATIO, FlatParams, chunk_rows, fit_check, gradient_matrix
-from .hessian import spectrum
-from .errors import LissaDivergenceError, SolverSetupError
-from .influence import influence_on_candidates, self_influence
-from .knn import FaissIndex
-from .memory import return_freed_memory
-from .net_harm import net_harm
-from .models import DataInfo, create_model, data_info
+from ..data.batching import RowFile, chunk_slices, select, take
+from ..data.tables import Dataset, dataset_arrays, dataset_from_arrays, load_dataset
+from ..errors import LissaDivergenceError, SolverSetupError
+from ..influence.api import extract_features
+from ..influence.gradients import STATIONARY_RATIO, FlatParams, chunk_rows, fit_check, gradient_matrix
+from ..influence.hessian import spectrum
+from ..influence.kfac import EkfacSolver
+from ..influence.knn import FaissIndex
+from ..influence.net_harm import net_harm
+from ..influence.scores import influence_on_candidates, self_influence
+from ..influence.solvers import (CG_MAX_ITERATIONS, CG_TOLERANCE, EXACT_MAX_PARAMS, LOW_RANK, CgSolver,
+    LissaSettings, LissaSolver, LowRankSolver, SolverPlan, auto_scale, choose_solver, make_solver, plan_solver,
+    sweep_scale)
+from ..models import DataInfo, create_model, data_info
+from ..models.training import evaluate
+from ..store.files import (NpyRows, atomic_path, file_fingerprint, fingerprint, load_arrays, load_tensors,
+    npy_writer, save_arrays, save_tensors, tensors_metadata, write_json, write_npy, write_parquet)
+from ..store.memory import return_freed_memory
 from .retrain import retrain_and_evaluate
-from .kfac import EkfacSolver
-from .solvers import (CG_MAX_ITERATIONS, CG_TOLERANCE, EXACT_MAX_PARAMS, LOW_RANK, CgSolver, LissaSettings,
-                      LissaSolver, LowRankSolver, SolverPlan, auto_scale, choose_solver, make_solver,
-                      plan_solver, sweep_scale)
-from .store import (NpyRows, atomic_path, file_fingerprint, fingerprint, load_arrays, load_tensors, npy_writer,
-                    save_arrays, save_tensors, tensors_metadata, write_json, write_npy, write_parquet)
-from .training import evaluate
 
-from .config import CleanConfig
+from ..config import CleanConfig
 from .workers import set_worker_threads, worker_device
 
 log = logging.getLogger("fastif_engine")
@@ -146,8 +146,8 @@ def stage_keys(cfg: CleanConfig, solver: str | None = None) -> dict[str, str]:
     ``solver``: the resolved solver, once known (None: assume LiSSA); LiSSA's settings then key
     the solving stages only when it is ``lissa`` (``auto`` → exact does not solve again for a new
     ``--depth``)."""
-    from . import __version__
-    from .models import model_recipe
+    from .. import __version__
+    from ..models import model_recipe
 
     keys: dict[str, str] = {}
     for name, spec in STAGE_KEYS.items():
@@ -543,7 +543,7 @@ def influence_part(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
 def net_harm_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str, model_path: str,
                    solver_path: str, threads: int) -> str:
     """``[n_train, folds]``: every training row's influence on each validation fold's summed loss
-    (one s_test per fold, all folds solved together; see fastif_engine.net_harm)."""
+    (one s_test per fold, all folds solved together; see fastif_engine.influence.net_harm)."""
     path, done = _cached(cache, "netharm", key, "npy", log_as="net harm")
     if done:
         return str(path)

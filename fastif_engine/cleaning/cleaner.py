@@ -1,6 +1,6 @@
 """The whole product from Python: ``fastif_engine.clean(train, valid, test, model=...)``.
 
-Runs the same pipeline as ``fastif clean`` (``fastif_engine.pipeline``), in this process, with
+Runs the same pipeline as ``fastif clean`` (``fastif_engine.cleaning.pipeline``), in this process, with
 no Prefect server: tables in, a :class:`CleanResult` out (flags, influence, verdict, metrics,
 fixes, the report, explanations). The run's files are written to ``out`` as the command line
 writes them, so a second call with the same data and settings reuses every cached stage::
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import load_config
-from .errors import FastIFError
+from ..config import load_config
+from ..errors import FastIFError
+from ..store.files import write_parquet
 from .pipeline import LocalRunner, check_inputs, run_pipeline
-from .store import write_parquet
 
 log = logging.getLogger("fastif_engine")
 
@@ -103,7 +103,7 @@ def clean(train, valid, test=None, *, model, out: str | Path | None = None, prog
     ``ConfigError`` naming it, before any work.
     """
     if not isinstance(model, str):  # a model object: known by its content in this process
-        from .models import register_object
+        from ..models import register_object
 
         model = register_object(model)
     tmp = None

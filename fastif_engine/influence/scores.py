@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .adapter import ModelAdapter
-from .batching import Inputs, n_rows
+from ..adapter import ModelAdapter
+from ..data.batching import Inputs, n_rows
 from .gradients import FlatParams, directional_derivatives, per_sample_gradients
 from .solvers import InverseHVPSolver, ProgressFn
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data import DataError, read_table
-from .store import write_parquet
+from ..data.tables import DataError, read_table
+from ..store.files import write_parquet
 
 COLUMNS = ("time", "train", "data", "model", "flag_by", "errors", "flagged", "valid_accuracy", "eval_accuracy",
            "retrained_fixed_minus_original", "verdict", "flagged_ids")

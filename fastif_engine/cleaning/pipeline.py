@@ -6,7 +6,7 @@ solver → s_test (batches × repeats) → kNN candidates → influence (candida
 (default ``combined``), only rows whose net harm clears ``flag_evidence`` → relabel targets
 (``fix: relabel``) → retrain + verdict (optional) → outputs.
 
-:func:`run_pipeline` runs the stages of :mod:`fastif_engine.stages` through a :class:`Runner`:
+:func:`run_pipeline` runs the stages of :mod:`fastif_engine.cleaning.stages` through a :class:`Runner`:
 :class:`LocalRunner` calls them in this process, one after the other (``fastif_engine.clean``);
 the Prefect flow (``flows/clean.py``) passes a runner that makes each call a Prefect task and
 spreads the parallel stages over its task runner. Scoring, flagging and every record live here,
@@ -25,17 +25,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config import CleanConfig
+from ..errors import FastIFError
+from ..influence.net_harm import DEFAULT_FOLDS, NetHarm
+from ..influence.solvers import lissa_block
+from ..report.outputs import (OUTPUTS, flagging_counts, flags_table, history_record,
+    influence_table, metrics_record, retrain_summary, write_outputs)
+from ..store.files import fingerprint, write_npy, write_npy_rows
+from ..store.memory import return_freed_memory
 from . import history, stages
-from .config import CleanConfig
-from .errors import FastIFError
-from .memory import return_freed_memory
-from .net_harm import DEFAULT_FOLDS, NetHarm
-from .outputs import (OUTPUTS, flagging_counts, flags_table, history_record, influence_table, metrics_record,
-                      retrain_summary, write_outputs)
-from .ranking import FLAG_SCORES, harm_scores, rank_and_flag, rank_fusion
+from .flagging import FLAG_SCORES, harm_scores, rank_and_flag, rank_fusion
 from .retrain import VARIANTS
-from .solvers import lissa_block
-from .store import fingerprint, write_npy, write_npy_rows
 
 CACHE_DIR = ".fastif-cache"
 log = logging.getLogger("fastif_engine")
@@ -260,8 +260,8 @@ def flag_scores(cfg: CleanConfig, influence: pd.DataFrame, n_train: int, net: Ne
 def check_inputs(cfg: CleanConfig) -> None:
     """Validate data, model, device and output folder before any stage runs: bad input fails fast,
     naming what is wrong, and nothing is written."""
-    from .data import load_dataset
-    from .models import BUILTIN_MODELS, ModelLoadError, builtin_options, create_model, data_info
+    from ..data.tables import load_dataset
+    from ..models import BUILTIN_MODELS, ModelLoadError, builtin_options, create_model, data_info
     from .workers import worker_device
 
     if cfg.runner in ("thread", "process"):
@@ -280,8 +280,8 @@ def check_inputs(cfg: CleanConfig) -> None:
                                  f"{ds.modality} inputs")
         builtin_options(cfg.model, cfg.model_options)
     if cfg.solver == "exact" or cfg.model not in BUILTIN_MODELS:
-        from .gradients import FlatParams
-        from .solvers import EXACT_MAX_PARAMS
+        from ..influence.gradients import FlatParams
+        from ..influence.solvers import EXACT_MAX_PARAMS
 
         model = create_model(cfg.model, info, **cfg.model_options)
         n_params = FlatParams.of(model).size

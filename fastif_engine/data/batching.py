@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
-from .store import NpyRows
+from ..store.files import NpyRows
 
 Inputs = Any  # a torch.Tensor or a (nested) dict/tuple of tensors sharing dim 0
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .errors import IndexNotBuiltError
-from .store import atomic_path, write_text
+from ..errors import IndexNotBuiltError
+from ..store.files import atomic_path, write_text
 
 log = logging.getLogger("fastif")
 

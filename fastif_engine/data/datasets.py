@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import DataError
-from .errors import SettingsError
+from ..errors import SettingsError
+from .tables import DataError
 
 DATASETS = ("rotten-tomatoes", "fashion-mnist", "digits", "breast-cancer")
 FASHION_MNIST_DIR = Path(os.environ.get("FASTIF_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
@@ -35,7 +35,7 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 def pixels_as_columns(paths: dict[str, Path], suffix: str = "-pixels") -> dict[str, Path]:
     """Exported image splits as one numeric column per pixel (``px0``, ``px1``, …), what a user with
     tabular data has; written beside them as ``<split><suffix>.parquet`` (``suffix=""`` replaces them)."""
-    from .data import load_dataset
+    from .tables import load_dataset
 
     ds = load_dataset({split: str(path) for split, path in paths.items()})
     out = {}

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, jvp, vmap
 
-from .adapter import ModelAdapter
-from .batching import Inputs, chunk_slices, n_rows, take, to_device, unsqueeze0
-from .errors import NonFiniteGradientError
-from .memory import trimming
+from ..adapter import ModelAdapter
+from ..data.batching import Inputs, chunk_slices, n_rows, take, to_device, unsqueeze0
+from ..errors import NonFiniteGradientError
+from ..store.memory import trimming
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def loss_function(adapter: ModelAdapter, logit_offset: torch.Tensor | None = Non
 
 
 MAX_CHUNK_ROWS = 512  # beyond this a chunk's activations, not its gradients, set the memory
-MEMORY_BUDGET_GB = 0.5  # default GB for gradient chunks and LiSSA blocks (per process; fastif_engine.stages.task_budget)
+MEMORY_BUDGET_GB = 0.5  # default GB for gradient chunks and LiSSA blocks (per process; fastif_engine.cleaning.stages.task_budget)
 
 
 def chunk_rows(n_params: int, budget_gb: float = MEMORY_BUDGET_GB, copies: float = 3, bytes_per_value: int = 4) -> int:

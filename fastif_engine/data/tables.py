@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import FastIFError
-from .store import pack_strings, unpack_strings
+from ..errors import FastIFError
+from ..store.files import pack_strings, unpack_strings
 
 # Columns the dataset export writes beside the data; never model inputs.
 TRUTH_COLUMNS = ("true_label", "noisy")

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pandas as pd
 
-from .errors import FastIFError
+from ..errors import FastIFError
 
 
 class CacheError(FastIFError):

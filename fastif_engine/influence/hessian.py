@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch.func import grad, jvp, vmap
 
-from .adapter import ModelAdapter
-from .batching import Inputs, chunk_slices, n_rows, take, to_device
+from ..adapter import ModelAdapter
+from ..data.batching import Inputs, chunk_slices, n_rows, take, to_device
 from .gradients import TRANSFORM_LOCK, FlatParams, loss_function
 
 

@@ -2,7 +2,7 @@
 
 Every solver takes a block of test gradients ``V [m, P]`` and returns ``S [m, P]`` with
 ``S[i] ≈ (H + λI)⁻¹ V[i]``, where H is the Hessian of the training objective (see
-:mod:`fastif_engine.hessian`) and λ the solver's ``ridge``.
+:mod:`fastif_engine.influence.hessian`) and λ the solver's ``ridge``.
 
 * :class:`ExactSolver` — the explicit damped Hessian, Cholesky-solved. Small P only; the
   reference every approximation is tested against.
@@ -28,9 +28,9 @@ from typing import Callable
 
 import torch
 
-from .adapter import ModelAdapter
-from .batching import Inputs, chunk_slices, n_rows, take
-from .errors import LissaDivergenceError, SolverSetupError
+from ..adapter import ModelAdapter
+from ..data.batching import Inputs, chunk_slices, n_rows, take
+from ..errors import LissaDivergenceError, SolverSetupError
 from .gradients import MEMORY_BUDGET_GB, FlatParams, chunk_rows, gradient_matrix
 from .hessian import explicit_hessian, full_hvp, hvp_on_batch, lanczos_eigenpairs, top_eigenvalue
 

@@ -1,6 +1,6 @@
 """What a cleaning run writes: the flags and influence tables, metrics.json, the report, the history record.
 
-Built from the pipeline's stage results by :func:`fastif_engine.pipeline.run_pipeline`; every file is written
+Built from the pipeline's stage results by :func:`fastif_engine.cleaning.pipeline.run_pipeline`; every file is written
 to a staging folder first and moved into place, so a failure keeps the previous run's outputs.
 """
 from __future__ import annotations
@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .fixes import fixes_table
-from .knn import faiss_build
-from .ranking import FLAG_SCORES, within_budget
-from .report import plot_accuracy, plot_score_distribution, render, thumbnail
-from .retrain import summarise
-from .store import write_bytes, write_json, write_parquet, write_text
-from .verdict import accuracy_stderr, retrain_verdict
+from ..cleaning.fixes import fixes_table
+from ..cleaning.flagging import FLAG_SCORES, within_budget
+from ..cleaning.retrain import summarise
+from ..cleaning.verdict import accuracy_stderr, retrain_verdict
+from ..influence.knn import faiss_build
+from ..store.files import write_bytes, write_json, write_parquet, write_text
+from .render import plot_accuracy, plot_score_distribution, render, thumbnail
 
-from . import __version__
-from .workers import worker_device
+from .. import __version__
+from ..cleaning.workers import worker_device
 
 OUTPUTS = ("flags.parquet", "influence.parquet", "fixes.csv", "metrics.json", "report.md", "report.html")
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .adapter import TrainableAdapter
-from .batching import Inputs, select
-from .training import evaluate
+from ..adapter import TrainableAdapter
+from ..data.batching import Inputs, select
+from ..models.training import evaluate
 
 VARIANTS = ("original", "cleaned", "random")
 

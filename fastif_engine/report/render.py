@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .ranking import FLAG_SCORES
+from ..cleaning.flagging import FLAG_SCORES
 
 SIGN_NOTE = ("Scores: I(z, z_test) = −∇L(z_test)ᵀ(H + λI)⁻¹∇L(z); **positive = harmful** (removing the "
              "row should lower the error's loss), negative = helpful. harm_score sums I over the "
@@ -207,7 +207,7 @@ def verdict_line(metrics: dict) -> str | None:
 
 
 def prior_parts(prior: dict | None, evidence: float) -> list | None:
-    """What net harm did about the class prior (fastif_engine.net_harm, ``--net-harm-prior``), as parts."""
+    """What net harm did about the class prior (fastif_engine.influence.net_harm, ``--net-harm-prior``), as parts."""
     if not prior or "z" not in prior:
         return None
     gap = [o - e for o, e in zip(prior["observed"], prior["expected"])]

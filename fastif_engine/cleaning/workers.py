@@ -8,7 +8,7 @@ import torch
 
 def threads_per_worker(runner: str, workers: int) -> int:
     """Torch threads per task. Thread-runner tasks take turns inside torch.func (see
-    ``fastif_engine.gradients.TRANSFORM_LOCK``), so each may use every core; process and Dask
+    ``fastif_engine.influence.gradients.TRANSFORM_LOCK``), so each may use every core; process and Dask
     workers run at once and split the cores."""
     cores = os.cpu_count() or 1
     return cores if runner == "thread" else max(1, cores // max(1, workers))
@@ -30,7 +30,7 @@ def worker_device(requested: str) -> torch.device:
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        from .errors import FastIFError
+        from ..errors import FastIFError
 
         raise FastIFError("--device cuda, but torch sees no GPU on this worker (CUDA build and driver needed)")
     count = torch.cuda.device_count()

@@ -49,11 +49,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .adapter import ModelAdapter
-from .batching import INFERENCE_ROWS, Inputs, n_rows
+from ..adapter import ModelAdapter
+from ..data.batching import INFERENCE_ROWS, Inputs, n_rows
+from ..models.training import logits_in_chunks
 from .gradients import FlatParams, per_sample_gradients
 from .solvers import InverseHVPSolver
-from .training import logits_in_chunks
 
 DEFAULT_FOLDS = 10
 PRIORS = ("auto", "refit", "model")  # net harm's class prior: refit unless the shift is evident / always / never

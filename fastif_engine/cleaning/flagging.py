@@ -6,7 +6,7 @@ Scores (``flag_by`` → flags.parquet column):
   raise the validation loss and that the model refuses to fit. Chosen by the study in
   docs/decisions/flag-score.md: it finds flipped labels under random *and* class-conditional noise.
 * ``net-harm``: influence on the whole validation loss (errors and correct rows), see
-  :mod:`fastif_engine.net_harm`.
+  :mod:`fastif_engine.influence.net_harm`.
 * ``harm``: FastIF's harm to the errors,
   ``harm(z) = Σ_{e ∈ errors with z among its k neighbours} I(z, e)``, I(z, e) = −s_test(e)·∇L(z)
   (positive = harmful); a row never retrieved as a candidate scores 0. ``n_errors_harmed``

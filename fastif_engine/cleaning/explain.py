@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fastif_engine.data import read_table
+from fastif_engine.data.tables import read_table
 from fastif_engine.errors import FastIFError
 
 SHADES = " .:-=+*#%@"

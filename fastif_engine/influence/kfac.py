@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapter import ModelAdapter
-from .errors import SolverSetupError
-from .batching import Inputs, chunk_slices, n_rows, take, to_device
+from ..adapter import ModelAdapter
+from ..data.batching import Inputs, chunk_slices, n_rows, take, to_device
+from ..errors import SolverSetupError
+from ..store.memory import trimming
 from .gradients import TRANSFORM_LOCK, FlatParams, per_sample_gradients
-from .memory import trimming
 from .solvers import InverseHVPSolver
 
 log = logging.getLogger("fastif")
