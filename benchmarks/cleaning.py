@@ -58,9 +58,10 @@ from fastif_engine.data.batching import take
 from fastif_engine.data.datasets import export
 from fastif_engine.data.tables import load_dataset
 from fastif_engine.influence.api import FastIF
+from fastif_engine.influence.krylov import LowRankSolver
 from fastif_engine.influence.net_harm import net_harm, refits_prior
 from fastif_engine.influence.scores import self_influence
-from fastif_engine.influence.solvers import EXACT_MAX_PARAMS, ExactSolver, LissaSettings, LowRankSolver
+from fastif_engine.influence.solvers import EXACT_MAX_PARAMS, ExactSolver, LissaSettings
 from fastif_engine.models.training import evaluate
 
 from _shared import model_for

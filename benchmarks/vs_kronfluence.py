@@ -56,9 +56,10 @@ from fastif_engine.influence.api import FastIF, extract_features
 from fastif_engine.influence.gradients import FlatParams, gradient_matrix
 from fastif_engine.influence.hessian import full_hvp
 from fastif_engine.influence.knn import FaissIndex
+from fastif_engine.influence.krylov import CgSolver, LowRankSolver
+from fastif_engine.influence.planning import AUTO_LOWRANK_ROWS, AUTO_RANK
 from fastif_engine.influence.scores import influence_on_candidates
-from fastif_engine.influence.solvers import (DEFAULT_DAMPING, AUTO_LOWRANK_ROWS, AUTO_RANK, CgSolver,
-    LissaSettings, LowRankSolver, with_scale)
+from fastif_engine.influence.solvers import DEFAULT_DAMPING, LissaSettings, with_scale
 from fastif_engine.models import DataInfo, create_model
 from flows.cli import DEMO_NOISE, DEMO_SETTINGS
 

@@ -12,8 +12,9 @@ from .errors import FastIFError, LissaDivergenceError, SolverSetupError
 from .influence.api import FastIF, extract_features
 from .influence.knn import FaissIndex, recall_at_k
 from .influence.net_harm import NetHarm, net_harm
+from .influence.planning import make_solver
 from .influence.scores import influence_on_candidates, self_influence
-from .influence.solvers import ExactSolver, InverseHVPSolver, LissaSettings, LissaSolver, make_solver
+from .influence.solvers import ExactSolver, InverseHVPSolver, LissaSettings, LissaSolver
 from .models import TorchClassifier
 
 __all__ = [

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from fastif_engine.cleaning.flagging import DEFAULT_FLAG_FRACTION
 from fastif_engine.errors import FastIFError
 from fastif_engine.influence.gradients import MEMORY_BUDGET_GB
-from fastif_engine.influence.solvers import DEFAULT_DAMPING, EXACT_MAX_PARAMS, LOW_RANK
+from fastif_engine.influence.krylov import LOW_RANK
+from fastif_engine.influence.solvers import DEFAULT_DAMPING, EXACT_MAX_PARAMS
 
 
 # Workers when --workers is not given. The thread runner's tasks take turns inside torch.func and the

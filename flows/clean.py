@@ -64,7 +64,7 @@ class PrefectRunner(Runner):
 
 
 # A deployment calls the flow itself, with this runner (``run_clean`` replaces it with ``--runner``'s):
-# the thread runner's default workers, as each task's budget assumes (stages.task_budget), where
+# the thread runner's default workers, as each task's budget assumes (worker_state.task_budget), where
 # Prefect's default thread pool, unbounded, would run every s_test batch at once.
 @flow(name="clean_dataset", task_runner=task_runner("thread", THREAD_WORKERS))
 def clean_dataset(config: CleanConfig) -> dict:

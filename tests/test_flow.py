@@ -255,7 +255,7 @@ def test_rerun_reuses_unchanged_stages(tabular, tmp_path):
 def test_a_new_fastif_version_or_model_recipe_is_not_served_from_an_old_cache(tabular, tmp_path, monkeypatch):
     import fastif_engine
     import fastif_engine.models
-    from fastif_engine.cleaning.stages import stage_keys
+    from fastif_engine.cleaning.stage_cache import stage_keys
     from fastif_engine.config import CleanConfig
 
     cfg = CleanConfig(train=str(tabular["train"]), valid=str(tabular["valid"]), out=str(tmp_path), model="tabular-mlp")

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 import fastif_engine
-from fastif_engine.cleaning.stages import NOT_IN_OUTPUTS, STAGE_KEYS, stage_keys
+from fastif_engine.cleaning.stage_cache import NOT_IN_OUTPUTS, STAGE_KEYS, stage_keys
 from fastif_engine.config import CleanConfig, ConfigError
 from fastif_engine.errors import FastIFError
 

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from fastif_engine.cleaning.stages import chunk_size, s_test_rows, task_budget
+from fastif_engine.cleaning.stages import s_test_rows
+from fastif_engine.cleaning.worker_state import chunk_size, task_budget
 from fastif_engine.config import POOL_WORKERS, CleanConfig
 from fastif_engine.influence.gradients import chunk_rows
 

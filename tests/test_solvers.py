@@ -5,9 +5,10 @@ from scipy.stats import spearmanr
 
 from fastif_engine.errors import LissaDivergenceError, SolverSetupError
 from fastif_engine.influence.gradients import FlatParams, gradient_matrix
+from fastif_engine.influence.krylov import LowRankSolver
+from fastif_engine.influence.planning import make_solver
 from fastif_engine.influence.scores import influence_on_candidates, self_influence
-from fastif_engine.influence.solvers import (ExactSolver, LissaSettings, LissaSolver, LowRankSolver, lissa_block,
-    make_solver)
+from fastif_engine.influence.solvers import ExactSolver, LissaSettings, LissaSolver, lissa_block
 from tests.test_hessian import reference_hessian
 
 
@@ -199,7 +200,7 @@ def test_ekfac_chunked_factors_equal_row_by_row_and_survive_saving(mlp, digits):
 @pytest.mark.parametrize("preconditioned", [False, True])
 def test_cg_reaches_the_exact_damped_inverse(small_model, digits, damping, preconditioned):
     from fastif_engine.influence.kfac import EkfacSolver
-    from fastif_engine.influence.solvers import CgSolver
+    from fastif_engine.influence.krylov import CgSolver
 
     x, y = digits["train"]
     xt, yt = misclassified(small_model, *digits["test"], n=8)
@@ -233,7 +234,7 @@ def test_lanczos_stops_once_the_top_eigenvalues_settle(logreg, digits):
 
 
 def test_auto_takes_an_exact_quality_solver_where_it_is_cheap(logreg, digits):
-    from fastif_engine.influence.solvers import plan_solver
+    from fastif_engine.influence.planning import plan_solver
 
     x, y = digits["train"]
     plan = plan_solver("auto", logreg, x, y, ridge=0.05, n_vectors=20)
@@ -245,12 +246,12 @@ def test_auto_takes_an_exact_quality_solver_where_it_is_cheap(logreg, digits):
 def test_auto_compares_the_approximations_by_measured_residual(mlp, digits, monkeypatch):
     """With no time for an exact-quality solver, auto builds EK-FAC and the low-rank Hessian and keeps
     the one with the smaller residual on probe gradients; the residual it reports is the real one."""
-    import fastif_engine.influence.solvers as solvers
+    import fastif_engine.influence.planning as planning
 
-    monkeypatch.setattr(solvers, "AUTO_BUDGET_SECONDS", 0.0)
+    monkeypatch.setattr(planning, "AUTO_BUDGET_SECONDS", 0.0)
     x, y = digits["train"]
-    monkeypatch.setattr(solvers, "AUTO_EKFAC_ROWS", len(y))  # EK-FAC compared as built on every row
-    plan = solvers.plan_solver("auto", mlp, x, y, ridge=0.05, n_vectors=20, probe_rows=len(y))
+    monkeypatch.setattr(planning, "AUTO_EKFAC_ROWS", len(y))  # EK-FAC compared as built on every row
+    plan = planning.plan_solver("auto", mlp, x, y, ridge=0.05, n_vectors=20, probe_rows=len(y))
     assert plan.name == ("lowrank" if plan.lowrank_residual < plan.ekfac_residual else "ekfac")
     assert "over the budget" in plan.reason
     chosen = plan.lowrank if plan.name == "lowrank" else plan.ekfac

@@ -19,7 +19,8 @@ import pandas as pd
 import torch
 
 from fastif_engine.cleaning.flagging import FLAG_SCORES, rank_and_flag, rank_fusion
-from fastif_engine.cleaning.stages import _split_tensors, load_adapter
+from fastif_engine.cleaning.stages import load_adapter
+from fastif_engine.cleaning.worker_state import _split_tensors
 from fastif_engine.config import CleanConfig
 from fastif_engine.influence.gradients import FlatParams
 from fastif_engine.influence.net_harm import net_harm

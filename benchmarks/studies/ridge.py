@@ -38,7 +38,8 @@ from fastif_engine.errors import SolverSetupError
 from fastif_engine.influence.gradients import FlatParams
 from fastif_engine.influence.hessian import spectrum
 from fastif_engine.influence.net_harm import DEFAULT_FOLDS, net_harm
-from fastif_engine.influence.solvers import LissaSettings, auto_scale, make_solver
+from fastif_engine.influence.planning import make_solver
+from fastif_engine.influence.solvers import LissaSettings, auto_scale
 from fastif_engine.models.training import evaluate
 
 import _path  # noqa: F401  (benchmarks/ on the path)

@@ -37,9 +37,10 @@ from fastif_engine.data.datasets import export
 from fastif_engine.data.tables import load_dataset
 from fastif_engine.influence.gradients import FlatParams, gradient_matrix
 from fastif_engine.influence.kfac import EkfacSolver
+from fastif_engine.influence.krylov import CgSolver, LowRankSolver
+from fastif_engine.influence.planning import AUTO_LOWRANK_ROWS, AUTO_RANK
 from fastif_engine.influence.scores import influence_on_candidates
-from fastif_engine.influence.solvers import (AUTO_LOWRANK_ROWS, AUTO_RANK, CgSolver, LissaSettings, LissaSolver,
-                                   LowRankSolver, with_scale)
+from fastif_engine.influence.solvers import LissaSettings, LissaSolver, with_scale
 
 import _path  # noqa: F401  (benchmarks/ on the path)
 from _shared import model_for

@@ -33,7 +33,7 @@ from ..report.outputs import (OUTPUTS, flagging_counts, flags_table, history_rec
     influence_table, metrics_record, retrain_summary, write_outputs)
 from ..store.files import fingerprint, write_npy, write_npy_rows
 from ..store.memory import return_freed_memory
-from . import history, stages
+from . import history, stage_cache, stages, worker_state
 from .flagging import FLAG_SCORES, harm_scores, rank_and_flag, rank_fusion
 from .retrain import VARIANTS
 
@@ -108,7 +108,7 @@ def run_pipeline(cfg: CleanConfig, runner: Runner | None = None) -> dict:
     out = Path(cfg.out)
     cache = str(out / CACHE_DIR)
     threads = runner.threads
-    key = stages.stage_keys(cfg)
+    key = stage_cache.stage_keys(cfg)
     common = dict(cfg=cfg, cache=cache)
     call = runner.call
 
@@ -128,7 +128,7 @@ def run_pipeline(cfg: CleanConfig, runner: Runner | None = None) -> dict:
         errors_path = call(stages.find_errors, key=key["model"], **loaded, **common)
     predictions = json.loads(Path(errors_path).read_text())
     errors = np.asarray(predictions["errors"], dtype=np.int64)
-    ds = stages.load_cached_dataset(dataset_path)
+    ds = worker_state.load_cached_dataset(dataset_path)
     n_train = len(ds.splits["train"])
 
     influence = pd.DataFrame({"test_pos": np.zeros(0, np.int64), "train_index": np.zeros(0, np.int64),
@@ -138,12 +138,12 @@ def run_pipeline(cfg: CleanConfig, runner: Runner | None = None) -> dict:
         solver_path = call(stages.resolve_solver, key=key["solver"], **loaded, n_vectors=len(errors) + DEFAULT_FOLDS,
                            **common)
     solver_info = json.loads(Path(solver_path).read_text())
-    key = stages.stage_keys(cfg, solver_info["name"])
+    key = stage_cache.stage_keys(cfg, solver_info["name"])
     # not in the cached solver file: the memory budget may change between runs that share it
-    solver_info["chunk_size"] = stages.chunk_size(cfg, solver_info["parameters"])
-    solver_info["s_test_rows_held"] = stages.s_test_rows(cfg, solver_info["parameters"])
+    solver_info["chunk_size"] = worker_state.chunk_size(cfg, solver_info["parameters"])
+    solver_info["s_test_rows_held"] = worker_state.s_test_rows(cfg, solver_info["parameters"])
     if solver_info["name"] == "lissa":
-        solver_info["lissa_block"] = lissa_block(solver_info["parameters"], stages.task_budget(cfg), cfg.batch_size)
+        solver_info["lissa_block"] = lissa_block(solver_info["parameters"], worker_state.task_budget(cfg), cfg.batch_size)
     if len(errors):
         repeats = cfg.repeats if solver_info["name"] == "lissa" else 1
         batches = math.ceil(len(errors) / cfg.tests_per_batch)
@@ -152,7 +152,7 @@ def run_pipeline(cfg: CleanConfig, runner: Runner | None = None) -> dict:
                 dict(key=key["stest"], **loaded, errors_path=errors_path, solver_path=solver_path, batch=b, repeat=r,
                      threads=threads, **common) for b in range(batches) for r in range(repeats)],
                 f"s_test for {len(errors)} errors ({batches} batches × {repeats} repeats)")
-            stest_path = stages.StageCache(cache).path("stest", f"{key['stest']}-x{repeats}", "npy")
+            stest_path = stage_cache.StageCache(cache).path("stest", f"{key['stest']}-x{repeats}", "npy")
             if not stest_path.exists():  # one block in memory at a time: m × P floats can be GBs
                 blocks = (np.mean([np.load(paths[b * repeats + r]) for r in range(repeats)], axis=0)
                           for b in range(batches))
@@ -191,7 +191,7 @@ def run_pipeline(cfg: CleanConfig, runner: Runner | None = None) -> dict:
         flagging = {**flagging_counts(cfg, scores, by, net.per_fold.shape[1]), "class_prior": class_prior}
     flagged = scores["flagged"].to_numpy()
     flag_key = fingerprint("retrain", key["prep"], np.flatnonzero(flagged).tolist())
-    flagged_path = stages.StageCache(cache).path("flagged", flag_key, "npy")
+    flagged_path = stage_cache.StageCache(cache).path("flagged", flag_key, "npy")
     if not flagged_path.exists():
         write_npy(flagged_path, flagged)
     targets_path = None

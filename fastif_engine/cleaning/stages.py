@@ -8,292 +8,38 @@ atomically; a stage whose output already exists is not recomputed (see ``StageCa
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 import json
 import logging
-import os
-import threading
 import time
-from functools import lru_cache, wraps
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..data.batching import RowFile, chunk_slices, select, take
-from ..data.tables import Dataset, dataset_arrays, dataset_from_arrays, load_dataset
+from ..config import CleanConfig
+from ..data.batching import chunk_slices, select, take
+from ..data.tables import dataset_arrays, load_dataset
 from ..errors import LissaDivergenceError, SolverSetupError
 from ..influence.api import extract_features
-from ..influence.gradients import STATIONARY_RATIO, FlatParams, chunk_rows, fit_check, gradient_matrix
+from ..influence.gradients import STATIONARY_RATIO, fit_check, gradient_matrix
 from ..influence.hessian import spectrum
-from ..influence.kfac import EkfacSolver
 from ..influence.knn import FaissIndex
+from ..influence.krylov import CG_MAX_ITERATIONS, CG_TOLERANCE, LOW_RANK
 from ..influence.net_harm import net_harm
+from ..influence.planning import choose_solver, make_solver, plan_solver
 from ..influence.scores import influence_on_candidates, self_influence
-from ..influence.solvers import (CG_MAX_ITERATIONS, CG_TOLERANCE, EXACT_MAX_PARAMS, LOW_RANK, CgSolver,
-    LissaSettings, LissaSolver, LowRankSolver, SolverPlan, auto_scale, choose_solver, make_solver, plan_solver,
-    sweep_scale)
-from ..models import DataInfo, create_model, data_info
+from ..influence.solvers import EXACT_MAX_PARAMS, LissaSolver, auto_scale, sweep_scale
+from ..models import create_model, data_info
 from ..models.training import evaluate
-from ..store.files import (NpyRows, atomic_path, file_fingerprint, fingerprint, load_arrays, load_tensors,
-    npy_writer, save_arrays, save_tensors, tensors_metadata, write_json, write_npy, write_parquet)
-from ..store.memory import return_freed_memory
+from ..store.files import NpyRows, atomic_path, npy_writer, save_arrays, save_tensors, write_json, write_npy, write_parquet
 from .retrain import retrain_and_evaluate
+from .stage_cache import _cached, _fault_point, log, stage
+from .worker_state import _Work, _inputs, lissa_settings, load_adapter, load_cached_dataset, s_test_rows
 
-from ..config import CleanConfig
-from .workers import set_worker_threads, worker_device
-
-log = logging.getLogger("fastif_engine")
-_LOCK = threading.Lock()
 # Self-influence needs (H + λI)⁻¹ for every training row: with an explicit Hessian that is one
 # factorisation, cheap up to a few thousand parameters; "auto" computes it only then.
 SELF_INFLUENCE_AUTO_LIMIT = 4096
-
-
-class StageCache:
-    """``<out>/.fastif-cache/<stage>-<key>.<ext>``: present means done (files land by rename)."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    def path(self, stage: str, key: str, ext: str) -> Path:
-        return self.root / f"{stage}-{key}.{ext}"
-
-
-def _cached(cache: str, stage: str, key: str, ext: str, *, log_as: str | None = None) -> tuple[Path, bool]:
-    """This stage's output file and whether it is already there (the stage is then skipped).
-
-    ``log_as`` names the stage in the log line of a reuse (per-batch tasks reuse silently)."""
-    path = StageCache(cache).path(stage, key, ext)
-    if path.exists() and log_as:
-        log.info("%s: inputs unchanged, reusing %s", log_as, path.name)
-    return path, path.exists()
-
-
-def _fault_point(stage: str) -> None:
-    """Fault injection for the reliability tests: ``FASTIF_KILL_ONCE=<stage>:<marker file>``
-    kills the worker process the first time ``stage`` runs (the marker file records it)."""
-    spec = os.environ.get("FASTIF_KILL_ONCE", "")
-    name, _, marker = spec.partition(":")
-    if name == stage and marker and not os.path.exists(marker):
-        Path(marker).write_text(f"killed in {stage}\n")
-        os._exit(137)
-
-
-def stage(name: str):
-    """Mark a function as the pipeline stage ``name`` (what logs, timings and Prefect call it); it
-    hands what it freed back to the OS when it ends (see ``return_freed_memory``)."""
-    def decorate(fn):
-        @wraps(fn)
-        def run(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                return_freed_memory()
-        run.stage_name = name
-        return run
-    return decorate
-
-
-# ---- cache keys: each stage declares the settings its output depends on ----
-
-@dataclasses.dataclass(frozen=True)
-class StageKey:
-    """A stage's cache key: the keys of the stages it reads (``after``) and the settings its output
-    depends on. ``lissa``: settings that count only when the run's solver is LiSSA (another solver
-    gives the same answer whatever they are); ``when``: settings that count only under a condition
-    on the config."""
-
-    after: tuple[str, ...]
-    settings: tuple[str, ...] = ()
-    lissa: tuple[str, ...] = ()
-    when: tuple[tuple[str, object], ...] = ()  # (setting, predicate on the config)
-
-
-LISSA = ("depth", "batch_size", "tolerance")
-# In pipeline order. "data" also keys on the input files' contents and fastif's version, "prep" on
-# the model's recipe; "flags" and "retrain" are keyed by the flagged rows themselves, which these
-# settings decide (the declaration is what the completeness test reads).
-STAGE_KEYS = {
-    "data": StageKey((), ("label_column", "id_column", "text_column", "feature_columns", "image_column",
-                          "embedding_column")),
-    "prep": StageKey(("data",), ("model", "model_options")),
-    "model": StageKey(("prep",), ("seed", "weights")),
-    "index": StageKey(("model",), ("index",)),
-    "candidates": StageKey(("index",), ("k",)),
-    "solver": StageKey(("model",), ("solver", "damping", "scale", "seed"),
-                       when=(("scale_sweep", lambda cfg: True), ("depth", lambda cfg: cfg.scale_sweep))),
-    "stest": StageKey(("solver",), ("tests_per_batch",), lissa=LISSA),
-    "influence": StageKey(("stest", "candidates"), lissa=("repeats",)),
-    "net harm": StageKey(("solver",), ("net_harm_prior",), lissa=(*LISSA, "repeats"),
-                         when=(("flag_evidence", lambda cfg: cfg.net_harm_prior == "auto"),)),
-    "self-influence": StageKey(("solver",)),
-    "flags": StageKey(("influence", "net harm", "self-influence"),
-                      ("flag_by", "flag_fraction", "flag_top", "flag_threshold", "flag_evidence", "self_influence")),
-    "retrain": StageKey(("flags",), ("fix", "retrain", "seeds")),
-}
-# Settings no output depends on: where the files are (their contents key "data"), where and how
-# the work runs, and how much memory a step may take at once.
-NOT_IN_OUTPUTS = ("train", "valid", "test", "out", "history", "runner", "dask_address", "ray_address", "device",
-                  "workers", "memory_budget", "chunk_size")
-
-
-def stage_keys(cfg: CleanConfig, solver: str | None = None) -> dict[str, str]:
-    """Cache key per stage, from ``STAGE_KEYS``: each key extends the keys of the stages it reads.
-
-    ``solver``: the resolved solver, once known (None: assume LiSSA); LiSSA's settings then key
-    the solving stages only when it is ``lissa`` (``auto`` → exact does not solve again for a new
-    ``--depth``)."""
-    from .. import __version__
-    from ..models import model_recipe
-
-    keys: dict[str, str] = {}
-    for name, spec in STAGE_KEYS.items():
-        if name in ("flags", "retrain"):
-            continue
-        parts = [name, *(keys[a] for a in spec.after), *(getattr(cfg, s) for s in spec.settings)]
-        parts += [getattr(cfg, s) if solver in (None, "lissa") else None for s in spec.lissa]
-        parts += [getattr(cfg, s) if applies(cfg) else None for s, applies in spec.when]
-        if name == "data":
-            parts += [__version__, *(_safe_fingerprint(p) for p in (cfg.train, cfg.valid, cfg.test))]
-        if name == "prep":
-            parts.append(model_recipe(cfg.model))
-        keys[name] = fingerprint(*parts)
-    return keys
-
-
-def _safe_fingerprint(location: str | None) -> str | None:
-    """Content hash, or a marker for a file that cannot be read (validation then says why)."""
-    if location is None:
-        return None
-    try:
-        return file_fingerprint(location)
-    except Exception:
-        return f"unreadable:{location}"
-
-
-# ---- loading shared state inside a worker (threads share these; processes load once each) ----
-
-@lru_cache(maxsize=4)
-def load_cached_dataset(path: str) -> Dataset:
-    """The validated dataset a ``load + validate`` stage wrote (plain arrays; no pickle is loaded)."""
-    return dataset_from_arrays(load_arrays(path))
-
-
-@lru_cache(maxsize=4)
-def _inputs(path: str) -> dict:
-    """``{split: tensor or {name: tensor}, "labels": {split: int64 array}}`` (safetensors, no pickle);
-    the leaves ``prepare_inputs`` wrote to disk come back as ``RowFile``s, read by rows when used."""
-    blob = load_tensors(path)
-    blob["labels"] = {split: labels.numpy() for split, labels in blob["labels"].items()}
-    for name, file_name in json.loads(tensors_metadata(path).get("rows_on_disk", "{}")).items():
-        split, leaf = name.split("/")
-        blob.setdefault(split, {})[leaf] = RowFile(Path(path).with_name(file_name))
-    return blob
-
-
-@lru_cache(maxsize=2)
-def _base_model(model: str, options_json: str, info: DataInfo):
-    return create_model(model, info, **json.loads(options_json))
-
-
-def load_adapter(cfg: CleanConfig, dataset_path: str, state_path: str | None):
-    """A private copy of the model per task: functional_call swaps parameters in place, so
-    threads must never share one module."""
-    info = data_info(load_cached_dataset(dataset_path))
-    with _LOCK:
-        base = _base_model(cfg.model, json.dumps(cfg.model_options, sort_keys=True), info)
-        adapter = copy.deepcopy(base)
-    adapter.to(worker_device(cfg.device))
-    if state_path:
-        adapter.model.load_state_dict(torch.load(state_path, weights_only=True, map_location=adapter.placement))
-        adapter.model.eval()
-    return adapter
-
-
-def lissa_settings(cfg: CleanConfig, scale: float | None) -> LissaSettings:
-    return LissaSettings(depth=cfg.depth, repeats=cfg.repeats, batch_size=cfg.batch_size,
-                         damping=cfg.damping, scale=scale, tolerance=cfg.tolerance, seed=cfg.seed)
-
-
-def task_budget(cfg: CleanConfig) -> float:
-    """GB one task's gradient chunks and LiSSA blocks may take: ``--memory-budget`` is per process,
-    so the thread runner's workers, which run at once in the flow's process, share it."""
-    return cfg.memory_budget / (cfg.workers if cfg.runner == "thread" else 1)
-
-
-def chunk_size(cfg: CleanConfig, n_params: int) -> int:
-    """Rows per per-sample-gradient chunk: ``cfg.chunk_size``, or what the task's budget allows for P."""
-    return cfg.chunk_size or chunk_rows(n_params, task_budget(cfg))
-
-
-def s_test_rows(cfg: CleanConfig, n_params: int) -> int:
-    """s_test vectors an influence task holds at once: what the task's budget allows for P, on top
-    of its gradient chunks (so the stage takes up to twice the budget, whatever the number of errors)."""
-    return max(1, int(task_budget(cfg) * 1e9 // (4 * max(n_params, 1))))  # float32 rows, as the s_test file
-
-
-def stage_solver(cfg: CleanConfig, adapter, x, y, solver_path: str, flat: FlatParams, name: str | None = None):
-    """The run's inverse-HVP solver (or ``name``) with the scale and ridge ``resolve_solver`` fixed once;
-    a low-rank solver reuses the eigenpairs saved beside it when there are any."""
-    info = json.loads(Path(solver_path).read_text())
-    name = name or info["name"]
-    eigenpairs = Path(solver_path).with_suffix(".npz")
-    if name == "lowrank" and eigenpairs.exists():
-        saved = load_arrays(eigenpairs)
-        return LowRankSolver.from_eigenpairs(torch.from_numpy(saved["values"]).to(adapter.placement),
-                                             torch.from_numpy(saved["vectors"]).to(adapter.placement), info["ridge"])
-    factors = Path(solver_path).with_suffix(".ekfac.npz")
-    if name in ("ekfac", "cg") and factors.exists():
-        state = {k: torch.from_numpy(v) for k, v in load_arrays(factors).items()}
-        ekfac = EkfacSolver.from_state(adapter, state, ridge=info["ridge"], flat=flat)
-        if name == "ekfac":
-            return ekfac
-        return CgSolver(adapter, x, y, ridge=info["ridge"], preconditioner=ekfac, flat=flat,
-                        tolerance=info.get("tolerance", CG_TOLERANCE),
-                        max_iterations=info.get("max_iterations", CG_MAX_ITERATIONS))
-    return make_solver(name, adapter, x, y, lissa_settings(cfg, info["scale"]), rank=LOW_RANK, flat=flat,
-                       memory_budget=task_budget(cfg), plan=SolverPlan(name, "cached", {}) if name in
-                       ("exact", "lissa", "lowrank") else None)
-
-
-def _split_tensors(inputs_path: str, split: str):
-    blob = _inputs(inputs_path)
-    return blob[split], torch.as_tensor(blob["labels"][split])
-
-
-@dataclasses.dataclass
-class _Work:
-    """What a stage computes with, loaded inside its worker: a private copy of the model (trained,
-    or fresh when ``model_path`` is None), the training split and the differentiated parameters."""
-
-    cfg: CleanConfig
-    inputs_path: str
-    adapter: object
-    x: object
-    y: torch.Tensor
-    flat: FlatParams
-
-    @classmethod
-    def load(cls, cfg: CleanConfig, dataset_path: str, inputs_path: str, model_path: str | None,
-             threads: int | None = None) -> "_Work":
-        if threads:
-            set_worker_threads(threads)
-        adapter = load_adapter(cfg, dataset_path, model_path)
-        x, y = _split_tensors(inputs_path, "train")
-        return cls(cfg, inputs_path, adapter, x, y, FlatParams.of(adapter))
-
-    def split(self, name: str):
-        return _split_tensors(self.inputs_path, name)
-
-    @property
-    def chunk(self) -> int:
-        return chunk_size(self.cfg, self.flat.size)
-
-    def solver(self, solver_path: str, name: str | None = None):
-        return stage_solver(self.cfg, self.adapter, self.x, self.y, solver_path, self.flat, name)
 
 
 # ---- stages ----
@@ -447,7 +193,7 @@ def fit_message(fit: dict) -> str:
 def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
                    model_path: str, n_vectors: int = 16) -> str:
     """Fix the scale, hence the ridge λ, once so every worker uses the same, and pick the solver for
-    ``n_vectors`` vectors (``auto``: by predicted cost, see solvers.plan_solver). Factors that every
+    ``n_vectors`` vectors (``auto``: by predicted cost, see influence.planning.plan_solver). Factors that every
     solve reuses (EK-FAC's, the low-rank eigenpairs) are computed here once and saved beside it."""
     path, done = _cached(cache, "solver", key, "json", log_as="resolve solver")
     if done:

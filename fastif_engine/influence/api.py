@@ -17,8 +17,9 @@ from ..data.batching import INFERENCE_ROWS, Inputs, chunk_slices, n_rows, take, 
 from ..store.memory import TRIM_EVERY_INFERENCE, trimming
 from .gradients import FlatParams, chunk_rows, gradient_matrix
 from .knn import FaissIndex
+from .planning import make_solver
 from .scores import influence_on_candidates, self_influence
-from .solvers import InverseHVPSolver, LissaSettings, ProgressFn, make_solver
+from .solvers import InverseHVPSolver, LissaSettings, ProgressFn
 
 
 def extract_features(adapter: ModelAdapter, inputs: Inputs, *, chunk_size: int = INFERENCE_ROWS) -> np.ndarray:
@@ -36,7 +37,7 @@ class FastIF:
     Args:
         adapter: the model (see :class:`~fastif_engine.adapter.ModelAdapter`), already trained.
         train_inputs, train_labels: the training set the model was fit on.
-        solver: ``"auto"`` (default: by predicted cost, see :func:`~fastif_engine.influence.solvers.plan_solver`),
+        solver: ``"auto"`` (default: by predicted cost, see :func:`~fastif_engine.influence.planning.plan_solver`),
             ``"ekfac"`` (Kronecker-factored Gauss-Newton), ``"cg"`` (EK-FAC-preconditioned conjugate
             gradient), ``"exact"``, ``"lissa"``, ``"lowrank"`` (rank-32 Lanczos), or a ready solver object.
         lissa: LiSSA settings; damping × scale is the ridge λ for every solver.

@@ -94,7 +94,7 @@ def loss_function(adapter: ModelAdapter, logit_offset: torch.Tensor | None = Non
 
 
 MAX_CHUNK_ROWS = 512  # beyond this a chunk's activations, not its gradients, set the memory
-MEMORY_BUDGET_GB = 0.5  # default GB for gradient chunks and LiSSA blocks (per process; fastif_engine.cleaning.stages.task_budget)
+MEMORY_BUDGET_GB = 0.5  # default GB for gradient chunks and LiSSA blocks (per process; fastif_engine.cleaning.worker_state.task_budget)
 
 
 def chunk_rows(n_params: int, budget_gb: float = MEMORY_BUDGET_GB, copies: float = 3, bytes_per_value: int = 4) -> int:

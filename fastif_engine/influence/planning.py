@@ -1,0 +1,165 @@
+"""Which solver a run uses: :func:`plan_solver` (``auto``: by measured cost and fidelity) and
+:func:`make_solver`, the one dispatch, with one ridge λ = damping × scale for every solver.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..adapter import ModelAdapter
+from ..data.batching import Inputs, n_rows, take
+from .gradients import MEMORY_BUDGET_GB, FlatParams, gradient_matrix
+from .hessian import full_hvp
+
+from .krylov import LOW_RANK, CgSolver, LowRankSolver
+from .solvers import (EXACT_MAX_PARAMS, MEMORY_BUDGET_GB, ExactSolver, InverseHVPSolver, LissaSettings, LissaSolver,
+    lissa_block, with_scale)
+
+SOLVERS = ("auto", "exact", "lissa", "lowrank", "ekfac", "cg")
+
+
+def choose_solver(name: str, n_params: int | None = None) -> str:
+    """``name`` after a check (``auto`` included: :func:`plan_solver` resolves it, by measuring)."""
+    if name not in SOLVERS:
+        raise ValueError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
+    return name
+
+
+# ``auto``: an exact-quality solver (exact, or EK-FAC-preconditioned CG) is used when its predicted
+# time is within this budget (seconds, on the device the run uses), else the better-fitting approximation.
+AUTO_BUDGET_SECONDS = 30.0
+AUTO_RANK = 8  # top Hessian eigenpairs auto's low-rank candidate keeps (text-minilm: rank 1 already Pearson 0.98)
+AUTO_EKFAC_ROWS = 256  # training rows EK-FAC's factors are estimated on for auto's comparison
+AUTO_LOWRANK_ROWS = 128  # training rows its Hessian is sampled on (text-minilm, rank 8: Pearson 0.983 at 128 rows, 0.989 at 256)
+PROBE_VALUES = 1e8  # probe rows × parameters timed by plan_solver (≥ 32 rows)
+CG_EXPECTED_ITERATIONS = 20  # preconditioned CG to 1e-4 on the built-in tabular models: 7–31 (tests/test_solvers.py)
+
+
+@dataclass
+class SolverPlan:
+    """What ``auto`` (or the user) chose, why, and the predicted seconds behind it (for metrics.json)."""
+
+    name: str
+    reason: str
+    predicted_seconds: dict[str, float]
+    ekfac: object | None = None  # the built EK-FAC solver (the answer, or CG's preconditioner)
+    ekfac_residual: float | None = None  # ‖v − (H + λI) S_EKFAC v‖ / ‖v‖ on probe gradients
+    measured: dict[str, float] = dataclasses.field(default_factory=dict)
+    lowrank: object | None = None  # the low-rank solver built for the comparison
+    lowrank_residual: float | None = None
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "reason": self.reason,
+                "predicted_seconds": {k: round(v, 2) for k, v in self.predicted_seconds.items()},
+                "ekfac_residual": None if self.ekfac_residual is None else round(self.ekfac_residual, 4),
+                "lowrank_residual": None if self.lowrank_residual is None else round(self.lowrank_residual, 4),
+                **({"ekfac": self.ekfac.describe()} if self.ekfac is not None else {}),
+                "measured": {k: round(v, 6) for k, v in self.measured.items()}}
+
+
+def plan_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *, ridge: float,
+                n_vectors: int, flat: FlatParams | None = None, probe_rows: int = 512, probes: int = 4,
+                seed: int = 0) -> SolverPlan:
+    """Resolve ``name`` (``auto``: by measured cost and fidelity) for ``n_vectors`` vectors to solve.
+
+    Times one batch of Hessian-vector products (``probes`` training gradients over a sample of up
+    to ``probe_rows`` training rows) and predicts from it, for this model on this device: exact
+    costs N × P row-HVPs, CG ``CG_EXPECTED_ITERATIONS`` passes over N rows for ``n_vectors``. ``auto``
+    takes the cheaper when it fits ``AUTO_BUDGET_SECONDS``. Otherwise it builds both one-off
+    approximations, EK-FAC (factors from ``AUTO_EKFAC_ROWS`` rows, for the comparison) and the
+    low-rank Hessian (Lanczos on ``AUTO_LOWRANK_ROWS`` rows, stopped when its top ``AUTO_RANK``
+    eigenvalues settle), and keeps the one whose relative residual ‖v − (H + λI) S v‖ / ‖v‖ on the
+    probe gradients is smaller (fidelity measured, not assumed); EK-FAC, if it wins, is rebuilt
+    on every row.
+    """
+    name = choose_solver(name)
+    flat = flat or FlatParams.of(adapter)
+    n, p = n_rows(inputs), flat.size
+    if name in ("exact", "lissa", "lowrank"):
+        return SolverPlan(name, "requested", {})
+    from .kfac import EkfacSolver
+
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(n, generator=gen)[:min(n, probe_rows, max(32, int(PROBE_VALUES // p)))].sort().values
+    x, y = take(inputs, rows), labels[rows]
+    m = min(max(n_vectors, 1), probes)
+    v = gradient_matrix(adapter, take(inputs, rows[:m]), labels[rows[:m]], flat=flat)
+    full_hvp(adapter, flat, take(x, slice(0, 2)), y[:2], v)  # warm-up: the first call of a path allocates (0.3 s)
+
+    def residual(solver: InverseHVPSolver) -> float:
+        s = solver.solve(v)
+        hs = full_hvp(adapter, flat, x, y, s, chunk_size=len(rows)) + ridge * s
+        return float(((v - hs).norm(dim=1) / v.norm(dim=1).clamp_min(1e-30)).max())
+
+    started = time.perf_counter()
+    full_hvp(adapter, flat, x, y, v, chunk_size=len(rows))
+    per_pass = (time.perf_counter() - started) * n / len(rows)  # m vectors over all N rows
+    predicted = {"cg": CG_EXPECTED_ITERATIONS * per_pass * max(n_vectors, 1) / m}
+    if p <= EXACT_MAX_PARAMS:  # P Hessian columns: the same HVPs, at the same cost per vector and row
+        predicted["exact"] = per_pass * p / m
+    measured = {"hvp_pass_s": per_pass, "hvp_pass_vectors": m, "probe_rows": len(rows)}
+    best = min(predicted, key=predicted.get)
+    if name == "auto" and predicted[best] <= AUTO_BUDGET_SECONDS:
+        plan = SolverPlan(best, f"{best}: exact-quality, predicted {predicted[best]:.1f} s within the budget of "
+                          f"{AUTO_BUDGET_SECONDS:.0f} s ({n_vectors} vectors, {p:,} parameters, {n:,} rows)",
+                          predicted, measured=measured)
+        if best == "cg":
+            plan.ekfac = EkfacSolver(adapter, inputs, labels, ridge=ridge, flat=flat)
+        return plan
+    if name in ("ekfac", "cg"):  # by name: EK-FAC is the answer, or CG's preconditioner
+        ekfac = EkfacSolver(adapter, inputs, labels, ridge=ridge, flat=flat)
+        return SolverPlan(name, "requested", predicted, ekfac, residual(ekfac), measured)
+    # Both approximations on a sample of rows first (what they cost there is timed); the winner is then
+    # the low-rank solver as built, or EK-FAC rebuilt on every row.
+    sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))[:min(n, AUTO_EKFAC_ROWS)]
+    started = time.perf_counter()
+    trial = EkfacSolver(adapter, take(inputs, sample), labels[sample], ridge=ridge, flat=flat)
+    predicted["ekfac"] = measured["ekfac_sample_build_s"] = time.perf_counter() - started
+    predicted["ekfac"] *= n / len(sample)
+    started = time.perf_counter()
+    low = LowRankSolver(adapter, inputs, labels, ridge=ridge, rank=AUTO_RANK, rows=AUTO_LOWRANK_ROWS, seed=seed,
+                        flat=flat, iterations=3 * AUTO_RANK, early_stop=True)
+    predicted["lowrank"] = measured["lowrank_build_s"] = time.perf_counter() - started
+    plan = SolverPlan("lowrank", "", predicted, None, residual(trial), measured, low, residual(low))
+    if plan.ekfac_residual < plan.lowrank_residual:
+        plan.name = "ekfac"
+        plan.ekfac = trial if len(sample) == n else EkfacSolver(adapter, inputs, labels, ridge=ridge, flat=flat)
+    plan.reason = (f"{plan.name}: exact-quality solvers predicted {predicted[best]:.0f} s ({best}), over the budget "
+                   f"of {AUTO_BUDGET_SECONDS:.0f} s; relative residual on probe gradients: EK-FAC "
+                   f"{plan.ekfac_residual:.3f} (factors from {len(sample)} rows), low-rank (rank "
+                   f"{len(low.eigenvalues)}, {min(n, AUTO_LOWRANK_ROWS)} rows) {plan.lowrank_residual:.3f}")
+    return plan
+
+
+def make_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor,
+                settings: LissaSettings = LissaSettings(), *, rank: int = LOW_RANK,
+                flat: FlatParams | None = None, memory_budget: float = MEMORY_BUDGET_GB,
+                n_vectors: int = 16, plan: SolverPlan | None = None) -> InverseHVPSolver:
+    """Build solver ``name`` (``auto``: see :func:`plan_solver`, for ``n_vectors`` vectors) with one
+    ridge for all: λ = ``settings.ridge`` = damping × scale, the scale estimated once if unset.
+    LiSSA solves as many vectors at once as ``memory_budget`` (GB) allows. ``plan``: a plan made
+    before (its EK-FAC factors are reused).
+
+    Sharing λ is what makes every solver comparable on the same data.
+    """
+    flat = flat or FlatParams.of(adapter)
+    settings = with_scale(adapter, inputs, labels, settings, flat)
+    if plan is None:
+        plan = plan_solver(name, adapter, inputs, labels, ridge=settings.ridge, n_vectors=n_vectors, flat=flat,
+                           seed=settings.seed)
+    name = plan.name
+    if name == "lissa":
+        return LissaSolver(adapter, inputs, labels, settings, flat=flat,
+                           block=lissa_block(flat.size, memory_budget, settings.batch_size))
+    if name == "exact":
+        return ExactSolver(adapter, inputs, labels, ridge=settings.ridge, flat=flat)
+    if name == "ekfac":
+        return plan.ekfac
+    if name == "lowrank" and plan.lowrank is not None:
+        return plan.lowrank
+    if name == "cg":
+        return CgSolver(adapter, inputs, labels, ridge=settings.ridge, preconditioner=plan.ekfac, flat=flat)
+    return LowRankSolver(adapter, inputs, labels, ridge=settings.ridge, rank=rank, seed=settings.seed, flat=flat)
