@@ -193,7 +193,7 @@ def _clean(args: argparse.Namespace) -> int:
 
 
 def _print_summary(cfg, metrics: dict, seconds: float) -> None:
-    from fastif_engine.report.render import verdict_line
+    from fastif_engine.report.content import verdict_line
 
     c, f = metrics["counts"], metrics["flagging"]
     floor = (f" ({f['below_evidence']} more within the budget lacked evidence of net harm, t < {f['min_evidence']:g})"

@@ -3,7 +3,7 @@ import itertools
 import re
 from html.parser import HTMLParser
 
-from fastif_engine.report.render import render
+from fastif_engine.report.content import render
 
 NASTY = ['a|b', '<script>alert("x")</script>', "it's \"quoted\"", "**not bold** `not code`"]
 

@@ -21,7 +21,8 @@ from ..cleaning.retrain import summarise
 from ..cleaning.verdict import accuracy_stderr, retrain_verdict
 from ..influence.knn import faiss_build
 from ..store.files import write_bytes, write_json, write_parquet, write_text
-from .render import plot_accuracy, plot_score_distribution, render, thumbnail
+from .content import render
+from .plots import plot_accuracy, plot_score_distribution, thumbnail
 
 from .. import __version__
 from ..cleaning.workers import worker_device

@@ -8,27 +8,14 @@ thumbnail or feature values) with given vs predicted label, scores and the error
 """
 from __future__ import annotations
 
-import base64
-import io
-import re
-from dataclasses import dataclass, field
-
-import numpy as np
-
 from ..cleaning.flagging import FLAG_SCORES
+from .blocks import Block, Code, Img, Raw, _p
+from .html import to_html
+from .markdown import to_markdown
 
 SIGN_NOTE = ("Scores: I(z, z_test) = −∇L(z_test)ᵀ(H + λI)⁻¹∇L(z); **positive = harmful** (removing the "
              "row should lower the error's loss), negative = helpful. harm_score sums I over the "
              "validation errors that have the row among their k nearest training rows.")
-
-
-def _figure_png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
 
 
 # flag_by → (axis label, what the report says about the score)
@@ -53,99 +40,6 @@ SCORE_TEXT = {
              "(cross-entropy of the given label): the rows whose given label the model disagrees with most. "
              "It does not depend on the validation errors."),
 }
-
-
-def plot_score_distribution(values: np.ndarray, flagged: np.ndarray, flag_by: str) -> bytes:
-    """Histogram of one score, flagged rows in red; for harm, only rows retrieved as candidates."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    scored = values != 0 if flag_by == "harm" else np.isfinite(values)
-    bins = np.histogram_bin_edges(values[scored] if scored.any() else values, bins=50)
-    ax.hist(values[scored & ~flagged], bins=bins, color="#8fa8c8", label="not flagged")
-    ax.hist(values[scored & flagged], bins=bins, color="#d9534f", label="flagged")
-    ax.set_yscale("log")
-    ax.set_xlabel(SCORE_TEXT[flag_by][0])
-    ax.set_ylabel("training rows")
-    rows = "rows retrieved as candidates" if flag_by == "harm" else "training rows"
-    ax.set_title(f"{flag_by.capitalize()} scores of the {int(scored.sum())} {rows}")
-    ax.legend()
-    return _figure_png(fig)
-
-
-def plot_accuracy(summary: dict) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [n for n in ("original", "cleaned", "random") if n in summary]
-    means = [summary[n]["mean"] for n in names]
-    stds = [summary[n]["std"] for n in names]
-    fig, ax = plt.subplots(figsize=(5.2, 3.2))
-    ax.bar(names, means, yerr=stds, capsize=6, color=["#8fa8c8", "#5cb85c", "#bbbbbb"][: len(names)])
-    for i, v in enumerate(summary[n]["values"] for n in names):
-        ax.scatter([i] * len(v), v, color="black", s=10, zorder=3)
-    lo = min(min(summary[n]["values"]) for n in names)
-    hi = max(max(summary[n]["values"]) for n in names)
-    pad = max(0.01, (hi - lo) * 0.6)
-    ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
-    ax.set_ylabel("accuracy")
-    ax.set_title("Retrained accuracy: mean ± std over seeds (dots: seeds)")
-    return _figure_png(fig)
-
-
-def thumbnail(image: np.ndarray, size: int = 84) -> bytes:
-    from PIL import Image
-
-    img = np.asarray(image, dtype=np.float64).squeeze()
-    lo, hi = float(img.min()), float(img.max())
-    scaled = ((img - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(img)).astype(np.uint8)
-    pil = Image.fromarray(scaled).resize((size, size), Image.NEAREST)
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-# ---- the report as data: blocks of text parts, rendered to Markdown and (escaped by Jinja) to HTML ----
-#
-# A *part* is a ``str`` of fastif's own words, which may use **bold** and `code`, or a :class:`Raw` /
-# :class:`Code` value from the user's data (labels, ids, snippets, paths), which is never read as
-# markup, or an :class:`Img`. A block is ``Block(kind, parts | items | rows)``.
-
-
-class Raw(str):
-    """User data shown verbatim: never parsed for markup, always escaped."""
-
-
-class Code(Raw):
-    """User data shown as code (a path, a model name)."""
-
-
-@dataclass(frozen=True)
-class Img:
-    name: str  # report_assets/<name>
-    alt: str
-
-
-@dataclass
-class Block:
-    kind: str  # h1 | h2 | p | ul | table | img
-    parts: list = field(default_factory=list)  # h1, h2, p: parts; img: [Img]
-    items: list = field(default_factory=list)  # ul: (parts, [child parts, ...]) pairs
-    header: list = field(default_factory=list)  # table
-    rows: list = field(default_factory=list)  # table: rows of cells, each a part or a list of parts
-
-
-def _parts(value) -> list:
-    return list(value) if isinstance(value, list) else [value]
-
-
-def _p(*parts) -> Block:
-    return Block("p", list(parts))
 
 
 def _accuracy_items(metrics: dict) -> list:
@@ -355,107 +249,3 @@ def render(metrics: dict, top_rows: list[dict], plots: dict[str, bytes]) -> tupl
 
 
 # ---- Markdown ----
-
-_MD_SPECIAL = re.compile(r"([\\`*\[\]<>|])")  # what could break a table, a link or raw HTML
-
-
-def _md_escape(text: str) -> str:
-    return _MD_SPECIAL.sub(r"\\\1", str(text))
-
-
-def _md(parts, in_table: bool = False) -> str:
-    out = []
-    for part in _parts(parts):
-        if isinstance(part, Img):
-            out.append(f"![{_md_escape(part.alt)}](report_assets/{part.name})")
-        elif isinstance(part, Code):
-            tick = "``" if "`" in part else "`"
-            out.append(f"{tick}{part}{tick}".replace("|", "\\|") if in_table else f"{tick}{part}{tick}")
-        elif isinstance(part, Raw):
-            out.append(_md_escape(part))
-        else:
-            out.append(part.replace("|", "\\|") if in_table else part)
-    return "".join(out).replace("\n", " ")
-
-
-def to_markdown(blocks: list[Block]) -> str:
-    lines = []
-    for b in blocks:
-        if b.kind in ("h1", "h2"):
-            lines += [("# " if b.kind == "h1" else "## ") + _md(b.parts), ""]
-        elif b.kind in ("p", "img"):
-            lines += [_md(b.parts), ""]
-        elif b.kind == "ul":
-            for parts, children in b.items:
-                lines.append("- " + _md(parts))
-                lines += ["  - " + _md(child) for child in children]
-            lines.append("")
-        elif b.kind == "table":
-            lines.append("| " + " | ".join(_md(h, True) for h in b.header) + " |")
-            lines.append("|" + "---|" * len(b.header))
-            lines += ["| " + " | ".join(_md(cell, True) for cell in row) + " |" for row in b.rows]
-            lines.append("")
-    return "\n".join(lines)
-
-
-# ---- HTML (Jinja2, autoescaped) ----
-
-_MARKUP = re.compile(r"\*\*(.+?)\*\*|`([^`]+)`")
-
-_TEMPLATE = """<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>fastif cleaning report</title><style>{{ style }}</style></head><body>
-{% for b in blocks -%}
-{% if b.kind == "h1" %}<h1>{{ b.parts|inline }}</h1>
-{% elif b.kind == "h2" %}<h2>{{ b.parts|inline }}</h2>
-{% elif b.kind in ("p", "img") %}<p>{{ b.parts|inline }}</p>
-{% elif b.kind == "ul" %}<ul>
-{%- for parts, children in b.items %}
-<li>{{ parts|inline }}{% if children %}<ul>{% for child in children %}<li>{{ child|inline }}</li>{% endfor %}</ul>{% endif %}</li>
-{%- endfor %}
-</ul>
-{% elif b.kind == "table" %}<table><thead><tr>{% for h in b.header %}<th>{{ h|inline }}</th>{% endfor %}</tr></thead><tbody>
-{%- for row in b.rows %}
-<tr>{% for cell in row %}<td>{{ cell|inline }}</td>{% endfor %}</tr>
-{%- endfor %}
-</tbody></table>
-{% endif %}
-{%- endfor %}
-</body></html>
-"""
-
-_STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-          "vertical-align:top;text-align:left}th{background:#f3f3f3}td{max-width:420px}code{background:#f3f3f3}")
-
-
-def to_html(blocks: list[Block], assets: dict[str, bytes]) -> str:
-    """Self-contained HTML: Jinja2 escapes every piece of text; images are inlined as data URLs."""
-    from jinja2 import Environment
-    from markupsafe import Markup, escape
-
-    def own_words(text: str) -> Markup:  # fastif's own **bold** and `code`, everything else escaped
-        out, pos = Markup(""), 0
-        for m in _MARKUP.finditer(text):
-            out += escape(text[pos:m.start()])
-            bold, code = m.groups()
-            out += Markup("<b>%s</b>") % bold if bold is not None else Markup("<code>%s</code>") % code
-            pos = m.end()
-        return out + escape(text[pos:])
-
-    def inline(parts) -> Markup:
-        out = Markup("")
-        for part in _parts(parts):
-            if isinstance(part, Img):
-                data = base64.b64encode(assets[part.name]).decode()
-                out += Markup('<img alt="%s" src="data:image/png;base64,%s">') % (part.alt, data)
-            elif isinstance(part, Code):
-                out += Markup("<code>%s</code>") % str(part)
-            elif isinstance(part, Raw):
-                out += escape(str(part))
-            else:
-                out += own_words(part)
-        return out
-
-    env = Environment(autoescape=True, trim_blocks=True)
-    env.filters["inline"] = inline
-    return env.from_string(_TEMPLATE).render(blocks=blocks, style=_STYLE)
