@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fastif_engine.cleaning.flagging import DEFAULT_FLAG_FRACTION
-from fastif_engine.errors import FastIFError
+from fastif_engine.errors import ConfigError
 from fastif_engine.influence.gradients import MEMORY_BUDGET_GB
 from fastif_engine.influence.krylov import LOW_RANK
 from fastif_engine.influence.solvers import DEFAULT_DAMPING, EXACT_MAX_PARAMS
@@ -24,10 +24,6 @@ from fastif_engine.influence.solvers import DEFAULT_DAMPING, EXACT_MAX_PARAMS
 # own runner) takes as many. The process, Dask and Ray runners' workers run at once.
 THREAD_WORKERS = 1
 POOL_WORKERS = 2
-
-
-class ConfigError(FastIFError):
-    """A config file or flag that cannot be used."""
 
 
 GROUPS = {"data": "data", "model": "model", "influence": "influence (positive = harmful)",

@@ -1,4 +1,5 @@
-"""Exceptions named for what went wrong, each with a message that says what to change."""
+"""Every exception fastif raises on purpose, named for what went wrong, each with a message that says what
+to change. Bad input (file, column, rows), settings, models, solvers and the stage cache."""
 
 
 class FastIFError(Exception):
@@ -23,3 +24,19 @@ class IndexNotBuiltError(FastIFError):
 
 class NonFiniteGradientError(FastIFError):
     """A loss or gradient came out NaN/inf: the model or the data is broken."""
+
+
+class ConfigError(FastIFError):
+    """A config file or flag that cannot be used."""
+
+
+class ModelLoadError(FastIFError):
+    """A model name that is unknown, does not fit the data, or a user factory that fails."""
+
+
+class DataError(FastIFError):
+    """Input data that cannot be used, with the file, column and rows at fault."""
+
+
+class CacheError(FastIFError):
+    """A stage-cache file that fastif did not write (or that is damaged): refused, never executed."""

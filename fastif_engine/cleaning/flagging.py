@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from ..errors import SettingsError
 
 
 # ``flag_by`` setting → the flags.parquet column it ranks by
@@ -47,11 +48,11 @@ class FlagRule:
     def __post_init__(self):
         given = [v is not None for v in (self.fraction, self.top, self.threshold)]
         if sum(given) != 1:
-            raise ValueError("flag by exactly one of a fraction, a top N or a threshold")
+            raise SettingsError("flag by exactly one of a fraction, a top N or a threshold")
         if self.fraction is not None and not 0.0 <= self.fraction <= 1.0:
-            raise ValueError(f"flag fraction must be in [0, 1], got {self.fraction}")
+            raise SettingsError(f"flag fraction must be in [0, 1], got {self.fraction}")
         if self.top is not None and self.top < 0:
-            raise ValueError(f"flag top N must be >= 0, got {self.top}")
+            raise SettingsError(f"flag top N must be >= 0, got {self.top}")
 
 
 def harm_scores(influence: pd.DataFrame, n_train: int) -> pd.DataFrame:
@@ -88,7 +89,7 @@ def rank_and_flag(scores: pd.DataFrame, rule: FlagRule, by: str = "harm_score", 
     out = scores.copy()
     score = out[by].to_numpy(dtype=np.float64)
     if np.isnan(score).any():
-        raise ValueError(f"{by}: {int(np.isnan(score).sum())} rows have no score; cannot rank by it")
+        raise SettingsError(f"{by}: {int(np.isnan(score).sum())} rows have no score; cannot rank by it")
     order = np.lexsort((np.arange(len(out)), -score))
     rank = np.empty(len(out), dtype=np.int64)
     rank[order] = np.arange(1, len(out) + 1)

@@ -17,6 +17,7 @@ import torch
 
 from ..adapter import TrainableAdapter
 from ..data.batching import Inputs, select
+from ..errors import SettingsError
 from ..models.training import evaluate
 
 VARIANTS = ("original", "cleaned", "random")
@@ -34,7 +35,7 @@ def training_set(variant: str, labels: torch.Tensor, flagged: np.ndarray, seed: 
     elif variant == "random":
         fixed = np.random.default_rng(10_000 + seed).choice(n_train, int(flagged.sum()), replace=False)
     else:
-        raise ValueError(f"unknown variant {variant!r}")
+        raise SettingsError(f"unknown variant {variant!r}")
     if targets is None:
         return np.setdiff1d(np.arange(n_train), fixed), labels
     relabelled = labels.clone()
@@ -51,7 +52,7 @@ def retrain_and_evaluate(adapter: TrainableAdapter, train_inputs: Inputs, train_
     ``fitted``: ``adapter`` already is that fit, so it is only evaluated. Only the original rows
     qualify (the model a run trained with its own seed is the original variant's fit for that seed)."""
     if fitted and variant != "original":
-        raise ValueError(f"only the original variant can reuse a fitted model, not {variant!r}")
+        raise SettingsError(f"only the original variant can reuse a fitted model, not {variant!r}")
     rows, labels = training_set(variant, train_labels, flagged, seed, targets)
     idx = torch.as_tensor(rows)
     if not fitted:

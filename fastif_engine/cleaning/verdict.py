@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from ..errors import SettingsError
 from dataclasses import asdict, dataclass
 
 
@@ -34,7 +35,7 @@ def paired_ci(a: list[float], b: list[float], level: float = 0.95) -> PairedCI:
     from scipy.stats import t as student_t
 
     if len(a) != len(b) or not a:
-        raise ValueError(f"paired values needed: got {len(a)} and {len(b)}")
+        raise SettingsError(f"paired values needed: got {len(a)} and {len(b)}")
     diffs = [x - y for x, y in zip(a, b)]
     mean = statistics.fmean(diffs)
     if len(diffs) < 2:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
+from ..errors import SettingsError
 from ..store.files import NpyRows
 
 Inputs = Any  # a torch.Tensor or a (nested) dict/tuple of tensors sharing dim 0
@@ -20,10 +21,10 @@ Inputs = Any  # a torch.Tensor or a (nested) dict/tuple of tensors sharing dim 0
 def n_rows(inputs: Inputs) -> int:
     leaves, _ = tree_flatten(inputs)
     if not leaves:
-        raise ValueError("inputs hold no tensors")
+        raise SettingsError("inputs hold no tensors")
     n = leaves[0].shape[0]
     if any(leaf.shape[0] != n for leaf in leaves):
-        raise ValueError("every tensor in inputs must have the same number of rows")
+        raise SettingsError("every tensor in inputs must have the same number of rows")
     return int(n)
 
 
@@ -107,6 +108,6 @@ INFERENCE_ROWS = 128
 def chunk_slices(n: int, size: int) -> Iterator[slice]:
     """Consecutive slices of at most ``size`` rows covering ``range(n)``."""
     if size < 1:
-        raise ValueError(f"chunk size must be >= 1, got {size}")
+        raise SettingsError(f"chunk size must be >= 1, got {size}")
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))

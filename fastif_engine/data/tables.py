@@ -20,16 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import FastIFError
+from ..errors import DataError
 from ..store.files import pack_strings, unpack_strings
 
 # Columns the dataset export writes beside the data; never model inputs.
 TRUTH_COLUMNS = ("true_label", "noisy")
 MAX_ROWS_SHOWN = 8
-
-
-class DataError(FastIFError):
-    """Input data that cannot be used, with the file, column and rows at fault."""
 
 
 @dataclass(frozen=True)

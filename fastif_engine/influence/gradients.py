@@ -16,7 +16,7 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from ..adapter import ModelAdapter
 from ..data.batching import Inputs, chunk_slices, n_rows, take, to_device, unsqueeze0
-from ..errors import NonFiniteGradientError
+from ..errors import NonFiniteGradientError, SettingsError
 from ..store.memory import trimming
 
 
@@ -35,9 +35,9 @@ class FlatParams:
         names = tuple(adapter.parameter_names())
         missing = [n for n in names if n not in named]
         if missing:
-            raise ValueError(f"parameter_names() lists unknown parameters: {missing}")
+            raise SettingsError(f"parameter_names() lists unknown parameters: {missing}")
         if not names:
-            raise ValueError("the adapter differentiates no parameters (parameter_names() is empty)")
+            raise SettingsError("the adapter differentiates no parameters (parameter_names() is empty)")
         values = tuple(named[n].detach() for n in names)
         mask = torch.cat(
             [torch.full((v.numel(),), float(adapter.regularized(n)), dtype=v.dtype, device=v.device)

@@ -15,7 +15,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ..errors import IndexNotBuiltError
+from ..errors import IndexNotBuiltError, SettingsError
 from ..store.files import atomic_path, write_text
 
 log = logging.getLogger("fastif")
@@ -50,7 +50,7 @@ class FaissIndex:
                  hnsw_m: int = 32, ef_search: int = 128, pq_m: int | None = None,
                  use_gpu: bool | None = None, seed: int = 0):
         if kind not in KINDS:
-            raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
+            raise SettingsError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
         self.kind, self.nlist, self.nprobe = kind, nlist, nprobe
         self.hnsw_m, self.ef_search, self.pq_m, self.seed = hnsw_m, ef_search, pq_m, seed
         self.use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
@@ -97,7 +97,7 @@ class FaissIndex:
             raise IndexNotBuiltError("search() before build() or load()")
         q = _as_f32(queries)
         if q.shape[1] != self.dim:
-            raise ValueError(f"queries have {q.shape[1]} dims, the index {self.dim}")
+            raise SettingsError(f"queries have {q.shape[1]} dims, the index {self.dim}")
         k = min(int(k), self.ntotal)
         dist, idx = self._index.search(q, k)
         return dist, idx
@@ -142,8 +142,8 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
 def _as_f32(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     if x.ndim != 2:
-        raise ValueError(f"features must be 2-D [rows, dims], got shape {x.shape}")
+        raise SettingsError(f"features must be 2-D [rows, dims], got shape {x.shape}")
     if not np.isfinite(x).all():
-        raise ValueError("features contain NaN or infinite values")
+        raise SettingsError("features contain NaN or infinite values")
     return x
 

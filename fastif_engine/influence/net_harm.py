@@ -51,6 +51,7 @@ import torch
 
 from ..adapter import ModelAdapter
 from ..data.batching import INFERENCE_ROWS, Inputs, n_rows
+from ..errors import SettingsError
 from ..models.training import logits_in_chunks
 from .gradients import FlatParams, per_sample_gradients
 from .solvers import InverseHVPSolver
@@ -62,7 +63,7 @@ PRIORS = ("auto", "refit", "model")  # net harm's class prior: refit unless the 
 def fold_of_rows(n_valid: int, folds: int = DEFAULT_FOLDS, seed: int = 0) -> np.ndarray:
     """Fold number of each validation row: a seeded shuffle dealt round-robin (sizes differ by ≤ 1)."""
     if n_valid < 2:
-        raise ValueError(f"net harm needs at least 2 validation rows, got {n_valid}")
+        raise SettingsError(f"net harm needs at least 2 validation rows, got {n_valid}")
     folds = min(folds, n_valid)
     out = np.empty(n_valid, dtype=np.int64)
     out[np.random.default_rng(seed).permutation(n_valid)] = np.arange(n_valid) % folds
@@ -187,7 +188,7 @@ def net_harm(adapter: ModelAdapter, train_inputs: Inputs, train_labels: torch.Te
     model's and validation's class mix differ with z ≥ ``evidence``; ``"refit"``, ``"model"``.
     """
     if prior not in PRIORS:
-        raise ValueError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
+        raise SettingsError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
     flat = flat or FlatParams.of(adapter)
     fold = fold_of_rows(len(valid_labels), folds, seed)
     check = check_prior(adapter, valid_inputs, valid_labels) if prior != "model" else None

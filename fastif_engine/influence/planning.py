@@ -11,12 +11,11 @@ import torch
 
 from ..adapter import ModelAdapter
 from ..data.batching import Inputs, n_rows, take
+from ..errors import SettingsError
 from .gradients import MEMORY_BUDGET_GB, FlatParams, gradient_matrix
 from .hessian import full_hvp
-
 from .krylov import LOW_RANK, CgSolver, LowRankSolver
-from .solvers import (EXACT_MAX_PARAMS, MEMORY_BUDGET_GB, ExactSolver, InverseHVPSolver, LissaSettings, LissaSolver,
-    lissa_block, with_scale)
+from .solvers import EXACT_MAX_PARAMS, ExactSolver, InverseHVPSolver, LissaSettings, LissaSolver, lissa_block, with_scale
 
 SOLVERS = ("auto", "exact", "lissa", "lowrank", "ekfac", "cg")
 
@@ -24,7 +23,7 @@ SOLVERS = ("auto", "exact", "lissa", "lowrank", "ekfac", "cg")
 def choose_solver(name: str, n_params: int | None = None) -> str:
     """``name`` after a check (``auto`` included: :func:`plan_solver` resolves it, by measuring)."""
     if name not in SOLVERS:
-        raise ValueError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
+        raise SettingsError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
     return name
 
 

@@ -26,6 +26,7 @@ import torch
 
 from ..adapter import ModelAdapter
 from ..data.batching import Inputs, n_rows
+from ..errors import SettingsError
 from .gradients import FlatParams, directional_derivatives, per_sample_gradients
 from .solvers import InverseHVPSolver, ProgressFn
 
@@ -79,7 +80,7 @@ def influence_on_candidates(
         candidates = [np.arange(n_train)] * m
     lists = [np.asarray(c, dtype=np.int64).ravel() for c in candidates]
     if len(lists) != m:
-        raise ValueError(f"{len(lists)} candidate lists for {m} s_test vectors")
+        raise SettingsError(f"{len(lists)} candidate lists for {m} s_test vectors")
     test_pos = np.concatenate([np.full(len(c), i, dtype=np.int64) for i, c in enumerate(lists)])
     train_index = np.concatenate(lists)
     if len(train_index) and (train_index.min() < 0 or train_index.max() >= n_train):

@@ -29,7 +29,7 @@ import torch
 
 from ..adapter import ModelAdapter
 from ..data.batching import Inputs, chunk_slices, n_rows, take
-from ..errors import LissaDivergenceError, SolverSetupError
+from ..errors import LissaDivergenceError, SettingsError, SolverSetupError
 from .gradients import MEMORY_BUDGET_GB, FlatParams, chunk_rows, gradient_matrix
 from .hessian import explicit_hessian, hvp_on_batch, top_eigenvalue
 
@@ -113,17 +113,17 @@ class LissaSettings:
 
     def __post_init__(self):
         if self.depth < 1 or self.repeats < 1 or self.batch_size < 1:
-            raise ValueError("LiSSA depth, repeats and batch_size must all be >= 1")
+            raise SettingsError("LiSSA depth, repeats and batch_size must all be >= 1")
         if not 0.0 <= self.damping < 1.0:
-            raise ValueError(f"LiSSA damping must be in [0, 1), got {self.damping}")
+            raise SettingsError(f"LiSSA damping must be in [0, 1), got {self.damping}")
         if self.scale is not None and not self.scale > 0:
-            raise ValueError(f"LiSSA scale must be > 0, got {self.scale}")
+            raise SettingsError(f"LiSSA scale must be > 0, got {self.scale}")
 
     @property
     def ridge(self) -> float:
         """λ = damping × scale: the one place it is computed (every solver and report uses it)."""
         if self.scale is None:
-            raise ValueError("the ridge needs a scale: estimate it with auto_scale first")
+            raise SettingsError("the ridge needs a scale: estimate it with auto_scale first")
         return self.damping * self.scale
 
 

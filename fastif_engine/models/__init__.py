@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..adapter import TrainableAdapter
-from ..errors import FastIFError
+from ..errors import FastIFError, ModelLoadError
 from .image import CNNAdapter
 from .tabular import LogisticRegressionAdapter, MLPAdapter
 from .training import TrainSettings
@@ -34,10 +34,6 @@ BUILTIN_MODELS = {
     "image-cnn": "image",
     "text-minilm": "text",
 }
-
-
-class ModelLoadError(FastIFError):
-    """A model name that is unknown, does not fit the data, or a user factory that fails."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..adapter import TrainableAdapter
+from ..errors import SettingsError
 from .training import TrainSettings, seeded, train
 
 
@@ -42,9 +43,9 @@ class CNNAdapter(TrainableAdapter):
                  settings: TrainSettings = TrainSettings(optimizer="adam", epochs=8, lr=2e-3, batch_size=128,
                                                           schedule="linear")):
         if side < 4:
-            raise ValueError(f"image-cnn needs images of at least 4×4 pixels, got {side}×{side}")
+            raise SettingsError(f"image-cnn needs images of at least 4×4 pixels, got {side}×{side}")
         if influence_layers not in ("top", "all"):
-            raise ValueError("influence_layers must be 'top' or 'all'")
+            raise SettingsError("influence_layers must be 'top' or 'all'")
         self.side, self.n_classes, self.width, self.hidden = side, n_classes, width, hidden
         self.influence_layers, self.l2, self.settings = influence_layers, l2, settings
         with seeded(settings.seed):

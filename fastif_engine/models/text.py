@@ -26,6 +26,7 @@ from torch import nn
 
 from ..adapter import TrainableAdapter
 from ..data.batching import chunk_slices
+from ..errors import SettingsError
 from .training import TrainSettings, seeded, train
 
 
@@ -154,7 +155,7 @@ class MiniLMAdapter(TrainableAdapter):
         encoder = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
         n_layers = len(encoder.encoder.layer)
         if not 1 <= top_layers <= n_layers:
-            raise ValueError(f"top_layers must be between 1 and {n_layers}, got {top_layers}")
+            raise SettingsError(f"top_layers must be between 1 and {n_layers}, got {top_layers}")
         self.n_classes, self.top_layers, self.max_length = n_classes, top_layers, max_length
         self.l2, self.settings = l2, settings
         self.dim = encoder.config.hidden_size

@@ -14,7 +14,7 @@ import torch
 
 from ..adapter import ModelAdapter
 from ..data.batching import INFERENCE_ROWS, Inputs, chunk_slices, n_rows, take, to_device
-from ..errors import NonFiniteGradientError
+from ..errors import NonFiniteGradientError, SettingsError
 from ..store.memory import TRIM_EVERY_INFERENCE, trimming
 
 
@@ -34,17 +34,17 @@ class TrainSettings:
 
     def __post_init__(self):
         if self.optimizer not in ("adam", "lbfgs"):
-            raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {self.optimizer!r}")
+            raise SettingsError(f"optimizer must be 'adam' or 'lbfgs', got {self.optimizer!r}")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+                raise SettingsError(f"{name} must be a whole number >= 1, got {value!r}")
         if not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
+            raise SettingsError(f"lr must be a number > 0, got {self.lr!r}")
         if self.schedule not in ("constant", "linear"):
-            raise ValueError(f"schedule must be 'constant' or 'linear', got {self.schedule!r}")
+            raise SettingsError(f"schedule must be 'constant' or 'linear', got {self.schedule!r}")
         if not isinstance(self.group_by_length, bool):
-            raise ValueError(f"group_by_length must be true or false, got {self.group_by_length!r}")
+            raise SettingsError(f"group_by_length must be true or false, got {self.group_by_length!r}")
 
 
 _SEED_LOCK = threading.RLock()

@@ -11,11 +11,8 @@ from typing import Iterator
 
 import pandas as pd
 
-from ..errors import FastIFError
+from ..errors import CacheError, SettingsError
 
-
-class CacheError(FastIFError):
-    """A stage-cache file that fastif did not write (or that is damaged): refused, never executed."""
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -81,13 +78,13 @@ def npy_writer(path: str | Path, n_rows: int, row_shape: tuple, dtype="float32")
                 nonlocal written
                 part = np.ascontiguousarray(part, dtype=dtype)
                 if part.shape[1:] != row_shape:
-                    raise ValueError(f"{path}: a part of shape {part.shape} does not have rows of shape {row_shape}")
+                    raise SettingsError(f"{path}: a part of shape {part.shape} does not have rows of shape {row_shape}")
                 part.tofile(f)
                 written += len(part)
 
             yield write
         if written != n_rows:
-            raise ValueError(f"{path}: expected {n_rows} rows, the parts held {written}")
+            raise SettingsError(f"{path}: expected {n_rows} rows, the parts held {written}")
 
 
 def write_npy_rows(path: str | Path, parts, n_rows: int, n_cols: int, dtype="float32") -> None:
