@@ -34,7 +34,7 @@ AUTO_RANK = 8  # top Hessian eigenpairs auto's low-rank candidate keeps (text-mi
 AUTO_EKFAC_ROWS = 256  # training rows EK-FAC's factors are estimated on for auto's comparison
 AUTO_LOWRANK_ROWS = 128  # training rows its Hessian is sampled on (text-minilm, rank 8: Pearson 0.983 at 128 rows, 0.989 at 256)
 PROBE_VALUES = 1e8  # probe rows × parameters timed by plan_solver (≥ 32 rows)
-CG_EXPECTED_ITERATIONS = 20  # preconditioned CG to 1e-4 on the built-in tabular models: 7–31 (tests/test_solvers.py)
+CG_EXPECTED_ITERATIONS = 20  # preconditioned CG to 1e-4 on the built-in tabular models: 7–31 (tests/influence/test_solvers.py)
 
 
 @dataclass

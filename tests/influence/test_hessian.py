@@ -1,25 +1,9 @@
 import torch
-from torch.autograd.functional import hessian as autograd_hessian
 
 from fastif_engine.influence.gradients import FlatParams
 from fastif_engine.influence.hessian import explicit_hessian, full_hvp, hvp_on_batch, spectrum, top_eigenvalue
 from fastif_engine.models.training import objective
-
-
-def reference_hessian(adapter, x, y):
-    """∇² of the training objective by torch.autograd.functional.hessian on a flat vector."""
-    flat = FlatParams.of(adapter)
-    theta = torch.cat([v.reshape(-1) for v in flat.values])
-    module = adapter.model
-
-    def r(t):
-        params = flat.unflatten(t)
-        logits = torch.func.functional_call(module, params, (x,), strict=False)
-        loss = adapter.loss(logits, y).mean()
-        reg = sum((params[n] ** 2).sum() for n in flat.names if adapter.regularized(n))
-        return loss + 0.5 * adapter.l2 * reg
-
-    return autograd_hessian(r, theta)
+from tests.exact import reference_hessian
 
 
 def test_explicit_hessian_matches_autograd(small_model, digits):

@@ -11,8 +11,8 @@ from fastif_engine.influence.net_harm import NetHarm, check_prior, class_offsets
 from fastif_engine.influence.solvers import ExactSolver
 from fastif_engine.models import LogisticRegressionAdapter
 from fastif_engine.models.training import TrainSettings
-from tests.test_hessian import reference_hessian
-from tests.test_influence import leave_one_out_changes
+from tests.exact import reference_hessian
+from tests.exact import leave_one_out_changes
 
 
 def test_folds_are_seeded_and_balanced():

@@ -83,7 +83,7 @@ def test_the_prefect_flow_orchestrates_only():
 
     allowed = {"fastif_engine.config", "fastif_engine.cleaning.pipeline", "fastif_engine.cleaning.stages",
                "fastif_engine.cleaning.workers"}
-    root = Path(__file__).parent.parent
+    root = Path(__file__).resolve().parents[2]
     for name in ("flows/clean.py", "flows/tasks.py"):
         tree = ast.parse((root / name).read_text())
         engine = {module(node.module, a.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)

@@ -11,7 +11,7 @@ import torch
 
 from flows.cli import main
 from fastif_engine.cleaning.workers import worker_device
-from tests.test_flow import FAST, clean, prefect_server, tabular  # noqa: F401  (shared fixtures)
+from tests.end_to_end.runs import FAST, clean
 
 
 @pytest.fixture(scope="module")

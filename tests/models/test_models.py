@@ -11,7 +11,7 @@ from fastif_engine.influence.gradients import FlatParams, directional_derivative
 from fastif_engine.influence.hessian import hvp_on_batch
 from fastif_engine.models import DataInfo, ModelLoadError, create_model
 from fastif_engine.models.training import evaluate, objective, seeded
-from tests.test_gradients import loop_gradients
+from tests.exact import loop_gradients
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,3 @@
-import copy
 
 import numpy as np
 import pytest
@@ -9,8 +8,8 @@ from fastif_engine.influence.gradients import gradient_matrix
 from fastif_engine.influence.scores import influence_on_candidates, self_influence
 from fastif_engine.influence.solvers import ExactSolver
 from fastif_engine.models import LogisticRegressionAdapter
-from fastif_engine.models.training import TrainSettings, train
-from tests.test_hessian import reference_hessian
+from fastif_engine.models.training import TrainSettings
+from tests.exact import leave_one_out_changes, reference_hessian
 
 
 @pytest.mark.parametrize("pairs_per_row", [0, 100], ids=["shared-gradients", "forward-mode"])
@@ -114,15 +113,3 @@ def test_influence_predicts_leave_one_out_retraining():
     assert pearson >= 0.9, (pearson, predicted[:5], actual[:5])
 
 
-def leave_one_out_changes(model, x, y, rows, recipe, measure) -> list[float]:
-    """``measure(model without row i) − measure(model)`` for each row i, each refit to convergence
-    from θ̂ (a copy keeps the model's standardisation)."""
-    base = measure(model)
-    out = []
-    for i in rows:
-        keep = torch.ones(len(y), dtype=torch.bool)
-        keep[i] = False
-        loo = copy.deepcopy(model)
-        train(loo, x[keep], y[keep], recipe)
-        out.append(measure(loo) - base)
-    return out

@@ -6,7 +6,7 @@ from sklearn.datasets import load_iris
 
 import fastif_engine.report.outputs
 from flows.cli import main
-from tests.test_flow import FAST, clean, prefect_server, tabular  # noqa: F401  (shared fixtures)
+from tests.end_to_end.runs import FAST, clean
 
 
 def test_crash_while_writing_keeps_the_previous_outputs(tabular, tmp_path, monkeypatch, capsys):

@@ -2,21 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from fastif_engine.data.batching import take
 from fastif_engine.errors import NonFiniteGradientError
 from fastif_engine.influence.gradients import FlatParams, gradient_matrix, per_sample_gradients
-
-
-def loop_gradients(adapter, x, y):
-    """Reference: one autograd.grad call per example on the module itself."""
-    names = adapter.parameter_names()
-    params = dict(adapter.model.named_parameters())
-    rows = []
-    for i in range(len(y)):
-        loss = adapter.loss(adapter.model(take(x, slice(i, i + 1))), y[i:i + 1]).sum()
-        g = torch.autograd.grad(loss, [params[n] for n in names])
-        rows.append(torch.cat([t.reshape(-1) for t in g]))
-    return torch.stack(rows)
+from tests.exact import loop_gradients
 
 
 def test_batched_gradients_equal_per_example_autograd(small_model, digits):

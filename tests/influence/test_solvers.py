@@ -9,7 +9,7 @@ from fastif_engine.influence.krylov import LowRankSolver
 from fastif_engine.influence.planning import make_solver
 from fastif_engine.influence.scores import influence_on_candidates, self_influence
 from fastif_engine.influence.solvers import ExactSolver, LissaSettings, LissaSolver, lissa_block
-from tests.test_hessian import reference_hessian
+from tests.exact import reference_hessian
 
 
 def misclassified(adapter, x, y, n):

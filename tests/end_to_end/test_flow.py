@@ -10,52 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.datasets import load_breast_cancer
 
 from fastif_engine.cleaning.pipeline import CACHE_DIR
 from fastif_engine.data.batching import RowFile
-from fastif_engine.data.datasets import add_label_noise
 from flows.cli import main
+from tests.end_to_end.runs import FAST, clean
 from fastif_engine.config import CleanConfig
 
 FLAG_COLUMNS = ["train_id", "label", "predicted", "harm_score", "self_influence", "n_errors_harmed", "rank",
                 "flagged"]
-FAST = ["--solver", "lissa", "--depth", "200", "--repeats", "2", "--batch-size", "8", "--k", "100"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    """One Prefect test server for every flow run in this module (~10 s to start)."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield
-
-
-@pytest.fixture(scope="module")
-def tabular(tmp_path_factory):
-    """Real tabular data: breast cancer, 10% of training labels flipped, id column kept."""
-    out = tmp_path_factory.mktemp("bc")
-    x, y = load_breast_cancer(return_X_y=True, as_frame=True)
-    frame = x.rename(columns=lambda c: c.replace(" ", "_")).assign(label=np.where(y == 1, "benign", "malignant"))
-    frame.insert(0, "id", [f"bc{i}" for i in range(len(frame))])
-    order = np.random.default_rng(0).permutation(len(frame))
-    parts = {"train": order[:340], "valid": order[340:455], "test": order[455:]}
-    paths = {}
-    for name, rows in parts.items():
-        part = frame.iloc[rows].reset_index(drop=True)
-        if name == "train":
-            part = add_label_noise(part, 0.1, np.random.default_rng(1))
-        paths[name] = out / f"{name}.parquet"
-        part.to_parquet(paths[name], index=False)
-    return paths
-
-
-def clean(paths, out, *extra, model="tabular-mlp"):
-    return main(["clean", "--train", str(paths["train"]), "--valid", str(paths["valid"]), "--test",
-                 str(paths["test"]), "--out", str(out), "--model", model, *FAST, *extra])
 
 
 @pytest.fixture(scope="module")

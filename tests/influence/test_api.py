@@ -8,7 +8,7 @@ import torch
 from fastif_engine import ExactSolver, FastIF, FaissIndex, LissaSettings, extract_features
 from fastif_engine.influence.knn import exact_neighbours
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_knn_restricted_scores_equal_full_scores_on_the_candidates(logreg, digits):
