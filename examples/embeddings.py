@@ -27,7 +27,7 @@ def sentence_embeddings(texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Mean-pooled, unit-length MiniLM sentence vectors ``[n, 384]`` (the encoder's local files; no download)."""
     from transformers import AutoModel, AutoTokenizer
 
-    from fastif_engine.models.text import encoder_path
+    from fastif_engine.models import encoder_path
 
     tokenizer = AutoTokenizer.from_pretrained(encoder_path())
     encoder = AutoModel.from_pretrained(encoder_path()).eval()

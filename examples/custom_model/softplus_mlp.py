@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from fastif_engine import TrainableAdapter
-from fastif_engine.models import DataInfo
-from fastif_engine.models.training import TrainSettings, seeded, train
+from fastif_engine.models import DataInfo, TrainSettings, seeded, train
 
 
 class SoftplusNet(nn.Module):

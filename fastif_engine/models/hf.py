@@ -19,7 +19,7 @@ from pathlib import Path
 
 from torch import nn
 
-from . import ModelLoadError
+from ..errors import ModelLoadError
 from .text import MiniLMAdapter, _TopLayers
 from .training import TrainSettings, seeded
 

@@ -24,7 +24,6 @@ from ..store.files import write_bytes, write_json, write_parquet, write_text
 from .content import render
 from .plots import plot_accuracy, plot_score_distribution, thumbnail
 
-from .. import __version__
 from ..cleaning.workers import worker_device
 
 OUTPUTS = ("flags.parquet", "influence.parquet", "fixes.csv", "metrics.json", "report.md", "report.html")
@@ -143,7 +142,7 @@ def metrics_record(cfg, ds, predictions, errors, flags, n_candidates, solver_inf
         "sign_convention": "influence = -grad L(test)^T (H + ridge I)^-1 grad L(train); positive = harmful",
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "config": json.loads(cfg.model_dump_json()),
-        "versions": {"fastif": __version__, "python": platform.python_version(),
+        "versions": {"fastif": fastif_version(), "python": platform.python_version(),
                      "torch": torch.__version__, "faiss": faiss_build(), "prefect": _installed("prefect")},
     }
 
@@ -236,3 +235,9 @@ def _installed(package: str) -> str | None:
         return version(package)
     except PackageNotFoundError:
         return None
+
+
+def fastif_version() -> str:
+    from .. import __version__  # read when a run ends (the package imports this module)
+
+    return __version__
