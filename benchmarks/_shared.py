@@ -1,6 +1,7 @@
 """Small helpers the benchmark scripts share (run them from the repository root)."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -63,3 +64,9 @@ def timed(fn):
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
+
+
+def results_dir() -> Path:
+    """``benchmarks/results`` (the latest result per headline), or ``$FASTIF_BENCHMARK_RESULTS`` (the
+    suite's quick runs write there, so they never replace a headline's result)."""
+    return Path(os.environ.get("FASTIF_BENCHMARK_RESULTS") or Path(__file__).resolve().parent / "results")

@@ -24,9 +24,10 @@ import pandas as pd
 
 import fastif_engine
 from fastif_engine.data.datasets import export
+from _shared import results_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results" / "embeddings.json"
+RESULTS = results_dir() / "embeddings.json"
 
 
 def summarise(name: str, result, flipped: np.ndarray, seconds: float) -> dict:

@@ -20,9 +20,10 @@ from pathlib import Path
 import fastif_engine
 from fastif_engine.data.datasets import export, pixels_as_columns
 from flows.cli import main as fastif
+from _shared import results_dir
 
 INFLUENCE_STAGES = ("resolve solver", "s_test", "influence", "net harm", "self-influence")
-RESULTS = Path(__file__).resolve().parent / "results" / "passes.json"
+RESULTS = results_dir() / "passes.json"
 
 
 def ratio(metrics: dict) -> dict:

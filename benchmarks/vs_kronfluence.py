@@ -62,8 +62,9 @@ from fastif_engine.influence.scores import influence_on_candidates
 from fastif_engine.influence.solvers import DEFAULT_DAMPING, LissaSettings, with_scale
 from fastif_engine.models import DataInfo, create_model
 from flows.cli import DEMO_NOISE, DEMO_SETTINGS
+from _shared import results_dir
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = results_dir()
 TOP, FLAG_SHARE = 10, 0.15
 REFERENCE_BLOCK = 16  # vectors per CG solve (memory: each is a [P] float32 in five CG buffers)
 

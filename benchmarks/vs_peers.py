@@ -27,7 +27,6 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,8 +40,9 @@ from fastif_engine.influence.api import FastIF
 from fastif_engine.influence.gradients import FlatParams
 from fastif_engine.influence.solvers import DEFAULT_DAMPING, LissaSettings, with_scale
 from fastif_engine.models.tabular import LogisticRegressionAdapter, MLPAdapter
+from _shared import results_dir
 
-RESULTS = Path(__file__).resolve().parent / "results" / "vs_peers.json"
+RESULTS = results_dir() / "vs_peers.json"
 N_TRAIN, N_TEST = 1257, 30
 SLOW_SECONDS = 10.0  # a method whose runs add up to this is not repeated further
 
