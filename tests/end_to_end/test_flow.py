@@ -17,6 +17,8 @@ from flows.cli import main
 from tests.end_to_end.runs import FAST, clean
 from fastif_engine.config import CleanConfig
 
+pytestmark = pytest.mark.slow  # real flow runs: the end-to-end tier (pytest -m "not slow" skips it)
+
 FLAG_COLUMNS = ["train_id", "label", "predicted", "harm_score", "self_influence", "n_errors_harmed", "rank",
                 "flagged"]
 

@@ -8,6 +8,8 @@ import fastif_engine.report.outputs
 from flows.cli import main
 from tests.end_to_end.runs import FAST, clean
 
+pytestmark = pytest.mark.slow  # real flow runs: the end-to-end tier (pytest -m "not slow" skips it)
+
 
 def test_crash_while_writing_keeps_the_previous_outputs(tabular, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"

@@ -13,6 +13,8 @@ from flows.cli import main
 from fastif_engine.cleaning.workers import worker_device
 from tests.end_to_end.runs import FAST, clean
 
+pytestmark = pytest.mark.slow  # real flow runs: the end-to-end tier (pytest -m "not slow" skips it)
+
 
 @pytest.fixture(scope="module")
 def reference(tabular, tmp_path_factory):

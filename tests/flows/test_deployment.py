@@ -6,10 +6,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_nightly_deployment_runs_through_a_worker():
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

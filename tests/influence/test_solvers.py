@@ -30,7 +30,7 @@ def test_exact_solver_equals_numpy_solve_of_autograd_hessian(logreg, digits):
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-7, atol=1e-10)
 
 
-@pytest.mark.parametrize("batch_size,repeats", [(1, 8), (16, 4)])
+@pytest.mark.parametrize("batch_size,repeats", [pytest.param(1, 8, marks=pytest.mark.slow), (16, 4)])
 def test_lissa_matches_the_exact_damped_inverse(small_model, digits, batch_size, repeats):
     """FastIF's regime (B=1, several repeats) and a mid-size batch both reach cosine ≥ 0.99."""
     x, y = digits["train"]

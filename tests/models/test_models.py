@@ -7,7 +7,11 @@ from fastif_engine import FastIF, LissaSettings
 from fastif_engine.data.batching import take
 from fastif_engine.data.datasets import export
 from fastif_engine.data.tables import load_dataset
-from fastif_engine.influence.gradients import FlatParams, directional_derivatives, gradient_matrix
+from fastif_engine.influence.gradients import (
+    FlatParams,
+    directional_derivatives,
+    gradient_matrix,
+)
 from fastif_engine.influence.hessian import hvp_on_batch
 from fastif_engine.models import DataInfo, ModelLoadError, create_model
 from fastif_engine.models.training import evaluate, objective, seeded
@@ -82,6 +86,7 @@ def test_minilm_cached_lower_layers_reproduce_the_full_encoder(minilm, reviews):
     torch.testing.assert_close(minilm.features(minilm.trim_batch(inputs)), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_minilm_gradients_through_the_top_layer(minilm, reviews):
     tr, va = reviews.splits["train"], reviews.splits["valid"]
     x, y = minilm.prepare(tr.values), torch.as_tensor(tr.labels)
