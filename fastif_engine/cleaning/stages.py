@@ -3,7 +3,8 @@
 
 Stages hand each other paths, never arrays. Every stage writes its output to the run's stage
 cache under a name that contains a content key (file fingerprints + the settings that matter),
-atomically; a stage whose output already exists is not recomputed (see ``StageCache``).
+atomically; a stage whose output already exists is not recomputed (``stage_cache.StageCache``);
+what a stage loads in its worker is in ``worker_state``.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from ..influence.scores import influence_on_candidates, self_influence
 from ..influence.solvers import EXACT_MAX_PARAMS, LissaSolver, auto_scale, sweep_scale
 from ..models import create_model, data_info
 from ..models.training import evaluate
-from ..store.files import NpyRows, atomic_path, npy_writer, save_arrays, save_tensors, write_json, write_npy, write_parquet
+from ..store.files import (NpyRows, atomic_path, npy_writer, save_arrays, save_tensors, write_json, write_npy,
+                           write_parquet)
 from .retrain import retrain_and_evaluate
 from .stage_cache import _cached, _fault_point, log, stage
 from .worker_state import _Work, _inputs, lissa_settings, load_adapter, load_cached_dataset, s_test_rows

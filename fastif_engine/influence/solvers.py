@@ -11,10 +11,13 @@ Every solver takes a block of test gradients ``V [m, P]`` and returns ``S [m, P]
   with a fresh minibatch S_j of size B per step. Its fixed point is (H + d·s·I)⁻¹ v, so the
   effective ridge is λ = damping · scale. T independent repeats are averaged; each repeat is
   a pure function of (V, repeat index) so repeats can run on different workers.
-* :class:`LowRankSolver` — H's top-r eigenpairs (Lanczos on HVPs over a row sample), then
+* ``krylov.LowRankSolver`` (beside conjugate gradient in :mod:`.krylov`) — H's top-r eigenpairs
+  (Lanczos on HVPs over a row sample), then
       (H + λI)⁻¹ ≈ U diag(1/(μ + λ)) Uᵀ + (I − UUᵀ)/λ
   exact on the top subspace, zero curvature assumed elsewhere. Built once, every solve is two
   matrix products: what makes self-influence of every training row affordable for big models.
+
+Which one a run uses, and building it: :mod:`fastif_engine.influence.planning`.
 """
 from __future__ import annotations
 
