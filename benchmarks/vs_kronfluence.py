@@ -1,7 +1,9 @@
-"""fastif's default solver beside Kronfluence's EK-FAC and the seed's LiSSA, on the demo's text model.
+"""fastif's default solver beside Kronfluence's EK-FAC and the seed's LiSSA, on the demo's text model
+(or image-cnn on Fashion-MNIST).
 
     pip install --no-deps --target benchmarks/.peers kronfluence==1.0.1 accelerate einops einconv opt-einsum
     PYTHONPATH=benchmarks/.peers python benchmarks/vs_kronfluence.py [--repeats 3] [--damping 0.05]
+    PYTHONPATH=benchmarks/.peers python benchmarks/vs_kronfluence.py --model image-cnn [--max-train 10000]
 
 Kronfluence is never a fastif dependency: it installs beside the benchmark with ``--no-deps``.
 
@@ -30,6 +32,10 @@ here), the residual checked afterwards by a fresh full-data product. Agreement i
 those errors' candidates: Pearson over every (error, candidate) pair, the mean overlap of each
 error's top 10, and the overlap of the 300 rows (15%, the demo's budget) with the most harm
 summed over those errors. Times are for all errors.
+
+``--model image-cnn``: the same comparison on Fashion-MNIST (``--max-train`` training images, 10%
+of labels flipped uniformly, seed 0) with image-cnn fit by its own recipe; both methods track its
+two differentiated ``nn.Linear`` layers (``fc``, ``head``), so EK-FAC covers every parameter.
 """
 from __future__ import annotations
 
@@ -57,28 +63,31 @@ from fastif_engine.influence.gradients import FlatParams, gradient_matrix
 from fastif_engine.influence.hessian import full_hvp
 from fastif_engine.influence.knn import FaissIndex
 from fastif_engine.influence.krylov import CgSolver, LowRankSolver
-from fastif_engine.influence.planning import AUTO_LOWRANK_ROWS, AUTO_RANK
+from fastif_engine.influence.planning import AUTO_RANK, auto_sample_rows
 from fastif_engine.influence.scores import influence_on_candidates
 from fastif_engine.influence.solvers import DEFAULT_DAMPING, LissaSettings, with_scale
-from fastif_engine.models import DataInfo, create_model
+from fastif_engine.data.tables import load_dataset
 from flows.cli import DEMO_NOISE, DEMO_SETTINGS
-from _shared import results_dir
+from _shared import model_for, results_dir
 
 RESULTS = results_dir()
+CACHE = Path(__file__).parent / ".cache" / "vs_kronfluence"  # converged references, reused by later runs
 TOP, FLAG_SHARE = 10, 0.15
 REFERENCE_BLOCK = 16  # vectors per CG solve (memory: each is a [P] float32 in five CG buffers)
 
 
 # -- the demo's model and errors ------------------------------------------------------------------
 
-def demo_problem(tmp: Path, max_train: int):
-    paths = export("rotten-tomatoes", tmp / "data", max_train=max_train, **DEMO_NOISE)
-    train, valid = pd.read_parquet(paths["train"]), pd.read_parquet(paths["valid"])
-    classes = sorted(train["label"].unique())
-    adapter = create_model("text-minilm", DataInfo("text", len(classes), (), tuple(classes)))
-    x, xv = adapter.prepare(train["text"].tolist()), adapter.prepare(valid["text"].tolist())
-    y = torch.tensor([classes.index(c) for c in train["label"]])
-    yv = torch.tensor([classes.index(c) for c in valid["label"]])
+def demo_problem(tmp: Path, max_train: int, model: str = "text-minilm"):
+    """The trained model, its training rows and its misclassified validation rows."""
+    if model == "text-minilm":
+        paths = export("rotten-tomatoes", tmp / "data", max_train=max_train, **DEMO_NOISE)
+    else:
+        paths = export("fashion-mnist", tmp / "data", max_train=max_train, noise=0.1, seed=0)
+    ds = load_dataset({k: str(v) for k, v in paths.items()})
+    adapter, inputs = model_for(model, ds)
+    x, xv = inputs("train"), inputs("valid")
+    y, yv = torch.as_tensor(ds.splits["train"].labels), torch.as_tensor(ds.splits["valid"].labels)
     adapter.fit(x, y)
     wrong = (adapter.predict(xv) != yv).nonzero().squeeze(1)
     return adapter, x, y, take(xv, wrong), yv[wrong]
@@ -94,7 +103,8 @@ class _Rows(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
-        return {k: v[i] for k, v in self.inputs.items()}, self.labels[i]
+        row = {k: v[i] for k, v in self.inputs.items()} if isinstance(self.inputs, dict) else self.inputs[i]
+        return row, self.labels[i]
 
 
 def kronfluence_run(adapter, x, y, xq, yq, candidates: np.ndarray, damping: float | None, workdir: str,
@@ -123,11 +133,13 @@ def kronfluence_run(adapter, x, y, xq, yq, candidates: np.ndarray, damping: floa
         def get_influence_tracked_modules(self):
             return modules
 
-        def get_attention_mask(self, batch):
-            return batch[0]["mask"].long()  # an int mask: it is summed into an int64 counter
+        def get_attention_mask(self, batch):  # text: an int mask (it is summed into an int64 counter)
+            return batch[0]["mask"].long() if isinstance(batch[0], dict) else None
 
     def collate(items):
         inputs, labels = zip(*items)
+        if not isinstance(inputs[0], dict):
+            return torch.stack(inputs), torch.stack(labels)
         return adapter.trim_batch({k: torch.stack([r[k] for r in inputs]) for k in inputs[0]}), torch.stack(labels)
 
     with adapter.rows_first():  # every activation [rows, tokens, dim]: Kronfluence's samples are rows
@@ -178,6 +190,30 @@ def solved_scores(adapter, x, y, s: torch.Tensor, lists, flat) -> list[np.ndarra
     return as_lists(table, lists)
 
 
+# -- the reference ---------------------------------------------------------------------------------
+
+def reference_solution(adapter, x, y, v, ridge, flat, tolerance, path: Path) -> dict:
+    """(H + λI)⁻¹ v by CG to ``tolerance``, its residual checked by a fresh full-data product; saved to
+    ``path`` with a checksum of the model's parameters, and read back by a later run on the same model."""
+    checksum = float(sum(p.double().abs().sum() for p in flat.as_dict().values()))
+    if path.exists():
+        saved = torch.load(path)
+        if saved["checksum"] == checksum and saved["s"].shape == v.shape:
+            return {**saved, "cached": True}
+    t = time.perf_counter()
+    cg = CgSolver(adapter, x, y, ridge=ridge, flat=flat, tolerance=tolerance, max_iterations=500,
+                  preconditioner=LowRankSolver(adapter, x, y, ridge=ridge, rank=AUTO_RANK, flat=flat,
+                                               rows=auto_sample_rows(len(y)), iterations=3 * AUTO_RANK))
+    s = torch.cat([cg.solve(block) for block in v.split(REFERENCE_BLOCK)])
+    check = max(float(((b - full_hvp(adapter, flat, x, y, si) - ridge * si).norm(dim=1) / b.norm(dim=1)).max())
+                for b, si in zip(v.split(REFERENCE_BLOCK), s.split(REFERENCE_BLOCK)))
+    saved = {"s": s, "residual": check, "iterations": max(cg.iterations_used), "checksum": checksum,
+             "seconds": time.perf_counter() - t}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(saved, path)
+    return {**saved, "cached": False}
+
+
 # -- agreement ------------------------------------------------------------------------------------
 
 def agreement(got: list[np.ndarray], ref: list[np.ndarray], lists: list[np.ndarray], n_train: int) -> dict:
@@ -199,14 +235,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lissa-errors", type=int, default=8)
-    parser.add_argument("--max-train", type=int, default=2000)
+    parser.add_argument("--model", choices=("text-minilm", "image-cnn"), default="text-minilm")
+    parser.add_argument("--max-train", type=int, help="training rows (default: 2,000 text / 10,000 images)")
     parser.add_argument("--damping", type=float, default=DEFAULT_DAMPING, help="d; λ = d × the estimated scale")
     parser.add_argument("--reference-tolerance", type=float, default=1e-6)
     parser.add_argument("--reference-errors", type=int, default=8,
                         help="errors the reference is solved for (each costs ~10 full-data HVP passes)")
+    parser.add_argument("--skip", default="", help="methods left out, comma-separated: ekfac, kronfluence, lissa")
     args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
     with tempfile.TemporaryDirectory() as tmp:
-        adapter, x, y, xq, yq = demo_problem(Path(tmp), args.max_train)
+        max_train = args.max_train or (2000 if args.model == "text-minilm" else 10_000)
+        adapter, x, y, xq, yq = demo_problem(Path(tmp), max_train, args.model)
         flat = FlatParams.of(adapter)
         settings = with_scale(adapter, x, y, LissaSettings(damping=args.damping), flat)
         ridge = settings.ridge
@@ -217,19 +257,16 @@ def main() -> None:
         print(f"{len(y)} training rows, {len(yq)} errors, {len(union)} distinct candidates; "
               f"{flat.size:,} parameters, λ = {ridge:.4g}", flush=True)
 
-        t = time.perf_counter()
         r = min(args.reference_errors, len(yq))
         v = gradient_matrix(adapter, take(xq, slice(0, r)), yq[:r], flat=flat)
-        cg = CgSolver(adapter, x, y, ridge=ridge, flat=flat, tolerance=args.reference_tolerance, max_iterations=500,
-                      preconditioner=LowRankSolver(adapter, x, y, ridge=ridge, rank=AUTO_RANK, flat=flat,
-                                                   rows=AUTO_LOWRANK_ROWS, iterations=3 * AUTO_RANK))
-        s_ref = torch.cat([cg.solve(block) for block in v.split(REFERENCE_BLOCK)])
-        check = max(float(((b - full_hvp(adapter, flat, x, y, s) - ridge * s).norm(dim=1) / b.norm(dim=1)).max())
-                    for b, s in zip(v.split(REFERENCE_BLOCK), s_ref.split(REFERENCE_BLOCK)))
+        ref = reference_solution(adapter, x, y, v, ridge, flat, args.reference_tolerance,
+                                 CACHE / f"reference-{args.model}-{len(y)}-d{args.damping:g}-"
+                                         f"tol{args.reference_tolerance:g}-e{r}.pt")
+        s_ref, check = ref["s"], ref["residual"]
         reference = solved_scores(adapter, x, y, s_ref, lists[:r], flat)
         dot = solved_scores(adapter, x, y, v / ridge, lists[:r], flat)
-        print(f"reference: CG, {max(cg.iterations_used)} iterations, relative residual ≤ {check:.1e} "
-              f"({time.perf_counter() - t:.0f} s)", flush=True)
+        print(f"reference: CG, {ref['iterations']} iterations, relative residual ≤ {check:.1e} "
+              f"({ref['seconds']:.0f} s{', saved by an earlier run' if ref['cached'] else ''})", flush=True)
 
         rows = [{"method": "gradient dot product (no Hessian)", "seconds": None,
                  **agreement(dot, reference, lists[:r], len(y))}]
@@ -252,24 +289,29 @@ def main() -> None:
         measure("fastif default (auto)",
                 lambda: as_lists(fastif_run(adapter, x, y, xq, yq, index, args.damping, settings.scale, "auto"), lists),
                 args.repeats)
-        measure("fastif ekfac", lambda: as_lists(fastif_run(adapter, x, y, xq, yq, index, args.damping, settings.scale, "ekfac"),
-                                                 lists), args.repeats)
+        if "ekfac" not in skip:
+            measure("fastif ekfac", lambda: as_lists(fastif_run(adapter, x, y, xq, yq, index, args.damping, settings.scale,
+                                                            "ekfac"), lists), args.repeats)
         for label, damping in (("λ + l2", ridge + adapter.l2), ("its heuristic, 0.1 × mean eigenvalue", None)):
+            if "kronfluence" in skip:
+                break
             def kf(damping=damping):
                 with tempfile.TemporaryDirectory() as work:
                     return on_candidates(kronfluence_run(adapter, x, y, xq, yq, union, damping, work), union, lists)
             measure(f"Kronfluence EK-FAC, damping {label}", kf, args.repeats)
         m = max(min(args.lissa_errors, len(yq)), r)
-        measure("LiSSA J = 300, B = 16 (the seed's)",
-                lambda: as_lists(fastif_run(adapter, x, y, take(xq, slice(0, m)), yq[:m], index, args.damping,
-                                            settings.scale, "lissa"), lists[:m]), 1, queries=m)
-        rows[-1]["seconds_all_queries_scaled"] = rows[-1]["seconds"] * len(yq) / m
+        if "lissa" not in skip:
+            measure("LiSSA J = 300, B = 16 (the seed's)",
+                    lambda: as_lists(fastif_run(adapter, x, y, take(xq, slice(0, m)), yq[:m], index, args.damping,
+                                                settings.scale, "lissa"), lists[:m]), 1, queries=m)
+            rows[-1]["seconds_all_queries_scaled"] = rows[-1]["seconds"] * len(yq) / m
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"vs_kronfluence-d{args.damping:g}.json").write_text(json.dumps({
-        "version": fastif_engine.__version__, "train_rows": len(y), "errors": len(yq), "k": DEMO_SETTINGS["k"],
+    tag = "" if args.model == "text-minilm" else f"{args.model}-"
+    (RESULTS / f"vs_kronfluence-{tag}d{args.damping:g}.json").write_text(json.dumps({
+        "version": fastif_engine.__version__, "model": args.model, "train_rows": len(y), "errors": len(yq), "k": DEMO_SETTINGS["k"],
         "parameters": flat.size, "damping": args.damping, "ridge": ridge, "threads": torch.get_num_threads(), "repeats": args.repeats,
-        "reference": {"solver": "cg", "iterations": max(cg.iterations_used), "relative_residual": check},
+        "reference": {"solver": "cg", "iterations": ref["iterations"], "relative_residual": check}, "skipped": sorted(skip),
         "rows": rows}, indent=1))
     print("\n| method | median s | Pearson | top-10 overlap | flag overlap |\n|---|---|---|---|---|")
     for r in rows:

@@ -12,7 +12,8 @@ solver took (build + solve), for
 * ``none``: no Hessian at all, S = V / λ (the baseline every figure is read against);
 * ``ekfac``: EK-FAC (Kronecker-factored Gauss-Newton per Linear weight);
 * ``lowrank``: auto's low-rank candidate (Lanczos on 128 rows, top 8, stopped when settled);
-* ``lowrank-1``: the top Hessian eigenvector alone (same Lanczos run);
+* ``lowrank-1``: the top Hessian eigenvector alone (same Lanczos run); ``--lowrank 4x128,8x64``:
+  more low-rank variants (rank × sampled rows, Lanczos stopped the same way);
 * ``lissa``: LiSSA at the previous defaults (J = 300, B = 16) and ``lissa-demo``: J = 100, B = 1 at
   the same ridge (skipped with ``--skip-lissa``);
 * ``gauss-newton``: CG on the exact Gauss-Newton matrix (what EK-FAC approximates), to tell the
@@ -38,7 +39,7 @@ from fastif_engine.data.tables import load_dataset
 from fastif_engine.influence.gradients import FlatParams, gradient_matrix
 from fastif_engine.influence.kfac import EkfacSolver
 from fastif_engine.influence.krylov import CgSolver, LowRankSolver
-from fastif_engine.influence.planning import AUTO_LOWRANK_ROWS, AUTO_RANK
+from fastif_engine.influence.planning import AUTO_RANK, auto_sample_rows
 from fastif_engine.influence.scores import influence_on_candidates
 from fastif_engine.influence.solvers import LissaSettings, LissaSolver, with_scale
 
@@ -74,6 +75,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=400)
     ap.add_argument("--errors", type=int, default=8)
     ap.add_argument("--skip-lissa", action="store_true")
+    ap.add_argument("--skip-gauss-newton", action="store_true")
+    ap.add_argument("--damping", type=float, help="d (λ = d × scale); default: fastif's")
+    ap.add_argument("--lowrank", default="", help="more low-rank variants, rank x rows: e.g. 4x128,8x64")
     args = ap.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,7 +89,7 @@ def main() -> None:
     wrong = (model.predict(xv) != yv).nonzero().ravel()[:args.errors]
     v = gradient_matrix(model, take(xv, wrong), yv[wrong])
     flat = FlatParams.of(model)
-    settings = with_scale(model, x, y, LissaSettings(), flat)
+    settings = with_scale(model, x, y, LissaSettings(**({} if args.damping is None else {"damping": args.damping})), flat)
     ridge = settings.ridge
     print(f"{len(y)} training rows, {len(wrong)} errors, {flat.size:,} parameters, ridge λ = {ridge:.4g}", flush=True)
 
@@ -111,15 +115,20 @@ def main() -> None:
     low_holder = {}
 
     def lowrank():
-        low_holder["solver"] = LowRankSolver(model, x, y, ridge=ridge, rank=AUTO_RANK, rows=AUTO_LOWRANK_ROWS,
+        low_holder["solver"] = LowRankSolver(model, x, y, ridge=ridge, rank=AUTO_RANK, rows=auto_sample_rows(len(y)),
                                              flat=flat, iterations=3 * AUTO_RANK, early_stop=True)
         return low_holder["solver"].solve(v)
 
     run("lowrank", lowrank)
     low = low_holder["solver"]
     run("lowrank-1", lambda: LowRankSolver.from_eigenpairs(low.eigenvalues[:1], low.eigenvectors[:1], ridge).solve(v))
-    run("gauss-newton", lambda: GaussNewtonCg(model, x, y, ridge=ridge, preconditioner=ekfac_holder["solver"],
-                                              flat=flat, tolerance=1e-3, max_iterations=40).solve(v))
+    for variant in filter(None, args.lowrank.split(",")):
+        rank, sample = (int(t) for t in variant.split("x"))
+        run(f"lowrank-{rank}x{sample}", lambda: LowRankSolver(
+            model, x, y, ridge=ridge, rank=rank, rows=sample, flat=flat, iterations=3 * rank, early_stop=True).solve(v))
+    if not args.skip_gauss_newton:
+        run("gauss-newton", lambda: GaussNewtonCg(model, x, y, ridge=ridge, preconditioner=ekfac_holder["solver"],
+                                                  flat=flat, tolerance=1e-3, max_iterations=40).solve(v))
     if not args.skip_lissa:
         run("lissa", lambda: LissaSolver(model, x, y, settings, flat=flat).solve(v))
         demo = LissaSettings(depth=100, batch_size=1, damping=settings.damping, scale=settings.scale)
@@ -128,11 +137,11 @@ def main() -> None:
     s_ref = timed.pop("reference (CG on H)")[0]
     inf_ref = influence_on_candidates(model, x, y, s_ref).as_matrix(len(wrong), len(y))
     rows = {}
-    print(f"\nHessian's top eigenvalues (Lanczos, {AUTO_LOWRANK_ROWS} rows): "
+    print(f"\nHessian's top eigenvalues (Lanczos, {auto_sample_rows(len(y))} rows): "
           f"{', '.join(f'{e:.3g}' for e in low.eigenvalues[:4].tolist())}; λ = {ridge:.3g}")
     print(f"reference: CG, {reference.iterations_used[0]} iterations, max relative residual "
           f"{float(reference.residuals.max()):.1e}")
-    print(f"{'solver':<14}{'seconds':>9}{'cosine':>9}{'Pearson mean':>14}{'min':>8}")
+    print(f"{'solver':<16}{'seconds':>9}{'cosine':>9}{'Pearson mean':>14}{'min':>8}")
     for name, (s, seconds) in timed.items():
         inf = influence_on_candidates(model, x, y, s).as_matrix(len(wrong), len(y))
         pearson = [float(np.corrcoef(a, b)[0, 1]) for a, b in zip(inf, inf_ref)]
@@ -140,8 +149,9 @@ def main() -> None:
         rows[name] = {"seconds": round(seconds, 2), "cosine_mean": round(float(cos.mean()), 4),
                       "pearson_mean": round(float(np.mean(pearson)), 4), "pearson_min": round(min(pearson), 4)}
         r = rows[name]
-        print(f"{name:<14}{r['seconds']:>9.1f}{r['cosine_mean']:>9.3f}{r['pearson_mean']:>14.4f}{r['pearson_min']:>8.4f}")
-    out = Path(__file__).parent / "results" / "text_solvers.json"
+        print(f"{name:<16}{r['seconds']:>9.1f}{r['cosine_mean']:>9.3f}{r['pearson_mean']:>14.4f}{r['pearson_min']:>8.4f}")
+    suffix = "" if args.damping is None else f"-d{args.damping:g}"
+    out = Path(__file__).parent / "results" / f"text_solvers{suffix}.json"
     out.write_text(json.dumps({"rows": len(y), "errors": len(wrong), "ridge": ridge,
                                "top_eigenvalues": low.eigenvalues[:8].tolist(), "solvers": rows}, indent=1))
 

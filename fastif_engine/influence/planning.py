@@ -30,11 +30,18 @@ def choose_solver(name: str, n_params: int | None = None) -> str:
 # ``auto``: an exact-quality solver (exact, or EK-FAC-preconditioned CG) is used when its predicted
 # time is within this budget (seconds, on the device the run uses), else the better-fitting approximation.
 AUTO_BUDGET_SECONDS = 30.0
-AUTO_RANK = 8  # top Hessian eigenpairs auto's low-rank candidate keeps (text-minilm: rank 1 already Pearson 0.98)
-AUTO_EKFAC_ROWS = 256  # training rows EK-FAC's factors are estimated on for auto's comparison
-AUTO_LOWRANK_ROWS = 128  # training rows its Hessian is sampled on (text-minilm, rank 8: Pearson 0.983 at 128 rows, 0.989 at 256)
-PROBE_VALUES = 1e8  # probe rows × parameters timed by plan_solver (≥ 32 rows)
+AUTO_RANK = 4  # top Hessian eigenpairs auto's low-rank candidate keeps (text-minilm: as close as rank 8; docs/decisions/solver-auto.md)
+# Both approximations are built for auto's comparison on a sample of the training rows: an eighth
+# of them, within these bounds, so what the comparison costs shrinks with the data it explains.
+AUTO_SAMPLE_ROWS = (64, 128)
+PROBE_VALUES = 5e7  # probe rows × parameters timed by plan_solver (≥ 32 rows)
 CG_EXPECTED_ITERATIONS = 20  # preconditioned CG to 1e-4 on the built-in tabular models: 7–31 (tests/influence/test_solvers.py)
+
+
+def auto_sample_rows(n: int) -> int:
+    """Training rows ``auto`` builds each approximation on, for N = ``n`` rows (``AUTO_SAMPLE_ROWS``)."""
+    low, high = AUTO_SAMPLE_ROWS
+    return min(n, max(low, min(high, n // 8)))
 
 
 @dataclass
@@ -68,11 +75,10 @@ def plan_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.
     to ``probe_rows`` training rows) and predicts from it, for this model on this device: exact
     costs N × P row-HVPs, CG ``CG_EXPECTED_ITERATIONS`` passes over N rows for ``n_vectors``. ``auto``
     takes the cheaper when it fits ``AUTO_BUDGET_SECONDS``. Otherwise it builds both one-off
-    approximations, EK-FAC (factors from ``AUTO_EKFAC_ROWS`` rows, for the comparison) and the
-    low-rank Hessian (Lanczos on ``AUTO_LOWRANK_ROWS`` rows, stopped when its top ``AUTO_RANK``
-    eigenvalues settle), and keeps the one whose relative residual ‖v − (H + λI) S v‖ / ‖v‖ on the
-    probe gradients is smaller (fidelity measured, not assumed); EK-FAC, if it wins, is rebuilt
-    on every row.
+    approximations on samples of :func:`auto_sample_rows` rows, EK-FAC (factors, for the comparison)
+    and the low-rank Hessian (Lanczos, stopped when its top ``AUTO_RANK`` eigenvalues settle), and
+    keeps the one whose relative residual ‖v − (H + λI) S v‖ / ‖v‖ on the probe gradients is
+    smaller (fidelity measured, not assumed); EK-FAC, if it wins, is rebuilt on every row.
     """
     name = choose_solver(name)
     flat = flat or FlatParams.of(adapter)
@@ -113,13 +119,14 @@ def plan_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.
         return SolverPlan(name, "requested", predicted, ekfac, residual(ekfac), measured)
     # Both approximations on a sample of rows first (what they cost there is timed); the winner is then
     # the low-rank solver as built, or EK-FAC rebuilt on every row.
-    sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))[:min(n, AUTO_EKFAC_ROWS)]
+    sampled = auto_sample_rows(n)
+    sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))[:sampled]
     started = time.perf_counter()
     trial = EkfacSolver(adapter, take(inputs, sample), labels[sample], ridge=ridge, flat=flat)
     predicted["ekfac"] = measured["ekfac_sample_build_s"] = time.perf_counter() - started
     predicted["ekfac"] *= n / len(sample)
     started = time.perf_counter()
-    low = LowRankSolver(adapter, inputs, labels, ridge=ridge, rank=AUTO_RANK, rows=AUTO_LOWRANK_ROWS, seed=seed,
+    low = LowRankSolver(adapter, inputs, labels, ridge=ridge, rank=AUTO_RANK, rows=sampled, seed=seed,
                         flat=flat, iterations=3 * AUTO_RANK, early_stop=True)
     predicted["lowrank"] = measured["lowrank_build_s"] = time.perf_counter() - started
     plan = SolverPlan("lowrank", "", predicted, None, residual(trial), measured, low, residual(low))
@@ -129,7 +136,7 @@ def plan_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.
     plan.reason = (f"{plan.name}: exact-quality solvers predicted {predicted[best]:.0f} s ({best}), over the budget "
                    f"of {AUTO_BUDGET_SECONDS:.0f} s; relative residual on probe gradients: EK-FAC "
                    f"{plan.ekfac_residual:.3f} (factors from {len(sample)} rows), low-rank (rank "
-                   f"{len(low.eigenvalues)}, {min(n, AUTO_LOWRANK_ROWS)} rows) {plan.lowrank_residual:.3f}")
+                   f"{len(low.eigenvalues)}, {sampled} rows) {plan.lowrank_residual:.3f}")
     return plan
 
 

@@ -250,7 +250,7 @@ def test_auto_compares_the_approximations_by_measured_residual(mlp, digits, monk
 
     monkeypatch.setattr(planning, "AUTO_BUDGET_SECONDS", 0.0)
     x, y = digits["train"]
-    monkeypatch.setattr(planning, "AUTO_EKFAC_ROWS", len(y))  # EK-FAC compared as built on every row
+    monkeypatch.setattr(planning, "AUTO_SAMPLE_ROWS", (len(y), len(y)))  # both compared as built on every row
     plan = planning.plan_solver("auto", mlp, x, y, ridge=0.05, n_vectors=20, probe_rows=len(y))
     assert plan.name == ("lowrank" if plan.lowrank_residual < plan.ekfac_residual else "ekfac")
     assert "over the budget" in plan.reason
