@@ -1,9 +1,12 @@
-"""Do a run's flags hold up under a high-accuracy solve? Re-flag a finished run with long LiSSA.
+"""Do a run's flags hold up under a high-accuracy solve? Re-flag a finished run with long LiSSA, or CG.
 
     python benchmarks/studies/reference_flags.py --run runs/demo [--depth 1000] [--batch-size 16] [--repeats 2]
+    python benchmarks/studies/reference_flags.py --run runs/demo --solver cg [--tolerance 1e-4]
 
 Loads the run's trained model and inputs from its stage cache, recomputes net harm (one s_test per
-validation fold) with the given LiSSA settings at the run's own ridge, re-ranks by the run's flag
+validation fold) with the given LiSSA settings, or with conjugate gradient on the full-data damped
+Hessian to a relative residual of ``--tolerance`` (preconditioned by its top eigenpairs), at the
+run's own ridge, re-ranks by the run's flag
 score with the run's budget and evidence floor, and compares the two flag sets. The run's own-loss
 column is reused (it does not depend on the solver).
 """
@@ -24,6 +27,8 @@ from fastif_engine.cleaning.worker_state import _split_tensors
 from fastif_engine.config import CleanConfig
 from fastif_engine.influence.gradients import FlatParams
 from fastif_engine.influence.net_harm import net_harm
+from fastif_engine.influence.krylov import CgSolver, LowRankSolver
+from fastif_engine.influence.planning import AUTO_RANK, auto_sample_rows
 from fastif_engine.influence.solvers import LissaSettings, LissaSolver
 
 
@@ -33,6 +38,8 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--solver", choices=("lissa", "cg"), default="lissa")
+    ap.add_argument("--tolerance", type=float, default=1e-4, help="CG's relative residual")
     args = ap.parse_args()
     metrics = json.loads((args.run / "metrics.json").read_text())
     cfg = CleanConfig(**metrics["config"])
@@ -48,8 +55,18 @@ def main() -> None:
     settings = LissaSettings(depth=args.depth, batch_size=args.batch_size, repeats=args.repeats,
                              damping=solver["damping"], scale=solver["scale"], seed=cfg.seed + 1)
     t0 = time.perf_counter()
-    net = net_harm(adapter, x, y, xv, yv, LissaSolver(adapter, x, y, settings, flat=flat), seed=cfg.seed, flat=flat)
+    if args.solver == "cg":
+        reference = CgSolver(adapter, x, y, ridge=settings.ridge, flat=flat, tolerance=args.tolerance, max_iterations=200,
+                             preconditioner=LowRankSolver(adapter, x, y, ridge=settings.ridge, rank=AUTO_RANK, flat=flat,
+                                                          rows=auto_sample_rows(len(y)), iterations=3 * AUTO_RANK))
+        described = f"CG to a relative residual of {args.tolerance:g}"
+    else:
+        reference = LissaSolver(adapter, x, y, settings, flat=flat)
+        described = f"LiSSA depth {args.depth}, batch {args.batch_size}, repeats {args.repeats}"
+    net = net_harm(adapter, x, y, xv, yv, reference, seed=cfg.seed, flat=flat)
     seconds = time.perf_counter() - t0
+    if args.solver == "cg":
+        described += f" ({max(reference.iterations_used)} iterations, reached {float(reference.residuals.max()):.1e})"
     flags = pd.read_parquet(args.run / "flags.parquet")
     scores = pd.DataFrame({"net_harm": net.score, "net_harm_t": net.t, "train_loss": flags["train_loss"].to_numpy()})
     scores["combined_score"] = rank_fusion(net.score, scores["train_loss"].to_numpy())
@@ -59,8 +76,7 @@ def main() -> None:
     both = len(run_flags & ref_flags)
     print(f"run {args.run}: solver {solver['name']} (depth {solver.get('depth')}, batch {solver.get('batch_size')}, "
           f"repeats {solver.get('repeats')}), ridge {solver['ridge']:.4g}")
-    print(f"reference: LiSSA depth {args.depth}, batch {args.batch_size}, repeats {args.repeats} "
-          f"(net harm in {seconds:.0f} s)")
+    print(f"reference: {described} (net harm in {seconds:.0f} s)")
     print(f"net harm Pearson, run vs reference: {np.corrcoef(flags['net_harm'], net.score)[0, 1]:.4f}")
     print(f"flags: run {len(run_flags)}, reference {len(ref_flags)}, both {both}; "
           f"share of the reference's flags the run has: {both / max(len(ref_flags), 1):.3f}; "

@@ -35,6 +35,7 @@ AUTO_RANK = 4  # top Hessian eigenpairs auto's low-rank candidate keeps (text-mi
 # of them, within these bounds, so what the comparison costs shrinks with the data it explains.
 AUTO_SAMPLE_ROWS = (64, 128)
 PROBE_VALUES = 5e7  # probe rows × parameters timed by plan_solver (≥ 32 rows)
+CG_PRECONDITIONER_ROWS = 256  # training rows auto's CG builds its EK-FAC preconditioner on
 CG_EXPECTED_ITERATIONS = 20  # preconditioned CG to 1e-4 on the built-in tabular models: 7–31 (tests/influence/test_solvers.py)
 
 
@@ -111,8 +112,9 @@ def plan_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.
         plan = SolverPlan(best, f"{best}: exact-quality, predicted {predicted[best]:.1f} s within the budget of "
                           f"{AUTO_BUDGET_SECONDS:.0f} s ({n_vectors} vectors, {p:,} parameters, {n:,} rows)",
                           predicted, measured=measured)
-        if best == "cg":
-            plan.ekfac = EkfacSolver(adapter, inputs, labels, ridge=ridge, flat=flat)
+        if best == "cg":  # a preconditioner: its factors from a sample of rows cost a few more iterations at most
+            pre = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))[:CG_PRECONDITIONER_ROWS]
+            plan.ekfac = EkfacSolver(adapter, take(inputs, pre), labels[pre], ridge=ridge, flat=flat)
         return plan
     if name in ("ekfac", "cg"):  # by name: EK-FAC is the answer, or CG's preconditioner
         ekfac = EkfacSolver(adapter, inputs, labels, ridge=ridge, flat=flat)
