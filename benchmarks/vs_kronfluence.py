@@ -308,7 +308,8 @@ def main() -> None:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = "" if args.model == "text-minilm" else f"{args.model}-"
-    (RESULTS / f"vs_kronfluence-{tag}d{args.damping:g}.json").write_text(json.dumps({
+    partial = "-without-" + "-".join(sorted(skip)) if skip else ""  # a partial run keeps the full run's file
+    (RESULTS / f"vs_kronfluence-{tag}d{args.damping:g}{partial}.json").write_text(json.dumps({
         "version": fastif_engine.__version__, "model": args.model, "train_rows": len(y), "errors": len(yq), "k": DEMO_SETTINGS["k"],
         "parameters": flat.size, "damping": args.damping, "ridge": ridge, "threads": torch.get_num_threads(), "repeats": args.repeats,
         "reference": {"solver": "cg", "iterations": ref["iterations"], "relative_residual": check}, "skipped": sorted(skip),
