@@ -79,7 +79,8 @@ def plan_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.
     approximations on samples of :func:`auto_sample_rows` rows, EK-FAC (factors, for the comparison)
     and the low-rank Hessian (Lanczos, stopped when its top ``AUTO_RANK`` eigenvalues settle), and
     keeps the one whose relative residual ‖v − (H + λI) S v‖ / ‖v‖ on the probe gradients is
-    smaller (fidelity measured, not assumed); EK-FAC, if it wins, is rebuilt on every row.
+    smaller (fidelity measured, not assumed); EK-FAC, if it wins, is rebuilt on every row, or on as
+    many as its measured build time per row fits in ``AUTO_BUDGET_SECONDS``.
     """
     name = choose_solver(name)
     flat = flat or FlatParams.of(adapter)
@@ -132,13 +133,21 @@ def plan_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.
                         flat=flat, iterations=3 * AUTO_RANK, early_stop=True)
     predicted["lowrank"] = measured["lowrank_build_s"] = time.perf_counter() - started
     plan = SolverPlan("lowrank", "", predicted, None, residual(trial), measured, low, residual(low))
+    rebuilt = ""
     if plan.ekfac_residual < plan.lowrank_residual:
-        plan.name = "ekfac"
-        plan.ekfac = trial if len(sample) == n else EkfacSolver(adapter, inputs, labels, ridge=ridge, flat=flat)
+        plan.name, plan.ekfac = "ekfac", trial
+        # Rebuilt on more rows, as many as its measured cost per row fits in the budget (all, where it can).
+        more = min(n, max(sampled, int(sampled * AUTO_BUDGET_SECONDS / max(measured["ekfac_sample_build_s"], 1e-9))))
+        if more > sampled:
+            rows_more = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 2))[:more].sort().values
+            plan.ekfac = EkfacSolver(adapter, inputs if more == n else take(inputs, rows_more),
+                                     labels if more == n else labels[rows_more], ridge=ridge, flat=flat)
+        rebuilt = f"; EK-FAC {'rebuilt' if more > sampled else 'kept as built'} on {more:,} of {n:,} rows"
+        measured["ekfac_rows"] = more
     plan.reason = (f"{plan.name}: exact-quality solvers predicted {predicted[best]:.0f} s ({best}), over the budget "
                    f"of {AUTO_BUDGET_SECONDS:.0f} s; relative residual on probe gradients: EK-FAC "
                    f"{plan.ekfac_residual:.3f} (factors from {len(sample)} rows), low-rank (rank "
-                   f"{len(low.eigenvalues)}, {sampled} rows) {plan.lowrank_residual:.3f}")
+                   f"{len(low.eigenvalues)}, {sampled} rows) {plan.lowrank_residual:.3f}{rebuilt}")
     return plan
 
 

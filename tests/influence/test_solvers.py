@@ -259,3 +259,20 @@ def test_auto_compares_the_approximations_by_measured_residual(mlp, digits, monk
     exact = ExactSolver(mlp, x, y, ridge=0.05)
     direct = ((v - (exact.hessian @ chosen.solve(v).T).T - 0.05 * chosen.solve(v)).norm(dim=1) / v.norm(dim=1)).max()
     assert min(plan.lowrank_residual, plan.ekfac_residual) == pytest.approx(float(direct), rel=1e-6)
+
+
+def test_auto_rebuilds_ekfac_on_as_many_rows_as_its_budget_allows(logreg, digits, monkeypatch):
+    """EK-FAC, when it wins the comparison, is rebuilt on every row if its measured cost per row fits
+    the budget, and kept as built on the sample if not (55,000 images: minutes, not seconds)."""
+    import fastif_engine.influence.planning as planning
+
+    x, y = digits["train"]
+    monkeypatch.setattr(planning, "CG_EXPECTED_ITERATIONS", 10**9)  # no exact-quality solver within budget
+    monkeypatch.setattr(planning, "EXACT_MAX_PARAMS", 0)
+    plan = planning.plan_solver("auto", logreg, x, y, ridge=0.05, n_vectors=20)
+    assert plan.name == "ekfac" and plan.ekfac_residual < plan.lowrank_residual  # logreg: EK-FAC fits better
+    assert plan.ekfac.n == len(y) and f"rebuilt on {len(y)} of {len(y)} rows" in plan.reason
+    monkeypatch.setattr(planning, "AUTO_BUDGET_SECONDS", 1e-6)
+    plan = planning.plan_solver("auto", logreg, x, y, ridge=0.05, n_vectors=20)
+    sampled = planning.auto_sample_rows(len(y))
+    assert plan.ekfac.n == sampled < len(y) and f"kept as built on {sampled} of" in plan.reason
