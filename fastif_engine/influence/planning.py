@@ -120,8 +120,8 @@ def plan_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.
     if name in ("ekfac", "cg"):  # by name: EK-FAC is the answer, or CG's preconditioner
         ekfac = EkfacSolver(adapter, inputs, labels, ridge=ridge, flat=flat)
         return SolverPlan(name, "requested", predicted, ekfac, residual(ekfac), measured)
-    # Both approximations on a sample of rows first (what they cost there is timed); the winner is then
-    # the low-rank solver as built, or EK-FAC rebuilt on every row.
+    # Both approximations on the same sample of rows first (what they cost there is timed); the winner
+    # is then the low-rank solver as built, or EK-FAC rebuilt on as many rows as the budget allows.
     sampled = auto_sample_rows(n)
     sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))[:sampled]
     started = time.perf_counter()
