@@ -60,6 +60,18 @@ def loop_influence(model, x, y, s: torch.Tensor, rows: np.ndarray) -> np.ndarray
     return out
 
 
+def reference_cg(adapter, x, y, *, ridge: float, flat, tolerance: float, max_iterations: int = 500):
+    """A high-accuracy reference solver: CG on the full-data damped Hessian to ``tolerance``,
+    preconditioned by ``auto``'s low-rank candidate (its top eigenpairs on a sample of rows)."""
+    from fastif_engine.influence.krylov import CgSolver, LowRankSolver
+    from fastif_engine.influence.planning import AUTO_RANK, auto_sample_rows
+
+    top = LowRankSolver(adapter, x, y, ridge=ridge, rank=AUTO_RANK, flat=flat, rows=auto_sample_rows(len(y)),
+                        iterations=3 * AUTO_RANK)
+    return CgSolver(adapter, x, y, ridge=ridge, flat=flat, tolerance=tolerance, max_iterations=max_iterations,
+                    preconditioner=top)
+
+
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()

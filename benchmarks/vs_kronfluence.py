@@ -62,13 +62,11 @@ from fastif_engine.influence.api import FastIF, extract_features
 from fastif_engine.influence.gradients import FlatParams, gradient_matrix
 from fastif_engine.influence.hessian import full_hvp
 from fastif_engine.influence.knn import FaissIndex
-from fastif_engine.influence.krylov import CgSolver, LowRankSolver
-from fastif_engine.influence.planning import AUTO_RANK, auto_sample_rows
 from fastif_engine.influence.scores import influence_on_candidates
 from fastif_engine.influence.solvers import DEFAULT_DAMPING, LissaSettings, with_scale
 from fastif_engine.data.tables import load_dataset
 from flows.cli import DEMO_NOISE, DEMO_SETTINGS
-from _shared import model_for, results_dir
+from _shared import model_for, reference_cg, results_dir
 
 RESULTS = results_dir()
 CACHE = Path(__file__).parent / ".cache" / "vs_kronfluence"  # converged references, reused by later runs
@@ -201,9 +199,7 @@ def reference_solution(adapter, x, y, v, ridge, flat, tolerance, path: Path) -> 
         if saved["checksum"] == checksum and saved["s"].shape == v.shape:
             return {**saved, "cached": True}
     t = time.perf_counter()
-    cg = CgSolver(adapter, x, y, ridge=ridge, flat=flat, tolerance=tolerance, max_iterations=500,
-                  preconditioner=LowRankSolver(adapter, x, y, ridge=ridge, rank=AUTO_RANK, flat=flat,
-                                               rows=auto_sample_rows(len(y)), iterations=3 * AUTO_RANK))
+    cg = reference_cg(adapter, x, y, ridge=ridge, flat=flat, tolerance=tolerance)
     s = torch.cat([cg.solve(block) for block in v.split(REFERENCE_BLOCK)])
     check = max(float(((b - full_hvp(adapter, flat, x, y, si) - ridge * si).norm(dim=1) / b.norm(dim=1)).max())
                 for b, si in zip(v.split(REFERENCE_BLOCK), s.split(REFERENCE_BLOCK)))

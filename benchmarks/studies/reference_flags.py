@@ -27,9 +27,10 @@ from fastif_engine.cleaning.worker_state import _split_tensors
 from fastif_engine.config import CleanConfig
 from fastif_engine.influence.gradients import FlatParams
 from fastif_engine.influence.net_harm import net_harm
-from fastif_engine.influence.krylov import CgSolver, LowRankSolver
-from fastif_engine.influence.planning import AUTO_RANK, auto_sample_rows
 from fastif_engine.influence.solvers import LissaSettings, LissaSolver
+
+import _path  # noqa: F401  (benchmarks/ on the path)
+from _shared import reference_cg
 
 
 def main() -> None:
@@ -56,9 +57,8 @@ def main() -> None:
                              damping=solver["damping"], scale=solver["scale"], seed=cfg.seed + 1)
     t0 = time.perf_counter()
     if args.solver == "cg":
-        reference = CgSolver(adapter, x, y, ridge=settings.ridge, flat=flat, tolerance=args.tolerance, max_iterations=200,
-                             preconditioner=LowRankSolver(adapter, x, y, ridge=settings.ridge, rank=AUTO_RANK, flat=flat,
-                                                          rows=auto_sample_rows(len(y)), iterations=3 * AUTO_RANK))
+        reference = reference_cg(adapter, x, y, ridge=settings.ridge, flat=flat, tolerance=args.tolerance,
+                                 max_iterations=200)
         described = f"CG to a relative residual of {args.tolerance:g}"
     else:
         reference = LissaSolver(adapter, x, y, settings, flat=flat)
