@@ -53,7 +53,7 @@ def quiet_third_parties() -> None:
 
 def stage_done(name: str, seconds: float) -> None:
     if _enabled:
-        print(f"  {name:<18} {seconds:7.1f} s", file=sys.stderr, flush=True)
+        print(f"  {name:<20} {seconds:7.1f} s", file=sys.stderr, flush=True)
 
 
 @contextmanager

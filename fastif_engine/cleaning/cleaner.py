@@ -34,7 +34,7 @@ class _PrintingRunner(LocalRunner):
     """In-process stages, one line per finished stage on stderr (as the command line prints them)."""
 
     def stage_done(self, name: str, seconds: float) -> None:
-        print(f"  {name:<18} {seconds:7.1f} s", file=sys.stderr, flush=True)
+        print(f"  {name:<20} {seconds:7.1f} s", file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -133,7 +133,7 @@ def run_pipeline(cfg: CleanConfig, runner: Runner | None = None) -> dict:
 
     influence = pd.DataFrame({"test_pos": np.zeros(0, np.int64), "train_index": np.zeros(0, np.int64),
                               "influence": np.zeros(0)})
-    n_candidates = 0
+    n_candidates, net = 0, None
     with timer.stage("resolve solver"):
         solver_path = call(stages.resolve_solver, key=key["solver"], **loaded, n_vectors=len(errors) + DEFAULT_FOLDS,
                            **common)
@@ -160,25 +160,24 @@ def run_pipeline(cfg: CleanConfig, runner: Runner | None = None) -> dict:
         with timer.stage("kNN candidates"):
             cand_path = call(stages.search_neighbours, key=key["candidates"], features_path=features_path,
                              index_path=index_path, errors_path=errors_path, **common)
-            cand = np.load(cand_path)
-        with timer.stage("influence"):
-            n_distinct = len(np.unique(cand[cand >= 0]))
-            parts = max(1, min(cfg.workers, n_distinct))
-            part_paths = runner.map(stages.influence_part, [
-                dict(key=key["influence"], **loaded, stest_path=str(stest_path), candidates_path=str(cand_path),
-                     part=p, parts=parts, threads=threads, **common) for p in range(parts)],
-                f"influence over {n_distinct} distinct candidates")
-            influence = pd.concat([pd.read_parquet(p) for p in part_paths], ignore_index=True)
-            influence = influence.sort_values(["test_pos", "train_index"], kind="stable").reset_index(drop=True)
-            n_candidates = int(influence["train_index"].nunique())
+        if len(errors) + DEFAULT_FOLDS <= solver_info["s_test_rows_held"]:  # every s_test fits: one pass
+            with timer.stage("influence + net harm"):
+                influence, net, class_prior = _influence_and_net_harm(runner, common, key, loaded, solver_path,
+                                                                      stest_path, cand_path, n_train)
+        else:
+            with timer.stage("influence"):
+                influence = _influence(runner, common, key, loaded, stest_path, cand_path)
+        n_candidates = int(influence["train_index"].nunique())
     else:
         log.info("no misclassified validation examples: nothing to explain%s",
                  ", nothing flagged" if cfg.flag_by in ("combined", "net-harm", "harm") else "")
-    with timer.stage("net harm"):
-        net_path = call(stages.net_harm_stage, key=key["net harm"], **loaded, solver_path=solver_path, threads=threads,
-                        **common)
-        net = NetHarm(np.load(net_path))
-        class_prior = {**json.loads(stages.prior_path(net_path).read_text()), "classes": [str(c) for c in ds.classes]}
+    if net is None:
+        with timer.stage("net harm"):
+            net_path = call(stages.net_harm_stage, key=key["net harm"], **loaded, solver_path=solver_path,
+                            threads=threads, **common)
+            net = NetHarm(np.load(net_path))
+            class_prior = json.loads(stages.prior_path(net_path).read_text())
+    class_prior["classes"] = [str(c) for c in ds.classes]
 
     with timer.stage("rank + flag"):
         self_inf = None
@@ -233,6 +232,42 @@ def run_pipeline(cfg: CleanConfig, runner: Runner | None = None) -> dict:
     runner.publish(cfg, markdown, flags, metrics)
     log.info("wrote %s to %s; run recorded in %s", ", ".join(OUTPUTS), out, history_path)
     return metrics
+
+
+def _influence(runner: Runner, common: dict, key: dict, loaded: dict, stest_path: Path,
+               cand_path: str) -> pd.DataFrame:
+    """Per-error influence over the errors' candidates, their distinct rows split over the workers."""
+    cand = np.load(cand_path)
+    n_distinct = len(np.unique(cand[cand >= 0]))
+    parts = max(1, min(common["cfg"].workers, n_distinct))
+    part_paths = runner.map(stages.influence_part, [
+        dict(key=key["influence"], **loaded, stest_path=str(stest_path), candidates_path=str(cand_path),
+             part=p, parts=parts, threads=runner.threads, **common) for p in range(parts)],
+        f"influence over {n_distinct} distinct candidates")
+    return _pairs_table(part_paths)
+
+
+def _influence_and_net_harm(runner: Runner, common: dict, key: dict, loaded: dict, solver_path: str,
+                            stest_path: Path, cand_path: str, n_train: int) -> tuple[pd.DataFrame, NetHarm, dict]:
+    """Per-error influence and net harm in one pass over the training rows (split over the workers):
+    net harm forms every row's gradient, so the errors' candidates cost dot products only."""
+    folds_path = runner.call(stages.fold_s_test_stage, key=key["net harm"], **loaded, solver_path=solver_path,
+                             threads=runner.threads, **common)
+    parts = max(1, min(common["cfg"].workers, n_train))
+    part_paths = runner.map(stages.scores_part, [
+        dict(key=key["scores"], **loaded, stest_path=str(stest_path), candidates_path=str(cand_path),
+             folds_path=folds_path, part=p, parts=parts, threads=runner.threads, **common) for p in range(parts)],
+        f"influence and net harm over {n_train} training rows")
+    per_fold = np.empty((n_train, np.load(folds_path, mmap_mode="r").shape[0]))
+    for p, path in enumerate(part_paths):
+        per_fold[p::parts] = np.load(stages.part_net_harm_path(path))
+    return _pairs_table(part_paths), NetHarm(per_fold), json.loads(stages.prior_path(folds_path).read_text())
+
+
+def _pairs_table(paths: list[str]) -> pd.DataFrame:
+    """The parts' (test_pos, train_index, influence) pairs as one table, in (test, row) order."""
+    influence = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    return influence.sort_values(["test_pos", "train_index"], kind="stable").reset_index(drop=True)
 
 
 def wants_self_influence(cfg: CleanConfig, n_params: int) -> bool:

@@ -98,6 +98,7 @@ STAGE_KEYS = {
     "influence": StageKey(("stest", "candidates"), lissa=("repeats",)),
     "net harm": StageKey(("solver",), ("net_harm_prior",), lissa=(*LISSA, "repeats"),
                          when=(("flag_evidence", lambda cfg: cfg.net_harm_prior == "auto"),)),
+    "scores": StageKey(("influence", "net harm")),  # both from one pass over the training rows
     "self-influence": StageKey(("solver",)),
     "flags": StageKey(("influence", "net harm", "self-influence"),
                       ("flag_by", "flag_fraction", "flag_top", "flag_threshold", "flag_evidence", "self_influence")),

@@ -178,11 +178,19 @@ def refits_prior(prior: str, z: float, evidence: float) -> bool:
     return prior == "refit" or (prior == "auto" and z < evidence)
 
 
-def net_harm(adapter: ModelAdapter, train_inputs: Inputs, train_labels: torch.Tensor, valid_inputs: Inputs,
-             valid_labels: torch.Tensor, solver: InverseHVPSolver, *, folds: int = DEFAULT_FOLDS, seed: int = 0,
-             chunk_size: int = 256, flat: FlatParams | None = None, prior: str = "auto",
-             evidence: float = 2.0) -> NetHarm:
-    """Net harm of every training row on the validation loss, from ``folds`` s_test vectors.
+@dataclass(frozen=True)
+class FoldSolve:
+    """One s_test per validation fold, and the class prior they were taken at."""
+
+    vectors: torch.Tensor  # [G, P]: (H + λI)⁻¹ of each fold's summed validation-loss gradient
+    prior: PriorCheck | None  # the class-prior test (None: not made, prior="model")
+    refitted: bool  # whether the validation loss was taken at the refitted prior
+
+
+def fold_s_tests(adapter: ModelAdapter, valid_inputs: Inputs, valid_labels: torch.Tensor, solver: InverseHVPSolver,
+                 *, folds: int = DEFAULT_FOLDS, seed: int = 0, chunk_size: int = 256, flat: FlatParams | None = None,
+                 prior: str = "auto", evidence: float = 2.0) -> FoldSolve:
+    """The ``folds`` s_test vectors net harm dots every training row's gradient with (one solve).
 
     ``prior`` (module docstring): ``"auto"`` refits the class prior on validation unless the
     model's and validation's class mix differ with z ≥ ``evidence``; ``"refit"``, ``"model"``.
@@ -196,6 +204,21 @@ def net_harm(adapter: ModelAdapter, train_inputs: Inputs, train_labels: torch.Te
     offset = torch.as_tensor(check.offset) if refit else None
     v = fold_gradients(adapter, valid_inputs, valid_labels, fold, chunk_size=chunk_size, flat=flat,
                        logit_offset=offset)
-    s = solver.solve(v)
-    return NetHarm(scores_against(adapter, train_inputs, train_labels, s, chunk_size=chunk_size, flat=flat),
-                   check, refit)
+    return FoldSolve(solver.solve(v), check, refit)
+
+
+def net_harm(adapter: ModelAdapter, train_inputs: Inputs, train_labels: torch.Tensor, valid_inputs: Inputs,
+             valid_labels: torch.Tensor, solver: InverseHVPSolver, *, folds: int = DEFAULT_FOLDS, seed: int = 0,
+             chunk_size: int = 256, flat: FlatParams | None = None, prior: str = "auto",
+             evidence: float = 2.0) -> NetHarm:
+    """Net harm of every training row on the validation loss, from ``folds`` s_test vectors
+    (:func:`fold_s_tests`; ``prior`` and ``evidence`` as there).
+
+    With per-error influence to score as well, ``scores.influence_and_net_harm`` forms each
+    training row's gradient once for both.
+    """
+    flat = flat or FlatParams.of(adapter)
+    solved = fold_s_tests(adapter, valid_inputs, valid_labels, solver, folds=folds, seed=seed, chunk_size=chunk_size,
+                          flat=flat, prior=prior, evidence=evidence)
+    return NetHarm(scores_against(adapter, train_inputs, train_labels, solved.vectors, chunk_size=chunk_size,
+                                  flat=flat), solved.prior, solved.refitted)

@@ -15,6 +15,9 @@ model). With ``max_vectors`` the test examples are scored in groups of at most t
 one group's vectors loaded at a time (``s_tests`` may then be rows on disk, ``store.NpyRows``).
 Errors whose candidates overlap go in one group (``error_groups``): a candidate shared by two
 groups has its gradient formed once per group, so the grouping decides what bounded memory costs.
+
+Net harm (``net_harm``) forms every training row's gradient anyway; ``influence_and_net_harm``
+scores the errors' candidates in that same pass, so the candidates cost dot products only.
 """
 from __future__ import annotations
 
@@ -75,16 +78,8 @@ def influence_on_candidates(
         max_vectors: s_test vectors held at once (``None``: all m); see the module docstring.
     """
     m = s_tests.shape[0]
-    n_train = n_rows(train_inputs)
-    if candidates is None:
-        candidates = [np.arange(n_train)] * m
-    lists = [np.asarray(c, dtype=np.int64).ravel() for c in candidates]
-    if len(lists) != m:
-        raise SettingsError(f"{len(lists)} candidate lists for {m} s_test vectors")
-    test_pos = np.concatenate([np.full(len(c), i, dtype=np.int64) for i, c in enumerate(lists)])
-    train_index = np.concatenate(lists)
-    if len(train_index) and (train_index.min() < 0 or train_index.max() >= n_train):
-        raise IndexError("candidate index outside the training set (a -1 from a short kNN result?)")
+    lists = _candidate_lists(candidates, m, n_rows(train_inputs))
+    test_pos, train_index = _pairs(lists)
     n_distinct = len(np.unique(train_index))
     groups = error_groups(lists, max_vectors or max(m, 1))
     starts = np.concatenate([[0], np.cumsum([len(c) for c in lists])])
@@ -102,6 +97,53 @@ def influence_on_candidates(
         if progress and len(groups) > 1:
             progress(done, len(groups))
     return CandidateInfluence(test_pos, train_index, influence, n_distinct)
+
+
+def influence_and_net_harm(
+    adapter: ModelAdapter,
+    train_inputs: Inputs,
+    train_labels: torch.Tensor,
+    s_tests: torch.Tensor,
+    candidates: np.ndarray | list[np.ndarray],
+    fold_vectors: torch.Tensor,
+    *,
+    rows: np.ndarray | None = None,
+    chunk_size: int = 256,
+    flat: FlatParams | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[CandidateInfluence, np.ndarray]:
+    """Per-error influence and net harm from one pass over the training rows.
+
+    Net harm (``net_harm``) dots *every* training row's gradient with the fold s_tests; the
+    per-error scores need the gradients of the errors' candidates, a subset of those rows. Here
+    each row's gradient is formed once and dotted with both: with the ``G`` fold vectors, and,
+    where the row is a candidate of some error, with that error's s_test.
+
+    Args:
+        s_tests: ``[m, P]`` s_test vectors of the errors, all held at once.
+        candidates: as in :func:`influence_on_candidates` (``[m, k]`` or m index arrays).
+        fold_vectors: ``[G, P]`` (``net_harm.fold_s_tests``).
+        rows: the training rows this call scores (default: all); pairs whose row is elsewhere are
+            left to the call that scores that row.
+
+    Returns:
+        the (error, candidate) pairs among ``rows``, and ``[len(rows), G]`` per-fold net harm in
+        the order of ``rows`` (``NetHarm.per_fold``'s layout).
+    """
+    n_train = n_rows(train_inputs)
+    rows = np.arange(n_train) if rows is None else np.asarray(rows, dtype=np.int64)
+    lists = _candidate_lists(candidates, s_tests.shape[0], n_train)
+    mine = np.zeros(n_train, dtype=bool)
+    mine[rows] = True
+    test_pos, train_index = _pairs([c[mine[c]] for c in lists])
+    position = np.empty(n_train, dtype=np.int64)  # training row → its position in `rows`
+    position[rows] = np.arange(len(rows))
+    ordered, pair_pos = _by_length(adapter, train_inputs, rows, position[train_index])
+    influence, per_fold = _gradient_pass(adapter, train_inputs, train_labels, ordered, pair_pos, test_pos, s_tests,
+                                         fold_vectors, chunk_size=chunk_size, flat=flat, progress=progress)
+    out = np.empty_like(per_fold)
+    out[position[ordered]] = per_fold  # back to the order of `rows`
+    return CandidateInfluence(test_pos, train_index, influence, len(np.unique(train_index))), out
 
 
 def error_groups(lists: list[np.ndarray], size: int) -> list[np.ndarray]:
@@ -145,11 +187,10 @@ def _score_group(adapter: ModelAdapter, train_inputs: Inputs, train_labels: torc
                  progress: ProgressFn | None) -> np.ndarray:
     """−s_i·∇L(z) for every row z of ``lists[i]``, concatenated in list order."""
     m = len(lists)
-    test_pos = np.concatenate([np.full(len(c), i, dtype=np.int64) for i, c in enumerate(lists)])
-    train_index = np.concatenate(lists)
+    test_pos, train_index = _pairs(lists)
     union = np.unique(train_index)
-    influence = np.empty(len(train_index), dtype=np.float64)
     if len(train_index) <= FORWARD_MODE_PAIRS_PER_ROW * len(union):  # candidates hardly shared
+        influence = np.empty(len(train_index), dtype=np.float64)
         start = 0
         for i, rows in enumerate(lists):
             influence[start:start + len(rows)] = -directional_derivatives(
@@ -160,23 +201,69 @@ def _score_group(adapter: ModelAdapter, train_inputs: Inputs, train_labels: torc
         return influence
     union_pos = np.searchsorted(union, train_index)
     union, union_pos = _by_length(adapter, train_inputs, union, union_pos)
-    order = np.argsort(union_pos, kind="stable")
-    sorted_pos = union_pos[order]
+    influence, _ = _gradient_pass(adapter, train_inputs, train_labels, union, union_pos, test_pos, s_tests, None,
+                                  chunk_size=chunk_size, flat=flat, progress=progress)
+    return influence
 
+
+def _gradient_pass(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, rows: np.ndarray,
+                   pair_pos: np.ndarray, pair_test: np.ndarray, s_tests: torch.Tensor,
+                   fold_vectors: torch.Tensor | None, *, chunk_size: int, flat: FlatParams | None,
+                   progress: ProgressFn | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """One pass of per-sample gradients over ``rows``: ``−s_tests[pair_test[i]]·∇L(rows[pair_pos[i]])``
+    for every pair i and, given ``fold_vectors`` ``[G, P]``, ``[len(rows), G]`` of ``−fold·∇L``."""
+    influence = np.empty(len(pair_pos), dtype=np.float64)
+    order = np.argsort(pair_pos, kind="stable")
+    sorted_pos = pair_pos[order]
+    is_candidate = np.zeros(len(rows), dtype=bool)
+    is_candidate[pair_pos] = True
     # [P, m] as a transposed view, not a copy: m s_test vectors of P values can be the largest
     # array of the stage (74 errors × 1.78M parameters = 0.5 GB for the text model)
     s_t = s_tests.to(device=adapter.device, dtype=adapter.dtype).T  # the gradients' device and dtype
-    total = -(-len(union) // chunk_size)
+    f_t = None if fold_vectors is None else fold_vectors.to(device=adapter.device, dtype=adapter.dtype).T
+    per_fold = None if f_t is None else np.empty((len(rows), f_t.shape[1]), dtype=np.float64)
+    total = -(-len(rows) // chunk_size)
     for done, (part, grads) in enumerate(
-            per_sample_gradients(adapter, train_inputs, train_labels, chunk_size=chunk_size,
-                                 flat=flat, index=union), start=1):
-        dots = (grads @ s_t).cpu().numpy()  # [c, m]: every candidate × every test
+            per_sample_gradients(adapter, inputs, labels, chunk_size=chunk_size, flat=flat, index=rows), start=1):
+        if f_t is not None:
+            per_fold[part] = -(grads @ f_t).double().cpu().numpy()
         lo, hi = np.searchsorted(sorted_pos, [part.start, part.stop])
         pairs = order[lo:hi]
-        influence[pairs] = -dots[union_pos[pairs] - part.start, test_pos[pairs]]
+        if len(pairs):
+            local = np.flatnonzero(is_candidate[part])
+            if 2 * len(local) >= len(grads):  # mostly candidates: every row × every test
+                dots = (grads @ s_t).cpu().numpy()
+                at = pair_pos[pairs] - part.start
+            else:  # few candidates (net harm's pass over every row): theirs alone, a few at a time
+                step = max(1, len(grads) // 8)
+                dots = np.concatenate([(grads[torch.as_tensor(local[i:i + step], device=grads.device)] @ s_t)
+                                       .cpu().numpy() for i in range(0, len(local), step)])
+                at = np.searchsorted(local, pair_pos[pairs] - part.start)
+            influence[pairs] = -dots[at, pair_test[pairs]]
         if progress:
             progress(done, total)
-    return influence
+    return influence, per_fold
+
+
+def _candidate_lists(candidates, m: int, n_train: int) -> list[np.ndarray]:
+    """Each test example's candidate rows as an int64 array (``None``: every training row), checked."""
+    if candidates is None:
+        candidates = [np.arange(n_train)] * m
+    lists = [np.asarray(c, dtype=np.int64).ravel() for c in candidates]
+    if len(lists) != m:
+        raise SettingsError(f"{len(lists)} candidate lists for {m} s_test vectors")
+    flat_index = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
+    if len(flat_index) and (flat_index.min() < 0 or flat_index.max() >= n_train):
+        raise IndexError("candidate index outside the training set (a -1 from a short kNN result?)")
+    return lists
+
+
+def _pairs(lists: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(test position, training row) of every pair, in list order."""
+    if not lists:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return (np.concatenate([np.full(len(c), i, dtype=np.int64) for i, c in enumerate(lists)]),
+            np.concatenate(lists))
 
 
 def _by_length(adapter: ModelAdapter, inputs: Inputs, rows: np.ndarray, positions: np.ndarray):

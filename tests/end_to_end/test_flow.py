@@ -217,6 +217,21 @@ def test_rerun_reuses_unchanged_stages(tabular, tmp_path):
     assert len(list(cache.glob("model-*.pt"))) == 2
 
 
+def test_influence_and_net_harm_in_one_pass_equal_the_two_stages(tabular, tmp_path):
+    """Where every s_test fits in the memory budget, influence and net harm come from one pass over the
+    training rows; under a budget too small for that they run as two stages (errors in groups of one):
+    the same scores and flags."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert clean(tabular, one) == 0
+    assert clean(tabular, two, "--memory-budget", "1e-6") == 0
+    timings = {out: json.loads((out / "metrics.json").read_text())["timings"] for out in (one, two)}
+    assert "influence + net harm" in timings[one] and not {"influence", "net harm"} & set(timings[one])
+    assert {"influence", "net harm"} <= set(timings[two]) and "influence + net harm" not in timings[two]
+    for name in ("influence.parquet", "flags.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(one / name), pd.read_parquet(two / name),
+                                      rtol=1e-4, atol=1e-5)  # float32 gradients, summed in other chunks
+
+
 def test_a_new_fastif_version_or_model_recipe_is_not_served_from_an_old_cache(tabular, tmp_path, monkeypatch):
     import fastif_engine
     import fastif_engine.models
@@ -402,7 +417,7 @@ def test_console_shows_stages_and_the_summary_and_verbose_adds_prefect_lines(tab
         return proc
 
     quiet = fastif()
-    for stage in ("train model", "s_test", "net harm", "rank + flag", "report"):
+    for stage in ("train model", "s_test", "influence + net harm", "rank + flag", "report"):
         assert f"  {stage} " in quiet.stderr, quiet.stderr
     assert "Task run '" not in quiet.stderr + quiet.stdout and "Flow run '" not in quiet.stderr + quiet.stdout
     assert "flagged by combined" in quiet.stdout and "report: " in quiet.stdout

@@ -5,7 +5,7 @@ import torch
 from sklearn.datasets import load_breast_cancer
 
 from fastif_engine.influence.gradients import gradient_matrix
-from fastif_engine.influence.scores import influence_on_candidates, self_influence
+from fastif_engine.influence.scores import influence_and_net_harm, influence_on_candidates, self_influence
 from fastif_engine.influence.solvers import ExactSolver
 from fastif_engine.models import LogisticRegressionAdapter
 from fastif_engine.models.training import TrainSettings
@@ -52,6 +52,37 @@ def test_scores_in_groups_of_errors_from_disk_equal_all_at_once(mlp, digits, mon
     np.testing.assert_array_equal(grouped.train_index, whole.train_index)
     assert grouped.n_distinct_candidates == whole.n_distinct_candidates
     assert seen == [(i, 4) for i in range(1, 5)]  # 7 errors in groups of ≤ 2
+
+
+@pytest.mark.parametrize("by_length", [False, True], ids=["in-order", "by-length"])
+def test_one_pass_gives_the_dense_influence_and_net_harm_split_over_rows(mlp, digits, monkeypatch, by_length):
+    """Per-error influence and per-fold net harm from one gradient pass, over two interleaved parts of
+    the training rows (as two workers score them), equal −s·∇L(z) and −fold·∇L(z) of the dense gradient
+    matrix; each pair comes from the part that holds its row, in list order within the part."""
+    x, y = digits["train"]
+    n, p = len(y), sum(q.numel() for q in mlp.model.parameters())
+    if by_length:  # rows scored in order of a (made-up) length, as the text model's are
+        monkeypatch.setattr(mlp, "row_lengths", lambda inputs: (np.arange(n) * 7919) % 101)
+    gen = torch.Generator().manual_seed(2)
+    s, folds = torch.randn(4, p, generator=gen), torch.randn(3, p, generator=gen)
+    rng = np.random.default_rng(2)
+    cands = [rng.integers(0, n, size=k) for k in (50, 0, 9, 50)]  # ragged, one error without candidates
+    g = gradient_matrix(mlp, x, y)
+    dense, dense_folds = -(s.double() @ g.T).numpy(), -(g @ folds.double().T).numpy()
+    seen = []
+    for part in range(2):
+        rows = np.arange(n)[part::2]
+        res, per_fold = influence_and_net_harm(mlp, x, y, s, cands, folds, rows=rows, chunk_size=23,
+                                               progress=lambda done, total: seen.append(total))
+        np.testing.assert_allclose(per_fold, dense_folds[rows], rtol=1e-4, atol=1e-6)
+        mine = [c[c % 2 == part] for c in cands]
+        np.testing.assert_array_equal(res.train_index, np.concatenate(mine))
+        np.testing.assert_array_equal(res.test_pos, np.repeat(np.arange(4), [len(c) for c in mine]))
+        np.testing.assert_allclose(res.influence, dense[res.test_pos, res.train_index], rtol=1e-4, atol=1e-6)
+    assert seen[-1] == -(-(n // 2) // 23)  # progress counts the chunks of one part's rows
+    # few candidates per chunk: their gradients' dots are taken a few rows at a time, same numbers
+    res, _ = influence_and_net_harm(mlp, x, y, s, [cands[2]] * 4, folds, chunk_size=64)
+    np.testing.assert_allclose(res.influence, dense[res.test_pos, res.train_index], rtol=1e-4, atol=1e-6)
 
 
 def test_error_groups_put_errors_that_share_candidates_together():
