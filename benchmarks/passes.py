@@ -22,7 +22,7 @@ from fastif_engine.data.datasets import export, pixels_as_columns
 from flows.cli import main as fastif
 from _shared import results_dir
 
-INFLUENCE_STAGES = ("resolve solver", "s_test", "influence", "net harm", "self-influence")
+INFLUENCE_STAGES = ("resolve solver", "s_test", "influence", "net harm", "influence + net harm", "self-influence")
 RESULTS = results_dir() / "passes.json"
 
 

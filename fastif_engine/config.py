@@ -124,8 +124,8 @@ class CleanConfig(BaseModel):
     tests_per_batch: int = _setting(16, group="execution", help="errors solved together in one s_test task", ge=1)
     memory_budget: float = _setting(MEMORY_BUDGET_GB, group="execution", help="GB the per-sample-gradient chunks and "
                                     "LiSSA blocks of one process may take at once (thread workers share it); sets "
-                                    "chunk rows and vectors solved at once from the parameter count; the influence "
-                                    "stage holds as much again of s_test vectors", gt=0.0)
+                                    "chunk rows and vectors solved at once from the parameter count; the influence + "
+                                    "net harm stage holds as much again of s_test vectors", gt=0.0)
     chunk_size: Optional[int] = _setting(None, group="execution", help="rows per per-sample-gradient chunk "
                                          "(unset: from --memory-budget)", ge=1)
 

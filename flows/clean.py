@@ -1,7 +1,7 @@
 """The ``clean_dataset`` flow: fastif's pipeline (``fastif_engine.cleaning.pipeline``) run by Prefect.
 
 Every stage is a Prefect task (``flows/tasks.py``); the parallel ones (s_test batches × repeats,
-influence parts, retrain variants × seeds) are submitted to the flow's task runner at once.
+influence + net harm parts, retrain variants × seeds) are submitted to the flow's task runner at once.
 What this module adds is orchestration only: the task runner, progress artifacts, the report
 and flags as Prefect artifacts, and the engine's log lines in the run's log.
 """

@@ -12,10 +12,10 @@ from .runtime import route_engine_log
 route_engine_log()  # pool and Dask workers import this module: their stages log to the run too
 
 # stages whose parts run on pool, Dask or Ray workers, where a lost worker is retried once
-RETRIED = ("s_test", "influence", "net harm", "net harm s_test", "influence + net harm", "retrain")
+RETRIED = ("s_test", "net harm s_test", "influence + net harm", "retrain")
 STAGES = (stages.load_and_validate, stages.prepare_inputs, stages.train_model, stages.features_stage,
           stages.build_index, stages.find_errors, stages.resolve_solver, stages.s_test_batch, stages.search_neighbours,
-          stages.influence_part, stages.net_harm_stage, stages.fold_s_test_stage, stages.scores_part,
+          stages.fold_s_test_stage, stages.scores_part,
           stages.relabel_targets, stages.self_influence_stage, stages.retrain_one)
 
 

@@ -1,8 +1,9 @@
 """The cleaning pipeline, defined once: which training rows cause the model's validation errors?
 
 load + validate → prepare inputs → train → features → FAISS index → find errors → resolve
-solver → s_test (batches × repeats) → kNN candidates → influence (candidate parts) → net harm
-(one s_test per validation fold) → self-influence (optional) → rank + flag by ``flag_by``
+solver → s_test (batches × repeats) → kNN candidates → influence + net harm (one s_test per
+validation fold, then one pass over the training rows in parts, each row's gradient dotted with the
+folds' and its errors' s_tests; without errors, net harm alone) → self-influence (optional) → rank + flag by ``flag_by``
 (default ``combined``), only rows whose net harm clears ``flag_evidence`` → relabel targets
 (``fix: relabel``) → retrain + verdict (optional) → outputs.
 
@@ -131,9 +132,6 @@ def run_pipeline(cfg: CleanConfig, runner: Runner | None = None) -> dict:
     ds = worker_state.load_cached_dataset(dataset_path)
     n_train = len(ds.splits["train"])
 
-    influence = pd.DataFrame({"test_pos": np.zeros(0, np.int64), "train_index": np.zeros(0, np.int64),
-                              "influence": np.zeros(0)})
-    n_candidates, net = 0, None
     with timer.stage("resolve solver"):
         solver_path = call(stages.resolve_solver, key=key["solver"], **loaded, n_vectors=len(errors) + DEFAULT_FOLDS,
                            **common)
@@ -160,23 +158,14 @@ def run_pipeline(cfg: CleanConfig, runner: Runner | None = None) -> dict:
         with timer.stage("kNN candidates"):
             cand_path = call(stages.search_neighbours, key=key["candidates"], features_path=features_path,
                              index_path=index_path, errors_path=errors_path, **common)
-        if len(errors) + DEFAULT_FOLDS <= solver_info["s_test_rows_held"]:  # every s_test fits: one pass
-            with timer.stage("influence + net harm"):
-                influence, net, class_prior = _influence_and_net_harm(runner, common, key, loaded, solver_path,
-                                                                      stest_path, cand_path, n_train)
-        else:
-            with timer.stage("influence"):
-                influence = _influence(runner, common, key, loaded, stest_path, cand_path)
-        n_candidates = int(influence["train_index"].nunique())
     else:
+        stest_path = cand_path = None
         log.info("no misclassified validation examples: nothing to explain%s",
                  ", nothing flagged" if cfg.flag_by in ("combined", "net-harm", "harm") else "")
-    if net is None:
-        with timer.stage("net harm"):
-            net_path = call(stages.net_harm_stage, key=key["net harm"], **loaded, solver_path=solver_path,
-                            threads=threads, **common)
-            net = NetHarm(np.load(net_path))
-            class_prior = json.loads(stages.prior_path(net_path).read_text())
+    with timer.stage("influence + net harm" if len(errors) else "net harm"):
+        influence, net, class_prior = _influence_and_net_harm(runner, common, key, loaded, solver_path, stest_path,
+                                                              cand_path, n_train)
+    n_candidates = int(influence["train_index"].nunique())
     class_prior["classes"] = [str(c) for c in ds.classes]
 
     with timer.stage("rank + flag"):
@@ -234,34 +223,23 @@ def run_pipeline(cfg: CleanConfig, runner: Runner | None = None) -> dict:
     return metrics
 
 
-def _influence(runner: Runner, common: dict, key: dict, loaded: dict, stest_path: Path,
-               cand_path: str) -> pd.DataFrame:
-    """Per-error influence over the errors' candidates, their distinct rows split over the workers."""
-    cand = np.load(cand_path)
-    n_distinct = len(np.unique(cand[cand >= 0]))
-    parts = max(1, min(common["cfg"].workers, n_distinct))
-    part_paths = runner.map(stages.influence_part, [
-        dict(key=key["influence"], **loaded, stest_path=str(stest_path), candidates_path=str(cand_path),
-             part=p, parts=parts, threads=runner.threads, **common) for p in range(parts)],
-        f"influence over {n_distinct} distinct candidates")
-    return _pairs_table(part_paths)
-
-
 def _influence_and_net_harm(runner: Runner, common: dict, key: dict, loaded: dict, solver_path: str,
-                            stest_path: Path, cand_path: str, n_train: int) -> tuple[pd.DataFrame, NetHarm, dict]:
+                            stest_path: Path | None, cand_path: str | None,
+                            n_train: int) -> tuple[pd.DataFrame, NetHarm, dict]:
     """Per-error influence and net harm in one pass over the training rows (split over the workers):
-    net harm forms every row's gradient, so the errors' candidates cost dot products only."""
+    net harm forms every row's gradient, so the errors' candidates cost dot products only. No
+    errors (``stest_path`` None): net harm alone."""
     folds_path = runner.call(stages.fold_s_test_stage, key=key["net harm"], **loaded, solver_path=solver_path,
                              threads=runner.threads, **common)
     parts = max(1, min(common["cfg"].workers, n_train))
     part_paths = runner.map(stages.scores_part, [
-        dict(key=key["scores"], **loaded, stest_path=str(stest_path), candidates_path=str(cand_path),
+        dict(key=key["scores"], **loaded, stest_path=stest_path and str(stest_path), candidates_path=cand_path,
              folds_path=folds_path, part=p, parts=parts, threads=runner.threads, **common) for p in range(parts)],
         f"influence and net harm over {n_train} training rows")
     per_fold = np.empty((n_train, np.load(folds_path, mmap_mode="r").shape[0]))
     for p, path in enumerate(part_paths):
-        per_fold[p::parts] = np.load(stages.part_net_harm_path(path))
-    return _pairs_table(part_paths), NetHarm(per_fold), json.loads(stages.prior_path(folds_path).read_text())
+        per_fold[p::parts] = np.load(stage_cache.part_net_harm_path(path))
+    return _pairs_table(part_paths), NetHarm(per_fold), json.loads(stage_cache.prior_path(folds_path).read_text())
 
 
 def _pairs_table(paths: list[str]) -> pd.DataFrame:

@@ -31,6 +31,16 @@ class StageCache:
         return self.root / f"{stage}-{key}.{ext}"
 
 
+def prior_path(fold_s_test_path: str | Path) -> Path:
+    """Where the net harm s_test stage records its class-prior check, beside the fold vectors."""
+    return Path(fold_s_test_path).with_suffix(".prior.json")
+
+
+def part_net_harm_path(scores_part_path: str | Path) -> Path:
+    """Where an influence + net harm part writes its rows' per-fold net harm, beside their pairs."""
+    return Path(scores_part_path).with_suffix(".netharm.npy")
+
+
 def _cached(cache: str, stage: str, key: str, ext: str, *, log_as: str | None = None) -> tuple[Path, bool]:
     """This stage's output file and whether it is already there (the stage is then skipped).
 
@@ -95,12 +105,12 @@ STAGE_KEYS = {
     "solver": StageKey(("model",), ("solver", "damping", "scale", "seed"),
                        when=(("scale_sweep", lambda cfg: True), ("depth", lambda cfg: cfg.scale_sweep))),
     "stest": StageKey(("solver",), ("tests_per_batch",), lissa=LISSA),
-    "influence": StageKey(("stest", "candidates"), lissa=("repeats",)),
     "net harm": StageKey(("solver",), ("net_harm_prior",), lissa=(*LISSA, "repeats"),
                          when=(("flag_evidence", lambda cfg: cfg.net_harm_prior == "auto"),)),
-    "scores": StageKey(("influence", "net harm")),  # both from one pass over the training rows
+    # per-error influence and net harm, from one pass over the training rows
+    "scores": StageKey(("stest", "candidates", "net harm"), lissa=("repeats",)),
     "self-influence": StageKey(("solver",)),
-    "flags": StageKey(("influence", "net harm", "self-influence"),
+    "flags": StageKey(("scores", "net harm", "self-influence"),
                       ("flag_by", "flag_fraction", "flag_top", "flag_threshold", "flag_evidence", "self_influence")),
     "retrain": StageKey(("flags",), ("fix", "retrain", "seeds")),
 }

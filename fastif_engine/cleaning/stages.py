@@ -27,16 +27,16 @@ from ..influence.gradients import STATIONARY_RATIO, fit_check, gradient_matrix
 from ..influence.hessian import spectrum
 from ..influence.knn import FaissIndex
 from ..influence.krylov import CG_MAX_ITERATIONS, CG_TOLERANCE, LOW_RANK
-from ..influence.net_harm import fold_s_tests, net_harm
+from ..influence.net_harm import fold_s_tests
 from ..influence.planning import choose_solver, make_solver, plan_solver
-from ..influence.scores import influence_and_net_harm, influence_on_candidates, self_influence
+from ..influence.scores import influence_and_net_harm, self_influence
 from ..influence.solvers import EXACT_MAX_PARAMS, LissaSolver, auto_scale, sweep_scale
 from ..models import create_model, data_info
 from ..models.training import evaluate
 from ..store.files import (NpyRows, atomic_path, npy_writer, save_arrays, save_tensors, write_json, write_npy,
                            write_parquet)
 from .retrain import retrain_and_evaluate
-from .stage_cache import _cached, _fault_point, log, stage
+from .stage_cache import _cached, _fault_point, log, part_net_harm_path, prior_path, stage
 from .worker_state import _Work, _inputs, lissa_settings, load_adapter, load_cached_dataset, s_test_rows
 
 # Self-influence needs (H + λI)⁻¹ for every training row: with an explicit Hessian that is one
@@ -266,97 +266,51 @@ def s_test_batch(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inpu
     return str(path)
 
 
-@stage("influence")
-def influence_part(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
-                   model_path: str, stest_path: str, candidates_path: str, part: int, parts: int,
-                   threads: int) -> str:
-    """Scores for the candidates in this part (distinct training rows split across workers)."""
-    path, done = _cached(cache, "influence", f"{key}-p{part}of{parts}", "parquet")
-    if done:
-        return str(path)
-    w = _Work.load(cfg, dataset_path, inputs_path, model_path, threads)
-    cand = np.load(candidates_path)
-    union = np.unique(cand[cand >= 0])  # an approximate index pads short results with -1
-    mine = union[part::parts]
-    lists = [row[np.isin(row, mine)] for row in cand]
-    s = NpyRows(stest_path)  # read a group of errors' rows at a time, never the whole [m, P] block
-    res = influence_on_candidates(w.adapter, w.x, w.y, s, lists, chunk_size=w.chunk, flat=w.flat,
-                                  max_vectors=s_test_rows(cfg, w.flat.size))
-    write_parquet(path, pd.DataFrame({"test_pos": res.test_pos, "train_index": res.train_index,
-                                      "influence": res.influence}))
-    return str(path)
-
-
-@stage("net harm")
-def net_harm_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str, model_path: str,
-                   solver_path: str, threads: int) -> str:
-    """``[n_train, folds]``: every training row's influence on each validation fold's summed loss
-    (one s_test per fold, all folds solved together; see fastif_engine.influence.net_harm)."""
-    path, done = _cached(cache, "netharm", key, "npy", log_as="net harm")
-    if done:
-        return str(path)
-    w = _Work.load(cfg, dataset_path, inputs_path, model_path, threads)
-    result = net_harm(w.adapter, w.x, w.y, *w.split("valid"), w.solver(solver_path), seed=cfg.seed,
-                      chunk_size=w.chunk, flat=w.flat, prior=cfg.net_harm_prior, evidence=cfg.flag_evidence)
-    _write_prior(path, cfg, result.prior, result.refitted)  # before the scores: their file marks the stage done
-    write_npy(path, result.per_fold)
-    return str(path)
-
-
 @stage("net harm s_test")
 def fold_s_test_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
                       model_path: str, solver_path: str, threads: int) -> str:
     """``[folds, P]``: net harm's s_test of each validation fold, for :func:`scores_part`; the
     class-prior check beside it (``prior_path``)."""
-    path, done = _cached(cache, "foldstest", key, "npy")
+    path, done = _cached(cache, "foldstest", key, "npy", log_as="net harm s_test")
     if done:
         return str(path)
     w = _Work.load(cfg, dataset_path, inputs_path, model_path, threads)
     solved = fold_s_tests(w.adapter, *w.split("valid"), w.solver(solver_path), seed=cfg.seed, chunk_size=w.chunk,
                           flat=w.flat, prior=cfg.net_harm_prior, evidence=cfg.flag_evidence)
-    _write_prior(path, cfg, solved.prior, solved.refitted)
-    write_npy(path, solved.vectors.float().cpu().numpy())
+    check = solved.prior
+    if check is not None:
+        log.info("net harm: validation's class mix vs the model's predictions z = %.2f: %s", check.z,
+                 "class prior refitted to validation" if solved.refitted else "model's class prior kept")
+    write_json(prior_path(path), {"setting": cfg.net_harm_prior, "refitted": solved.refitted,
+                                  **(check.as_dict() if check is not None else {})})
+    write_npy(path, solved.vectors.float().cpu().numpy())  # last: this file's presence marks the stage done
     return str(path)
 
 
 @stage("influence + net harm")
 def scores_part(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str, model_path: str,
-                stest_path: str, candidates_path: str, folds_path: str, part: int, parts: int, threads: int) -> str:
+                stest_path: str | None, candidates_path: str | None, folds_path: str, part: int, parts: int,
+                threads: int) -> str:
     """Per-error influence and per-fold net harm for this part of the training rows (every
-    ``parts``-th row), each row's gradient formed once for both (``scores.influence_and_net_harm``).
-    The pairs go to the parquet returned; the ``[rows, folds]`` net harm beside it (``part_net_harm_path``)."""
+    ``parts``-th row), each row's gradient formed once for both (``scores.influence_and_net_harm``;
+    errors beyond the s_test vectors the budget holds beside the folds' are scored after the pass;
+    no errors, ``stest_path`` None: net harm alone). The pairs go to the parquet returned; the
+    ``[rows, folds]`` net harm beside it (``part_net_harm_path``)."""
     path, done = _cached(cache, "scores", f"{key}-p{part}of{parts}", "parquet")
     if done:
         return str(path)
     w = _Work.load(cfg, dataset_path, inputs_path, model_path, threads)
-    lists = [row[row >= 0] for row in np.load(candidates_path)]  # an approximate index pads with -1
-    s = torch.as_tensor(np.load(stest_path))  # every error's s_test: the pipeline comes here only when they fit
-    rows = np.arange(len(w.y))[part::parts]
+    if stest_path is None:
+        s, lists = torch.zeros(0, w.flat.size), []
+    else:  # an approximate index pads short results with -1; the errors' s_tests are read as the pass needs them
+        s, lists = NpyRows(stest_path), [row[row >= 0] for row in np.load(candidates_path)]
     res, per_fold = influence_and_net_harm(w.adapter, w.x, w.y, s, lists, torch.as_tensor(np.load(folds_path)),
-                                           rows=rows, chunk_size=w.chunk, flat=w.flat)
+                                           rows=np.arange(len(w.y))[part::parts], chunk_size=w.chunk, flat=w.flat,
+                                           max_vectors=s_test_rows(cfg, w.flat.size))
     write_npy(part_net_harm_path(path), per_fold)  # before the pairs: their file marks the part done
     write_parquet(path, pd.DataFrame({"test_pos": res.test_pos, "train_index": res.train_index,
                                       "influence": res.influence}))
     return str(path)
-
-
-def part_net_harm_path(scores_part_path: str | Path) -> Path:
-    """Where :func:`scores_part` writes its rows' per-fold net harm, beside their pairs."""
-    return Path(scores_part_path).with_suffix(".netharm.npy")
-
-
-def _write_prior(path: Path, cfg: CleanConfig, check, refitted: bool) -> None:
-    """Record (and log) net harm's class-prior check beside its output ``path``."""
-    if check is not None:
-        log.info("net harm: validation's class mix vs the model's predictions z = %.2f: %s", check.z,
-                 "class prior refitted to validation" if refitted else "model's class prior kept")
-    write_json(prior_path(path), {"setting": cfg.net_harm_prior, "refitted": refitted,
-                                  **(check.as_dict() if check is not None else {})})
-
-
-def prior_path(net_harm_path: str | Path) -> Path:
-    """Where the net harm stage records its class-prior check, beside the scores."""
-    return Path(net_harm_path).with_suffix(".prior.json")
 
 
 @stage("relabel targets")

@@ -103,7 +103,7 @@ def influence_and_net_harm(
     adapter: ModelAdapter,
     train_inputs: Inputs,
     train_labels: torch.Tensor,
-    s_tests: torch.Tensor,
+    s_tests: Any,
     candidates: np.ndarray | list[np.ndarray],
     fold_vectors: torch.Tensor,
     *,
@@ -111,39 +111,69 @@ def influence_and_net_harm(
     chunk_size: int = 256,
     flat: FlatParams | None = None,
     progress: ProgressFn | None = None,
+    max_vectors: int | None = None,
 ) -> tuple[CandidateInfluence, np.ndarray]:
     """Per-error influence and net harm from one pass over the training rows.
 
     Net harm (``net_harm``) dots *every* training row's gradient with the fold s_tests; the
     per-error scores need the gradients of the errors' candidates, a subset of those rows. Here
     each row's gradient is formed once and dotted with both: with the ``G`` fold vectors, and,
-    where the row is a candidate of some error, with that error's s_test.
+    where the row is a candidate of some error, with that error's s_test. With ``max_vectors``
+    the pass holds the fold vectors and as many errors' vectors as fit beside them (a group of
+    errors that share candidates, ``error_groups``); the other errors are scored over their own
+    candidates afterwards, in groups (:func:`influence_on_candidates`).
 
     Args:
-        s_tests: ``[m, P]`` s_test vectors of the errors, all held at once.
+        s_tests: ``[m, P]`` s_test vectors of the errors: a tensor, or rows on disk (``store.NpyRows``).
         candidates: as in :func:`influence_on_candidates` (``[m, k]`` or m index arrays).
         fold_vectors: ``[G, P]`` (``net_harm.fold_s_tests``).
         rows: the training rows this call scores (default: all); pairs whose row is elsewhere are
             left to the call that scores that row.
+        max_vectors: s_test vectors held at once, the fold vectors included (``None``: all).
 
     Returns:
-        the (error, candidate) pairs among ``rows``, and ``[len(rows), G]`` per-fold net harm in
-        the order of ``rows`` (``NetHarm.per_fold``'s layout).
+        the (error, candidate) pairs among ``rows`` in list order, and ``[len(rows), G]`` per-fold
+        net harm in the order of ``rows`` (``NetHarm.per_fold``'s layout).
     """
     n_train = n_rows(train_inputs)
+    m = s_tests.shape[0]
     rows = np.arange(n_train) if rows is None else np.asarray(rows, dtype=np.int64)
-    lists = _candidate_lists(candidates, s_tests.shape[0], n_train)
     mine = np.zeros(n_train, dtype=bool)
     mine[rows] = True
-    test_pos, train_index = _pairs([c[mine[c]] for c in lists])
+    lists = [c[mine[c]] for c in _candidate_lists(candidates, m, n_train)]
+    test_pos, train_index = _pairs(lists)
+    room = m if max_vectors is None else max(0, max_vectors - fold_vectors.shape[0])
+    in_pass = np.arange(m) if room >= m else (np.sort(error_groups(lists, room)[0]) if room else np.arange(0))
+    rest = np.setdiff1d(np.arange(m), in_pass)
+    passing = np.isin(test_pos, in_pass)
+
     position = np.empty(n_train, dtype=np.int64)  # training row → its position in `rows`
     position[rows] = np.arange(len(rows))
-    ordered, pair_pos = _by_length(adapter, train_inputs, rows, position[train_index])
-    influence, per_fold = _gradient_pass(adapter, train_inputs, train_labels, ordered, pair_pos, test_pos, s_tests,
-                                         fold_vectors, chunk_size=chunk_size, flat=flat, progress=progress)
+    ordered, pair_pos = _by_length(adapter, train_inputs, rows, position[train_index[passing]])
+    vectors = s_tests if len(rest) == 0 and isinstance(s_tests, torch.Tensor) else torch.as_tensor(s_tests[in_pass])
+    influence = np.empty(len(test_pos), dtype=np.float64)
+    influence[passing], per_fold = _gradient_pass(
+        adapter, train_inputs, train_labels, ordered, pair_pos, np.searchsorted(in_pass, test_pos[passing]), vectors,
+        fold_vectors, chunk_size=chunk_size, flat=flat, progress=progress)
+    del vectors
+    if len(rest):  # in list order, as these errors' pairs are in `test_pos`
+        influence[~passing] = influence_on_candidates(
+            adapter, train_inputs, train_labels, _RowsOf(s_tests, rest), [lists[i] for i in rest],
+            chunk_size=chunk_size, flat=flat, max_vectors=max_vectors).influence
     out = np.empty_like(per_fold)
     out[position[ordered]] = per_fold  # back to the order of `rows`
     return CandidateInfluence(test_pos, train_index, influence, len(np.unique(train_index))), out
+
+
+class _RowsOf:
+    """Rows ``index`` of an s_test block (tensor or ``NpyRows``), indexed as a block of their own."""
+
+    def __init__(self, block: Any, index: np.ndarray):
+        self.block, self.index = block, index
+        self.shape = (len(index), *block.shape[1:])
+
+    def __getitem__(self, rows):
+        return self.block[self.index[rows]]
 
 
 def error_groups(lists: list[np.ndarray], size: int) -> list[np.ndarray]:

@@ -100,4 +100,5 @@ def test_killed_dask_worker_is_replaced_and_the_task_rerun(tabular, tmp_path, mo
     assert clean(tabular, out, "--runner", "dask", "--workers", "2") == 0
     assert (tmp_path / "killed").exists()
     pd.testing.assert_frame_equal(pd.read_parquet(out / "flags.parquet"),
-                                  pd.read_parquet(reference / "flags.parquet"))
+                                  pd.read_parquet(reference / "flags.parquet"),
+                                  rtol=1e-4, atol=1e-5)  # 2 workers: rows scored in other float32 chunks

@@ -83,6 +83,12 @@ def test_one_pass_gives_the_dense_influence_and_net_harm_split_over_rows(mlp, di
     # few candidates per chunk: their gradients' dots are taken a few rows at a time, same numbers
     res, _ = influence_and_net_harm(mlp, x, y, s, [cands[2]] * 4, folds, chunk_size=64)
     np.testing.assert_allclose(res.influence, dense[res.test_pos, res.train_index], rtol=1e-4, atol=1e-6)
+    # room for 2 errors beside the 3 folds: those two in the pass, the others after it, same pairs in order
+    for held in (5, 3):
+        res, per_fold = influence_and_net_harm(mlp, x, y, s, cands, folds, chunk_size=23, max_vectors=held)
+        np.testing.assert_array_equal(res.train_index, np.concatenate(cands))
+        np.testing.assert_allclose(res.influence, dense[res.test_pos, res.train_index], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(per_fold, dense_folds, rtol=1e-4, atol=1e-6)
 
 
 def test_error_groups_put_errors_that_share_candidates_together():
