@@ -50,10 +50,11 @@ import numpy as np
 import torch
 
 from ..adapter import ModelAdapter
-from ..data.batching import INFERENCE_ROWS, Inputs, n_rows
+from ..data.batching import INFERENCE_ROWS, Inputs
 from ..errors import SettingsError
 from ..models.training import logits_in_chunks
 from .gradients import FlatParams, per_sample_gradients
+from .scores import influence_and_net_harm
 from .solvers import InverseHVPSolver
 
 DEFAULT_FOLDS = 10
@@ -140,16 +141,6 @@ def fold_gradients(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, 
     return out
 
 
-def scores_against(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, s_vectors: torch.Tensor, *,
-                   chunk_size: int = 256, flat: FlatParams | None = None) -> np.ndarray:
-    """``[n, G]``: I(z, fold g) = −s_g·∇L(z) for every training row z (positive = harmful)."""
-    out = np.empty((n_rows(inputs), s_vectors.shape[0]), dtype=np.float64)
-    s_t = s_vectors.T.contiguous().to(adapter.device)
-    for part, grads in per_sample_gradients(adapter, inputs, labels, chunk_size=chunk_size, flat=flat):
-        out[part] = -(grads @ s_t.to(grads.dtype)).double().cpu().numpy()
-    return out
-
-
 @dataclass(frozen=True)
 class NetHarm:
     """Per training row: ``score`` = Σ over folds (the net harm) and ``t`` (its evidence)."""
@@ -220,5 +211,6 @@ def net_harm(adapter: ModelAdapter, train_inputs: Inputs, train_labels: torch.Te
     flat = flat or FlatParams.of(adapter)
     solved = fold_s_tests(adapter, valid_inputs, valid_labels, solver, folds=folds, seed=seed, chunk_size=chunk_size,
                           flat=flat, prior=prior, evidence=evidence)
-    return NetHarm(scores_against(adapter, train_inputs, train_labels, solved.vectors, chunk_size=chunk_size,
-                                  flat=flat), solved.prior, solved.refitted)
+    _, per_fold = influence_and_net_harm(adapter, train_inputs, train_labels, torch.zeros(0, flat.size), [],
+                                         solved.vectors, chunk_size=chunk_size, flat=flat)  # no errors: net harm alone
+    return NetHarm(per_fold, solved.prior, solved.refitted)
