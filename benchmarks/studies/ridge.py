@@ -40,7 +40,7 @@ from fastif_engine.errors import SolverSetupError
 from fastif_engine.influence.gradients import FlatParams
 from fastif_engine.influence.hessian import spectrum
 from fastif_engine.influence.net_harm import DEFAULT_FOLDS, net_harm
-from fastif_engine.influence.planning import make_solver
+from fastif_engine.influence.planning import SOLVERS, make_solver
 from fastif_engine.influence.solvers import LissaSettings, auto_scale
 from fastif_engine.models.training import evaluate
 
@@ -51,6 +51,20 @@ RULES = ("d=0.01", "d=0.05", "0.1·max", "0.1·mean")
 RESULTS = Path(__file__).parent / "results" / "ridge"
 
 
+def rule_name(rule: str) -> str:
+    """``--rules`` values: ``d=<damping>`` (λ = damping × scale) or ``<factor>·max`` / ``<factor>·mean``
+    (λ = factor × the top / mean eigenvalue; ``*`` for ``·`` too)."""
+    rule = rule.replace("*", "·")
+    factor, _, base = rule.partition("·")
+    try:
+        if (rule.startswith("d=") and float(rule[2:]) > 0) or (base in ("max", "mean") and float(factor) > 0):
+            return rule
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{rule!r}: choose d=<damping>, <factor>·max or <factor>·mean "
+                                     f"(named: {', '.join(RULES)})")
+
+
 def ridge_of(rule: str, scale: float, largest: float, mean: float) -> float:
     factor, _, base = rule.partition("·")
     if rule.startswith("d="):
@@ -58,7 +72,8 @@ def ridge_of(rule: str, scale: float, largest: float, mean: float) -> float:
     return float(factor) * {"max": largest, "mean": mean}[base]
 
 
-def run(dataset: str, mode: str, seed: int, workdir: Path, rules_to_run: tuple[str, ...] = RULES) -> dict:
+def run(dataset: str, mode: str, seed: int, workdir: Path, rules_to_run: tuple[str, ...] = RULES,
+        solver_name: str = "auto", retrain: bool = True) -> dict:
     s = noisy_setup(dataset, mode, seed, workdir)
     model, x, y, flipped = s.model, s.x, s.y, s.flipped
     n = len(y["train"])
@@ -84,7 +99,7 @@ def run(dataset: str, mode: str, seed: int, workdir: Path, rules_to_run: tuple[s
         t = time.perf_counter()
         try:
             settings = LissaSettings(damping=ridge / scale, scale=scale, seed=seed)
-            solver = make_solver("auto", model, x["train"], y["train"], settings, flat=flat,
+            solver = make_solver(solver_name, model, x["train"], y["train"], settings, flat=flat,
                                  n_vectors=DEFAULT_FOLDS)
             net = net_harm(model, x["train"], y["train"], x["valid"], y["valid"], solver, seed=seed, flat=flat,
                            chunk_size=64)
@@ -114,20 +129,23 @@ def run(dataset: str, mode: str, seed: int, workdir: Path, rules_to_run: tuple[s
             accuracy_of[key] = evaluate(model, x["test"], y["test"]).accuracy
         return accuracy_of[key]
 
+    result = {"version": __version__, "dataset": dataset, "noise": mode, "seed": seed, "model": s.model_name,
+              "solver": solver_name, "train_rows": n, "flipped": int(flipped.sum()), "parameters": flat.size,
+              "scale": scale, "spectrum": {"largest": spec.largest, "mean": spec.mean, "rows": spec.rows},
+              "rules": rules, "seconds": seconds}
+    flagged = {rule: entry.pop("_rows") for rule, entry in rules.items() if "_rows" in entry}
+    if not retrain:
+        return result
     t = time.perf_counter()
     none = np.zeros(0, dtype=np.int64)
-    base = {"true labels": accuracy(torch.as_tensor(true_codes), none), "noisy": accuracy(y["train"], none)}
-    for rule, entry in rules.items():
-        if "_rows" not in entry:
-            continue
-        rows = entry.pop("_rows")
+    result["accuracy"] = {"true labels": accuracy(torch.as_tensor(true_codes), none),
+                          "noisy": accuracy(y["train"], none)}
+    for rule, rows in flagged.items():
         random_rows = np.sort(np.random.default_rng(10_000 + seed).choice(n, len(rows), replace=False))
-        entry["accuracy"] = {"minus flags": accuracy(y["train"], rows), "minus random": accuracy(y["train"], random_rows)}
+        rules[rule]["accuracy"] = {"minus flags": accuracy(y["train"], rows),
+                                   "minus random": accuracy(y["train"], random_rows)}
     seconds["retrain"] = time.perf_counter() - t
-    return {"version": __version__, "dataset": dataset, "noise": mode, "seed": seed, "model": s.model_name,
-            "train_rows": n, "flipped": int(flipped.sum()), "parameters": flat.size, "scale": scale,
-            "spectrum": {"largest": spec.largest, "mean": spec.mean, "rows": spec.rows}, "accuracy": base,
-            "rules": rules, "seconds": seconds}
+    return result
 
 
 def summary(results_dir: Path) -> None:
@@ -137,7 +155,8 @@ def summary(results_dir: Path) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for (dataset, mode), group in pd.DataFrame(results).groupby(["dataset", "noise"], sort=False):
         runs = group.to_dict("records")
-        for rule in [r for r in RULES if all(r in run["rules"] for run in runs)]:
+        rules = sorted({r for run in runs for r in run["rules"]}, key=lambda r: (r not in RULES, r))
+        for rule in [r for r in rules if all(r in run["rules"] for run in runs)]:
             cells = [r["rules"][rule] for r in runs]
             ok = [(c, r) for c, r in zip(cells, runs) if "error" not in c]
             ratio = lambda key: statistics.median(c[key] for c in cells)  # noqa: E731
@@ -148,11 +167,13 @@ def summary(results_dir: Path) -> None:
             mean = lambda f: statistics.mean(f(c, r) for c, r in ok)  # noqa: E731
             flags = mean(lambda c, r: c["flagged"])
             share = sum(c["flipped_in_flagged"] for c, _ in ok) / max(1, sum(c["flagged"] for c, _ in ok))
+            gains = " | "
+            if all("accuracy" in c for c, _ in ok):
+                gains = (f"{mean(lambda c, r: c['accuracy']['minus flags'] - r['accuracy']['noisy']):+.4f} | "
+                         f"{mean(lambda c, r: c['accuracy']['minus flags'] - c['accuracy']['minus random']):+.4f}")
             print(f"| {dataset} | {mode} | {len(ok)}/{len(runs)} | {rule} | {ratio('ridge_over_largest'):.3g} | "
                   f"{ratio('ridge_over_mean'):.3g} | {mean(lambda c, r: c['recall@10%']):.3f} | "
-                  f"{flags:.0f} ({100 * share:.0f}%) | "
-                  f"{mean(lambda c, r: c['accuracy']['minus flags'] - r['accuracy']['noisy']):+.4f} | "
-                  f"{mean(lambda c, r: c['accuracy']['minus flags'] - c['accuracy']['minus random']):+.4f} |")
+                  f"{flags:.0f} ({100 * share:.0f}%) | {gains} |")
 
 
 def main() -> None:
@@ -160,8 +181,13 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["digits", "breast-cancer", "rotten-tomatoes"])
     parser.add_argument("--noise-modes", nargs="+", default=list(NOISE), choices=list(NOISE))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES),
-                        help="ridge rules to run (default: all); d=0.05 alone is the product's default")
+    parser.add_argument("--rules", nargs="+", default=list(RULES), type=rule_name,
+                        help=f"ridge rules to run (default: {' '.join(RULES)}; any d=<damping>, <f>·max, <f>·mean); "
+                             "d=0.05 alone is the product's default")
+    parser.add_argument("--solver", default="auto", choices=SOLVERS,
+                        help="the solver behind every rule (default: the product's, auto)")
+    parser.add_argument("--no-retrain", action="store_true",
+                        help="scores and flags only: no retraining, no accuracy columns")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--summary", action="store_true", help="print the table of the saved results and stop")
     args = parser.parse_args()
@@ -174,12 +200,14 @@ def main() -> None:
             for seed in args.seeds:
                 t = time.perf_counter()
                 with tempfile.TemporaryDirectory() as tmp:
-                    result = run(dataset, mode, seed, Path(tmp), tuple(args.rules))
+                    result = run(dataset, mode, seed, Path(tmp), tuple(args.rules), args.solver,
+                                 retrain=not args.no_retrain)
                 (args.results / f"ridge-{dataset}-{mode}-{seed}.json").write_text(json.dumps(result, indent=1))
                 cells = {rule: (c.get("recall@10%"), c.get("accuracy", {}).get("minus flags"), c.get("error"))
                          for rule, c in result["rules"].items()}
-                print(f"{dataset} {mode} seed {seed}: {time.perf_counter() - t:.0f} s noisy "
-                      f"{result['accuracy']['noisy']:.4f} {cells}", flush=True)
+                noisy = result.get("accuracy", {}).get("noisy", float("nan"))
+                print(f"{dataset} {mode} seed {seed}: {time.perf_counter() - t:.0f} s noisy {noisy:.4f} {cells}",
+                      flush=True)
 
 
 if __name__ == "__main__":
