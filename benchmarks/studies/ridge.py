@@ -4,6 +4,8 @@
     python benchmarks/studies/ridge.py --summary            # markdown table from the saved results
     python benchmarks/studies/ridge.py --datasets rotten-tomatoes --rules d=0.05 \
         --results benchmarks/studies/results/ridge-0.3.2    # today's default only, results kept apart
+    python benchmarks/studies/ridge.py --datasets fashion-mnist --rules d=0.01 d=0.05 --solver lissa \
+        --no-retrain --results benchmarks/studies/results/ridge-0.3.2-fashion/lissa   # another solver, no retrain
 
 Per dataset, noise kind (the cleaning study's: ``benchmarks/cleaning.py``) and seed: train the
 built-in model on the noisy labels, estimate where each ridge sits in the Hessian's spectrum
