@@ -7,8 +7,9 @@ default) for the tabular models and image-cnn on digits (10% uniform flips; the 
 see the 64 pixels as columns) and text-minilm on a 400-row Rotten Tomatoes slice; with
 ``--demo-metrics`` the demo's own run is added. From each run's ``metrics.json`` timings: the
 influence stages (resolve solver, s_test, influence + net harm — two stages before 0.3.3 —,
-self-influence) divided by the same run's training stage. The ratio says how many training runs' worth of work explaining the
-model costs; fixed costs (the solver's probes) dominate it where training takes a second.
+self-influence) divided by the same run's training stage. The ratio says how many training
+runs' worth of work explaining the model costs; fixed costs (the solver's probes) dominate it
+where training takes a second.
 """
 from __future__ import annotations
 

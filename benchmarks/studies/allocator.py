@@ -14,8 +14,8 @@ setting at its default, each run a fresh process under ``/usr/bin/time -v``:
 * ``heap``         ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=...``: no
                    ``mmap`` for large blocks, freed memory stays in the heap for the next chunk
 
-Reported per setting: median wall, the influence stages (resolve solver + s_test + influence +
-net harm) from ``metrics.json``, minor page faults, system time and peak RSS, and the flags'
+Reported per setting: median wall, the influence stages (as ``benchmarks/passes.py`` counts them)
+from ``metrics.json``, minor page faults, system time and peak RSS, and the flags'
 agreement with the default run (the allocator must not change a result).
 """
 from __future__ import annotations
@@ -34,12 +34,14 @@ import pandas as pd
 
 from fastif_engine.data.datasets import export
 
+import _path  # noqa: F401  (benchmarks/ on the path)
+from passes import INFLUENCE_STAGES
+
 SETTINGS = {
     "default": {},
     "thp": {"THP_MEM_ALLOC_ENABLE": "1"},
     "heap": {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"},
 }
-INFLUENCE_STAGES = ("resolve solver", "s_test", "influence", "net harm", "influence + net harm")
 TIME_FIELDS = {"wall": r"Elapsed \(wall clock\) time.*: (\S+)", "rss_kb": r"Maximum resident set size.*: (\d+)",
                "minor_faults": r"Minor .*page faults: (\d+)", "sys_s": r"System time \(seconds\): (\S+)"}
 
