@@ -15,7 +15,7 @@ from fastif_engine.cleaning.flagging import DEFAULT_FLAG_FRACTION
 from fastif_engine.errors import ConfigError
 from fastif_engine.influence.gradients import MEMORY_BUDGET_GB
 from fastif_engine.influence.krylov import LOW_RANK
-from fastif_engine.influence.solvers import DEFAULT_DAMPING, EXACT_MAX_PARAMS
+from fastif_engine.influence.solvers import EXACT_MAX_PARAMS, RIDGE_OF_TOP
 
 
 # Workers when --workers is not given. The thread runner's tasks take turns inside torch.func and the
@@ -75,7 +75,9 @@ class CleanConfig(BaseModel):
     depth: int = _setting(300, group="influence", help="LiSSA recursion depth J", ge=1)
     repeats: int = _setting(1, group="influence", help="LiSSA independent repeats T, spread over workers", ge=1)
     batch_size: int = _setting(16, group="influence", help="LiSSA minibatch B (training rows per HVP)", ge=1)
-    damping: float = _setting(DEFAULT_DAMPING, group="influence", help="damping d; ridge λ = d × scale", ge=0.0, lt=1.0)
+    damping: Optional[float] = _setting(None, group="influence", help="damping d: ridge λ = d × scale (unset: "
+                                        f"λ = {RIDGE_OF_TOP:g} × the Hessian's top eigenvalue, estimated)",
+                                        ge=0.0, lt=1.0)
     scale: Optional[float] = _setting(None, group="influence", help="LiSSA scale s (unset: estimated from the "
                                                                      "curvature)", gt=0.0)
     tolerance: Optional[float] = _setting(None, group="influence", help="stop a LiSSA repeat early below this "

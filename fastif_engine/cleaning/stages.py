@@ -30,14 +30,15 @@ from ..influence.krylov import CG_MAX_ITERATIONS, CG_TOLERANCE, LOW_RANK
 from ..influence.net_harm import fold_s_tests
 from ..influence.planning import choose_solver, make_solver, plan_solver
 from ..influence.scores import influence_and_net_harm, self_influence
-from ..influence.solvers import EXACT_MAX_PARAMS, LissaSolver, auto_scale, sweep_scale
+from ..influence.solvers import EXACT_MAX_PARAMS, RIDGE_OF_TOP, LissaSolver, auto_scale, sweep_scale
 from ..models import create_model, data_info
 from ..models.training import evaluate
 from ..store.files import (NpyRows, atomic_path, npy_writer, save_arrays, save_tensors, write_json, write_npy,
                            write_parquet)
 from .retrain import retrain_and_evaluate
 from .stage_cache import _cached, _fault_point, log, part_net_harm_path, prior_path, stage
-from .worker_state import _Work, _inputs, lissa_settings, load_adapter, load_cached_dataset, s_test_rows
+from .worker_state import (_Work, _inputs, lissa_settings, load_adapter, load_cached_dataset, run_damping,
+                           s_test_rows)
 
 # Self-influence needs (H + λI)⁻¹ for every training row: with an explicit Hessian that is one
 # factorisation, cheap up to a few thousand parameters; "auto" computes it only then.
@@ -194,9 +195,10 @@ def fit_message(fit: dict) -> str:
 @stage("resolve solver")
 def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
                    model_path: str, n_vectors: int = 16) -> str:
-    """Fix the scale, hence the ridge λ, once so every worker uses the same, and pick the solver for
-    ``n_vectors`` vectors (``auto``: by predicted cost, see influence.planning.plan_solver). Factors that every
-    solve reuses (EK-FAC's, the low-rank eigenpairs) are computed here once and saved beside it."""
+    """Fix the scale and the ridge λ once so every worker uses the same (λ = damping × scale, or by default
+    RIDGE_OF_TOP × the top eigenvalue: the spectrum comes first), and pick the solver for ``n_vectors`` vectors
+    (``auto``: by predicted cost, see influence.planning.plan_solver). Factors that every solve reuses
+    (EK-FAC's, the low-rank eigenpairs) are computed here once and saved beside it."""
     path, done = _cached(cache, "solver", key, "json", log_as="resolve solver")
     if done:
         return str(path)
@@ -205,19 +207,21 @@ def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
     scale, estimated = cfg.scale, False
     if scale is None:
         scale, estimated = auto_scale(w.adapter, w.flat, w.x, w.y, cfg.seed), True
-    sweep = []
+    spec = None if cfg.damping is not None else spectrum(w.adapter, w.flat, w.x, w.y, seed=cfg.seed)
+    settings, sweep = lissa_settings(cfg, scale, run_damping(cfg, scale, spec)), []
     if cfg.scale_sweep and cfg.solver == "lissa":
-        scale, sweep = sweep_scale(w.adapter, w.x, w.y, lissa_settings(cfg, scale), flat=w.flat)
+        scale, sweep = sweep_scale(w.adapter, w.x, w.y, settings, flat=w.flat)
         for t in sweep:
             log.log(logging.WARNING if t["diverged"] else logging.INFO, "scale sweep: LiSSA %s at "
                     "scale %.4g", "diverged" if t["diverged"] else "stays bounded", t["scale"])
-    settings = lissa_settings(cfg, scale)
+        settings = lissa_settings(cfg, scale, run_damping(cfg, scale, spec))  # the default λ is kept
     plan = plan_solver(cfg.solver, w.adapter, w.x, w.y, ridge=settings.ridge, n_vectors=n_vectors, flat=w.flat,
                        seed=cfg.seed)
     name = plan.name
     info = {"name": name, "requested": cfg.solver, "scale": scale, "scale_estimated": estimated,
-            "damping": cfg.damping, "ridge": settings.ridge, "parameters": w.flat.size, "scale_sweep": sweep,
-            "vectors": n_vectors, "plan": plan.as_dict()}
+            "damping": settings.damping, "ridge_rule": "damping × scale" if spec is None else
+            f"{RIDGE_OF_TOP:g} × top eigenvalue", "ridge": settings.ridge, "parameters": w.flat.size,
+            "scale_sweep": sweep, "vectors": n_vectors, "plan": plan.as_dict()}
     if name == "lissa":
         info.update(depth=cfg.depth, repeats=cfg.repeats, batch_size=cfg.batch_size, tolerance=cfg.tolerance)
     if name == "lowrank":
@@ -229,13 +233,13 @@ def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
         save_arrays(path.with_suffix(".ekfac.npz"), {k: v.cpu().numpy() for k, v in plan.ekfac.state().items()})
     if name == "cg":
         info.update(tolerance=CG_TOLERANCE, max_iterations=CG_MAX_ITERATIONS)
-    known_top = plan.lowrank.eigenvalues[0] if plan.lowrank is not None and len(plan.lowrank.eigenvalues) else None
-    spec = spectrum(w.adapter, w.flat, w.x, w.y, seed=cfg.seed,
-                    largest=None if known_top is None else float(known_top))
+    if spec is None:
+        top = plan.lowrank.eigenvalues[0] if plan.lowrank is not None and len(plan.lowrank.eigenvalues) else None
+        spec = spectrum(w.adapter, w.flat, w.x, w.y, seed=cfg.seed, largest=None if top is None else float(top))
     info["spectrum"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in spec.relative(settings.ridge).items()}
     write_json(path, info)
-    log.info("resolve solver: %s, scale %.4g%s, ridge λ = %.4g", plan.reason if cfg.solver == "auto"
-             else name, scale, " (estimated)" if estimated else "", info["ridge"])
+    log.info("resolve solver: %s, scale %.4g%s, ridge λ = %.4g (%s)", plan.reason if cfg.solver == "auto"
+             else name, scale, " (estimated)" if estimated else "", info["ridge"], info["ridge_rule"])
     log.info("ridge in the Hessian's spectrum: λ = %.3g × its top eigenvalue (%.4g), %.3g × its mean "
              "(%.4g; trace estimated on %d sampled rows)", info["spectrum"]["ridge_over_largest"], spec.largest,
              info["spectrum"]["ridge_over_mean"], spec.mean, spec.rows)

@@ -13,11 +13,13 @@ import torch
 
 from ..data.batching import RowFile
 from ..data.tables import Dataset, dataset_from_arrays
+from ..errors import SettingsError
 from ..influence.gradients import FlatParams, chunk_rows
+from ..influence.hessian import Spectrum
 from ..influence.kfac import EkfacSolver
 from ..influence.krylov import CG_MAX_ITERATIONS, CG_TOLERANCE, LOW_RANK, CgSolver, LowRankSolver
 from ..influence.planning import SolverPlan, make_solver
-from ..influence.solvers import LissaSettings
+from ..influence.solvers import RIDGE_OF_TOP, LissaSettings
 from ..models import DataInfo, create_model, data_info
 from ..store.files import (load_arrays, load_tensors,
     tensors_metadata)
@@ -66,9 +68,22 @@ def load_adapter(cfg: CleanConfig, dataset_path: str, state_path: str | None):
     return adapter
 
 
-def lissa_settings(cfg: CleanConfig, scale: float | None) -> LissaSettings:
+def lissa_settings(cfg: CleanConfig, scale: float, damping: float) -> LissaSettings:
     return LissaSettings(depth=cfg.depth, repeats=cfg.repeats, batch_size=cfg.batch_size,
-                         damping=cfg.damping, scale=scale, tolerance=cfg.tolerance, seed=cfg.seed)
+                         damping=damping, scale=scale, tolerance=cfg.tolerance, seed=cfg.seed)
+
+
+def run_damping(cfg: CleanConfig, scale: float, spec: Spectrum | None) -> float:
+    """d in λ = d × scale: ``--damping`` as given, else the default ridge λ = RIDGE_OF_TOP × the
+    Hessian's (sampled) top eigenvalue, ``spec.largest``."""
+    if cfg.damping is not None:
+        return cfg.damping
+    damping = RIDGE_OF_TOP * spec.largest / scale
+    if not 0.0 < damping < 1.0:
+        raise SettingsError(f"the default ridge λ = {RIDGE_OF_TOP:g} × the Hessian's top eigenvalue "
+                            f"({spec.largest:.4g}, estimated) does not fit the scale {scale:.4g} (damping "
+                            f"{damping:.4g} is not in (0, 1)): set --damping (λ = damping × scale) or --scale")
+    return damping
 
 
 def task_budget(cfg: CleanConfig) -> float:
@@ -107,7 +122,7 @@ def stage_solver(cfg: CleanConfig, adapter, x, y, solver_path: str, flat: FlatPa
         return CgSolver(adapter, x, y, ridge=info["ridge"], preconditioner=ekfac, flat=flat,
                         tolerance=info.get("tolerance", CG_TOLERANCE),
                         max_iterations=info.get("max_iterations", CG_MAX_ITERATIONS))
-    return make_solver(name, adapter, x, y, lissa_settings(cfg, info["scale"]), rank=LOW_RANK, flat=flat,
+    return make_solver(name, adapter, x, y, lissa_settings(cfg, info["scale"], info["damping"]), rank=LOW_RANK, flat=flat,
                        memory_budget=task_budget(cfg), plan=SolverPlan(name, "cached", {}) if name in
                        ("exact", "lissa", "lowrank") else None)
 

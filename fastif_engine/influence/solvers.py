@@ -95,6 +95,11 @@ class ExactSolver(InverseHVPSolver):
 # quality flat from d = 0.01 to 0.05 (and at 0.1 × the top eigenvalue) on four datasets × two noise kinds,
 # while d = 0.01 left the breast-cancer MLP's H + λI indefinite in 1 of 10 runs (the run stops); 0.05 in none.
 DEFAULT_DAMPING = 0.05
+# The ridge `fastif clean` uses unless --damping is given, since 0.3.4: λ = RIDGE_OF_TOP × the Hessian's
+# top eigenvalue (sampled, hessian.spectrum). The same cleaning quality as d = 0.05 where that sits at
+# 0.3–0.7 × the top eigenvalue (text, tabular), and on Fashion-MNIST's image-cnn, where d = 0.05 is
+# 1–2 × it, half of the recall d = 0.05 lost (docs/decisions/ridge.md).
+RIDGE_OF_TOP = 0.3
 
 
 @dataclass(frozen=True)

@@ -91,3 +91,23 @@ def test_the_prefect_flow_orchestrates_only():
         engine |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names
                    if a.name.startswith("fastif_engine")}
         assert engine <= allowed, f"{name} imports {sorted(engine - allowed)}"
+
+
+def test_the_default_ridge_is_a_fraction_of_the_top_eigenvalue_and_damping_overrides_it(tmp_path):
+    """λ = RIDGE_OF_TOP × the top eigenvalue unless --damping is given (then λ = damping × scale); a top
+    eigenvalue the scale cannot hold names both settings instead of failing inside LiSSA."""
+    from fastif_engine.cleaning.worker_state import run_damping
+    from fastif_engine.influence.hessian import Spectrum
+    from fastif_engine.influence.solvers import RIDGE_OF_TOP
+
+    def cfg(**kw):
+        return CleanConfig(train=str(tmp_path / "t.csv"), valid=str(tmp_path / "v.csv"), out=str(tmp_path),
+                           model="tabular-mlp", **kw)
+    spec = Spectrum(largest=4.0, mean=0.01, rows=64)
+    assert cfg().damping is None
+    assert run_damping(cfg(), 10.0, spec) * 10.0 == pytest.approx(RIDGE_OF_TOP * 4.0)
+    assert run_damping(cfg(damping=0.02), 10.0, spec) == 0.02
+    assert run_damping(cfg(damping=0.02), 10.0, None) == 0.02  # no spectrum needed
+    for bad in (Spectrum(largest=-1.0, mean=0.0, rows=64), Spectrum(largest=100.0, mean=1.0, rows=64)):
+        with pytest.raises(FastIFError, match="--damping"):
+            run_damping(cfg(), 10.0, bad)

@@ -16,6 +16,7 @@ from fastif_engine.data.batching import RowFile
 from flows.cli import main
 from tests.end_to_end.runs import FAST, clean
 from fastif_engine.config import CleanConfig
+from fastif_engine.influence.solvers import RIDGE_OF_TOP
 
 pytestmark = pytest.mark.slow  # real flow runs: the end-to-end tier (pytest -m "not slow" skips it)
 
@@ -79,7 +80,10 @@ def test_clean_writes_the_contract(tabular_run, tabular):
     assert [(r["variant"], r["seed"]) for r in retrain["runs"] if r["reused_fit"]] == [("original", 0)]
     assert retrain["summary"]["original"]["values"][0] == metrics["accuracy"]["before"]["eval"]
     assert metrics["config"]["model"] == "tabular-mlp" and "faiss" in metrics["versions"]
-    assert metrics["solver"]["ridge"] == pytest.approx(metrics["solver"]["damping"] * metrics["solver"]["scale"])
+    solver = metrics["solver"]  # the default ridge: RIDGE_OF_TOP × the (sampled) top eigenvalue
+    assert solver["ridge"] == pytest.approx(solver["damping"] * solver["scale"])
+    assert solver["ridge_rule"] == f"{RIDGE_OF_TOP:g} × top eigenvalue"
+    assert solver["spectrum"]["ridge_over_largest"] == pytest.approx(RIDGE_OF_TOP, rel=1e-4)
     for name in ("report.md", "report.html"):
         assert (tabular_run / name).stat().st_size > 1000
     assert not list(tabular_run.glob("*.tmp")) and not list(tabular_run.glob(".*.tmp"))
