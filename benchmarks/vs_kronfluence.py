@@ -2,7 +2,7 @@
 (or image-cnn on Fashion-MNIST).
 
     pip install --no-deps --target benchmarks/.peers kronfluence==1.0.1 accelerate einops einconv opt-einsum
-    PYTHONPATH=benchmarks/.peers python benchmarks/vs_kronfluence.py [--repeats 3] [--damping 0.05]
+    PYTHONPATH=benchmarks/.peers python benchmarks/vs_kronfluence.py [--repeats 3] [--ridge-of-top 0.03 | --damping 0.05]
     PYTHONPATH=benchmarks/.peers python benchmarks/vs_kronfluence.py --model image-cnn [--max-train 10000]
 
 Kronfluence is never a fastif dependency: it installs beside the benchmark with ``--no-deps``.
@@ -11,9 +11,10 @@ The demo's data (Rotten Tomatoes, 2,000 training snippets, 30% of the ``rotten``
 ``fresh``) and model (``text-minilm``: the top MiniLM layer + head, 1.78M parameters, fit with
 its own recipe, seed 0). Queries: the misclassified validation rows; candidates: each one's 200
 nearest training rows (one exact FAISS index, built once and shared). Each method computes
-I = −∇L(query)ᵀ (H + λI)⁻¹ ∇L(candidate) at λ = d × scale (d: fastif's default, or --damping), timed from the trained
-model to the scores (the solver's set-up included), medians over ``--repeats`` runs on the
-machine's threads:
+I = −∇L(query)ᵀ (H + λI)⁻¹ ∇L(candidate) at one ridge λ: by default the product's, ``--ridge-of-top``
+(0.3) × the Hessian's sampled top eigenvalue (``hessian.spectrum``, timed as part of fastif's default),
+or d × scale with ``--damping d``. Timed from the trained model to the scores (the solver's set-up
+included), medians over ``--repeats`` runs on the machine's threads:
 
 * fastif's default (``solver="auto"``), and fastif's EK-FAC by name;
 * Kronfluence 1.0.1 EK-FAC (factors on all training rows, its default sampled Fisher, pairwise
@@ -63,7 +64,8 @@ from fastif_engine.influence.gradients import FlatParams, gradient_matrix
 from fastif_engine.influence.hessian import full_hvp
 from fastif_engine.influence.knn import FaissIndex
 from fastif_engine.influence.scores import influence_on_candidates
-from fastif_engine.influence.solvers import DEFAULT_DAMPING, LissaSettings, with_scale
+from fastif_engine.influence.hessian import spectrum
+from fastif_engine.influence.solvers import RIDGE_OF_TOP, LissaSettings, with_scale
 from fastif_engine.data.tables import load_dataset
 from flows.cli import DEMO_NOISE, DEMO_SETTINGS
 from _shared import model_for, reference_cg, results_dir
@@ -233,7 +235,9 @@ def main() -> None:
     parser.add_argument("--lissa-errors", type=int, default=8)
     parser.add_argument("--model", choices=("text-minilm", "image-cnn"), default="text-minilm")
     parser.add_argument("--max-train", type=int, help="training rows (default: 2,000 text / 10,000 images)")
-    parser.add_argument("--damping", type=float, default=DEFAULT_DAMPING, help="d; λ = d × the estimated scale")
+    parser.add_argument("--ridge-of-top", type=float, default=RIDGE_OF_TOP,
+                        help="λ = this × the Hessian's sampled top eigenvalue (the product's rule; default %(default)s)")
+    parser.add_argument("--damping", type=float, help="d: λ = d × the estimated scale instead")
     parser.add_argument("--reference-tolerance", type=float, default=1e-6)
     parser.add_argument("--reference-errors", type=int, default=8,
                         help="errors the reference is solved for (each costs ~10 full-data HVP passes)")
@@ -244,8 +248,14 @@ def main() -> None:
         max_train = args.max_train or (2000 if args.model == "text-minilm" else 10_000)
         adapter, x, y, xq, yq = demo_problem(Path(tmp), max_train, args.model)
         flat = FlatParams.of(adapter)
-        settings = with_scale(adapter, x, y, LissaSettings(damping=args.damping), flat)
-        ridge = settings.ridge
+        scale = with_scale(adapter, x, y, LissaSettings(), flat).scale
+
+        def damping() -> float:  # the product's ridge rule: the spectrum is part of the default's cost
+            if args.damping is not None:
+                return args.damping
+            return args.ridge_of_top * spectrum(adapter, flat, x, y).largest / scale
+        settings = LissaSettings(damping=damping(), scale=scale)
+        ridge, tag = settings.ridge, (f"d{args.damping:g}" if args.damping is not None else f"top{args.ridge_of_top:g}")
         index = FaissIndex("flat").build(extract_features(adapter, x))
         _, idx = index.search(extract_features(adapter, xq), DEMO_SETTINGS["k"])
         lists = [np.sort(row[row >= 0]) for row in idx]
@@ -256,7 +266,7 @@ def main() -> None:
         r = min(args.reference_errors, len(yq))
         v = gradient_matrix(adapter, take(xq, slice(0, r)), yq[:r], flat=flat)
         ref = reference_solution(adapter, x, y, v, ridge, flat, args.reference_tolerance,
-                                 CACHE / f"reference-{args.model}-{len(y)}-d{args.damping:g}-"
+                                 CACHE / f"reference-{args.model}-{len(y)}-{tag}-"
                                          f"tol{args.reference_tolerance:g}-e{r}.pt")
         s_ref, check = ref["s"], ref["residual"]
         reference = solved_scores(adapter, x, y, s_ref, lists[:r], flat)
@@ -283,10 +293,10 @@ def main() -> None:
                   f"{'  [' + chosen + ']' if chosen else ''}", flush=True)
 
         measure("fastif default (auto)",
-                lambda: as_lists(fastif_run(adapter, x, y, xq, yq, index, args.damping, settings.scale, "auto"), lists),
+                lambda: as_lists(fastif_run(adapter, x, y, xq, yq, index, damping(), scale, "auto"), lists),
                 args.repeats)
         if "ekfac" not in skip:
-            measure("fastif ekfac", lambda: as_lists(fastif_run(adapter, x, y, xq, yq, index, args.damping, settings.scale,
+            measure("fastif ekfac", lambda: as_lists(fastif_run(adapter, x, y, xq, yq, index, settings.damping, scale,
                                                             "ekfac"), lists), args.repeats)
         for label, damping in (("λ + l2", ridge + adapter.l2), ("its heuristic, 0.1 × mean eigenvalue", None)):
             if "kronfluence" in skip:
@@ -298,16 +308,16 @@ def main() -> None:
         m = max(min(args.lissa_errors, len(yq)), r)
         if "lissa" not in skip:
             measure("LiSSA J = 300, B = 16 (the seed's)",
-                    lambda: as_lists(fastif_run(adapter, x, y, take(xq, slice(0, m)), yq[:m], index, args.damping,
-                                                settings.scale, "lissa"), lists[:m]), 1, queries=m)
+                    lambda: as_lists(fastif_run(adapter, x, y, take(xq, slice(0, m)), yq[:m], index, settings.damping,
+                                                scale, "lissa"), lists[:m]), 1, queries=m)
             rows[-1]["seconds_all_queries_scaled"] = rows[-1]["seconds"] * len(yq) / m
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    tag = "" if args.model == "text-minilm" else f"{args.model}-"
+    model_tag = "" if args.model == "text-minilm" else f"{args.model}-"
     partial = "-without-" + "-".join(sorted(skip)) if skip else ""  # a partial run keeps the full run's file
-    (RESULTS / f"vs_kronfluence-{tag}d{args.damping:g}{partial}.json").write_text(json.dumps({
+    (RESULTS / f"vs_kronfluence-{model_tag}{tag}{partial}.json").write_text(json.dumps({
         "version": fastif_engine.__version__, "model": args.model, "train_rows": len(y), "errors": len(yq), "k": DEMO_SETTINGS["k"],
-        "parameters": flat.size, "damping": args.damping, "ridge": ridge, "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "parameters": flat.size, "damping": settings.damping, "ridge_rule": tag, "ridge": ridge, "threads": torch.get_num_threads(), "repeats": args.repeats,
         "reference": {"solver": "cg", "iterations": ref["iterations"], "relative_residual": check}, "skipped": sorted(skip),
         "rows": rows}, indent=1))
     print("\n| method | median s | Pearson | top-10 overlap | flag overlap |\n|---|---|---|---|---|")

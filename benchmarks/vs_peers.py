@@ -2,7 +2,7 @@
 
     pip install --no-deps --target benchmarks/.peers dattri==0.3.0 pydvl==0.10.0 zarr==3.1.6 \
         numcodecs==0.15.1 donfig google-crc32c pyDeprecate more-itertools Deprecated
-    TQDM_DISABLE=1 PYTHONPATH=benchmarks/.peers python benchmarks/vs_peers.py [--repeats 3]
+    TQDM_DISABLE=1 PYTHONPATH=benchmarks/.peers python benchmarks/vs_peers.py [--repeats 3] [--ridges 0.3*max,0.05]
 
 The peers are never fastif dependencies: they install beside the benchmark with ``--no-deps``
 (pyDVL pins numpy < 2; its torch influence code runs on today's numpy).
@@ -12,8 +12,10 @@ parameters) and ``tabular-mlp`` (4,810) with fastif's own recipes, in float64 (c
 gradient run to convergence divides by ~0 in float32: dattri's does, giving NaN); the next 30
 rows are the test rows. Every method computes I = −∇L(test)ᵀ (H + λI)⁻¹ ∇L(train) for all
 30 × 1,257 pairs on one thread, with H the Hessian of the training objective (mean
-cross-entropy + (l2/2)‖W‖² over the weights) and λ = d × scale, the scale estimated once as
-fastif does; d is fastif's default damping and 10× and 50× less. The peers see the L2 term the
+cross-entropy + (l2/2)‖W‖² over the weights) and one ridge λ per ``--ridges`` entry: ``F*max`` is
+F × the Hessian's sampled top eigenvalue (``hessian.spectrum``; 0.3*max is ``fastif clean``'s default,
+0.03*max 10× less; the estimate's time is reported on its own), a plain number d is λ = d × scale
+(the scale estimated once as fastif does; 0.05 was the default up to 0.3.3). The peers see the L2 term the
 same way: a flag carried with the data puts it into the Hessian's rows and never into a scored
 row's gradient. The reference is an explicit float64 Hessian (``torch.autograd.functional.hessian``)
 and ``torch.linalg.solve``. Times are medians over ``--repeats`` runs, each from the trained model
@@ -38,7 +40,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import fastif_engine
 from fastif_engine.influence.api import FastIF
 from fastif_engine.influence.gradients import FlatParams
-from fastif_engine.influence.solvers import DEFAULT_DAMPING, LissaSettings, with_scale
+from fastif_engine.influence.hessian import spectrum
+from fastif_engine.influence.solvers import DEFAULT_DAMPING, RIDGE_OF_TOP, LissaSettings, with_scale
 from fastif_engine.models.tabular import LogisticRegressionAdapter, MLPAdapter
 from _shared import results_dir
 
@@ -175,8 +178,9 @@ def agreement(got: np.ndarray, ref: np.ndarray) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dampings", default=f"{DEFAULT_DAMPING},0.005,0.001",
-                        help="damping values d (λ = d × scale): the default, and where the no-Hessian baseline falls")
+    parser.add_argument("--ridges", default=f"{RIDGE_OF_TOP:g}*max,{RIDGE_OF_TOP / 10:g}*max,{DEFAULT_DAMPING:g}",
+                        help="ridge rules: F*max (λ = F × the top eigenvalue; the default's is %s*max) or d "
+                             "(λ = d × scale)" % f"{RIDGE_OF_TOP:g}")
     args = parser.parse_args()
     torch.set_num_threads(1)
     x, y, xt, yt = digits()
@@ -186,13 +190,18 @@ def main() -> None:
         adapter.fit(x, y)
         flat = FlatParams.of(adapter)
         scale = with_scale(adapter, x, y, LissaSettings(), flat).scale
-        for damping in (float(d) for d in args.dampings.split(",")):
-            ridge = damping * scale
+        t = time.perf_counter()
+        top = spectrum(adapter, flat, x, y).largest
+        spectrum_seconds = time.perf_counter() - t
+        for rule in args.ridges.split(","):
+            ridge = float(rule.split("*")[0]) * top if rule.endswith("*max") else float(rule) * scale
             exact, dot = reference(adapter, x, y, xt, yt, ridge)
-            common = {"model": name, "parameters": flat.size, "damping": damping, "ridge": ridge}
+            common = {"model": name, "parameters": flat.size, "rule": rule, "damping": ridge / scale, "ridge": ridge,
+                      "ridge_over_largest": ridge / top, "spectrum_seconds": spectrum_seconds}
             rows.append({**common, "method": "gradient dot product (no Hessian)", "seconds": None,
                          **agreement(dot, exact)})
-            print(f"{name}: {flat.size:,} parameters, d = {damping:g} (λ = {ridge:.4g}); no-Hessian baseline "
+            print(f"{name}: {flat.size:,} parameters, ridge {rule} (λ = {ridge:.4g}, {ridge / top:.3g} × the top "
+                  f"eigenvalue {top:.4g}, estimated in {spectrum_seconds:.2f} s); no-Hessian baseline "
                   f"Pearson {rows[-1]['pearson']:.4f}", flush=True)
             for method, fn in METHODS.items():
                 times = []
@@ -209,10 +218,10 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"version": fastif_engine.__version__, "train_rows": N_TRAIN, "test_rows": N_TEST,
                                    "threads": 1, "repeats": args.repeats, "rows": rows}, indent=1))
-    print("\n| model | d | method | median s | Pearson vs exact (min per test row) |\n|---|---|---|---|---|")
+    print("\n| model | ridge | method | median s | Pearson vs exact (min per test row) |\n|---|---|---|---|---|")
     for r in rows:
         secs = "–" if r["seconds"] is None else f"{r['seconds']:.2f}" + (" (1 run)" if r["runs"] == 1 else "")
-        print(f"| {r['model']} | {r['damping']:g} | {r['method']} | {secs} | {r['pearson']:.6f} "
+        print(f"| {r['model']} | {r['rule']} | {r['method']} | {secs} | {r['pearson']:.6f} "
               f"({r['min_row_pearson']:.6f}) |")
 
 
