@@ -122,8 +122,8 @@ def stage_solver(cfg: CleanConfig, adapter, x, y, solver_path: str, flat: FlatPa
         return CgSolver(adapter, x, y, ridge=info["ridge"], preconditioner=ekfac, flat=flat,
                         tolerance=info.get("tolerance", CG_TOLERANCE),
                         max_iterations=info.get("max_iterations", CG_MAX_ITERATIONS))
-    return make_solver(name, adapter, x, y, lissa_settings(cfg, info["scale"], info["damping"]), rank=LOW_RANK, flat=flat,
-                       memory_budget=task_budget(cfg), plan=SolverPlan(name, "cached", {}) if name in
+    return make_solver(name, adapter, x, y, lissa_settings(cfg, info["scale"], info["damping"]), rank=LOW_RANK,
+                       flat=flat, memory_budget=task_budget(cfg), plan=SolverPlan(name, "cached", {}) if name in
                        ("exact", "lissa", "lowrank") else None)
 
 

@@ -225,6 +225,7 @@ def report_blocks(metrics: dict, top_rows: list[dict], plots: dict[str, bytes]) 
         blocks.append(_p(SIGN_NOTE))
     spec = solver.get("spectrum")
     blocks.append(_p(f"Solver: {solver.get('name', '?')}, ridge λ = {solver.get('ridge', float('nan')):.4g}"
+                     + (f" ({solver['ridge_rule']})" if solver.get("ridge_rule") else "")
                      + (f", scale {solver['scale']:.4g}" if solver.get("scale") else "")
                      + (f"; λ is {spec['ridge_over_largest']:.3g} × the Hessian's largest eigenvalue and "
                         f"{spec['ridge_over_mean']:.3g} × its mean (estimated)" if spec else "") + "."))

@@ -503,14 +503,14 @@ def test_apply_edited_fixes_writes_exactly_those_changes(tabular_run, tabular, t
 
 
 def test_tiny_scale_fails_with_a_clear_message(tabular, tmp_path, capsys):
-    assert clean(tabular, tmp_path / "out", "--scale", "1e-6") == 2  # settings at fault
+    assert clean(tabular, tmp_path / "out", "--scale", "1e-6", "--damping", "0.05") == 2  # settings at fault
     err = capsys.readouterr().err
     assert "diverged" in err and "scale" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "flags.parquet").exists()
 
 
 def test_scale_sweep_recovers_and_logs_every_try(tabular, tmp_path):
-    assert clean(tabular, tmp_path / "out", "--scale", "1e-3", "--scale-sweep") == 0
+    assert clean(tabular, tmp_path / "out", "--scale", "1e-3", "--damping", "0.05", "--scale-sweep") == 0
     solver = json.loads((tmp_path / "out" / "metrics.json").read_text())["solver"]
     tried = solver["scale_sweep"]
     assert tried[0] == {"scale": 1e-3, "diverged": True} and tried[-1]["diverged"] is False
