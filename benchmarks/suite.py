@@ -25,7 +25,7 @@ PEERS = ROOT / "benchmarks" / ".peers"
 
 # name → (arguments at the docs' size, arguments at a quick size, what it needs from benchmarks/.peers)
 SCRIPTS = {
-    "vs_peers": ([], ["--repeats", "1", "--dampings", "0.05"], ("dattri", "pydvl")),
+    "vs_peers": ([], ["--repeats", "1", "--ridges", "0.3*max"], ("dattri", "pydvl")),
     "vs_kronfluence": ([], ["--max-train", "300", "--repeats", "1", "--reference-errors", "2", "--lissa-errors", "2"],
                        ("kronfluence",)),
     "passes": ([], [], ()),
