@@ -61,10 +61,9 @@ from fastif_engine.data.batching import take
 from fastif_engine.data.datasets import export
 from fastif_engine.influence.api import FastIF, extract_features
 from fastif_engine.influence.gradients import FlatParams, gradient_matrix
-from fastif_engine.influence.hessian import full_hvp
+from fastif_engine.influence.hessian import full_hvp, spectrum
 from fastif_engine.influence.knn import FaissIndex
 from fastif_engine.influence.scores import influence_on_candidates
-from fastif_engine.influence.hessian import spectrum
 from fastif_engine.influence.solvers import RIDGE_OF_TOP, LissaSettings, with_scale
 from fastif_engine.data.tables import load_dataset
 from flows.cli import DEMO_NOISE, DEMO_SETTINGS
