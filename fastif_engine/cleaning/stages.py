@@ -216,7 +216,7 @@ def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
                     "scale %.4g", "diverged" if t["diverged"] else "stays bounded", t["scale"])
         settings = lissa_settings(cfg, scale, run_damping(cfg, scale, spec))  # the default λ is kept
     plan = plan_solver(cfg.solver, w.adapter, w.x, w.y, ridge=settings.ridge, n_vectors=n_vectors, flat=w.flat,
-                       seed=cfg.seed)
+                       seed=cfg.seed, block=cfg.tests_per_batch)
     name = plan.name
     info = {"name": name, "requested": cfg.solver, "scale": scale, "scale_estimated": estimated,
             "damping": settings.damping, "ridge_rule": "damping × scale" if spec is None else

@@ -114,11 +114,13 @@ def stage_solver(cfg: CleanConfig, adapter, x, y, solver_path: str, flat: FlatPa
         return LowRankSolver.from_eigenpairs(torch.from_numpy(saved["values"]).to(adapter.placement),
                                              torch.from_numpy(saved["vectors"]).to(adapter.placement), info["ridge"])
     factors = Path(solver_path).with_suffix(".ekfac.npz")
+    ekfac = None
     if name in ("ekfac", "cg") and factors.exists():
         state = {k: torch.from_numpy(v) for k, v in load_arrays(factors).items()}
         ekfac = EkfacSolver.from_state(adapter, state, ridge=info["ridge"], flat=flat)
         if name == "ekfac":
             return ekfac
+    if name == "cg":  # preconditioned by the saved EK-FAC factors where there are any (auto's CG has none)
         return CgSolver(adapter, x, y, ridge=info["ridge"], preconditioner=ekfac, flat=flat,
                         tolerance=info.get("tolerance", CG_TOLERANCE),
                         max_iterations=info.get("max_iterations", CG_MAX_ITERATIONS))

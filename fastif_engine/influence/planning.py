@@ -35,8 +35,10 @@ AUTO_RANK = 4  # top Hessian eigenpairs auto's low-rank candidate keeps (text-mi
 # of them, within these bounds, so what the comparison costs shrinks with the data it explains.
 AUTO_SAMPLE_ROWS = (64, 128)
 PROBE_VALUES = 5e7  # probe rows × parameters timed by plan_solver (≥ 32 rows)
-CG_PRECONDITIONER_ROWS = 256  # training rows auto's CG builds its EK-FAC preconditioner on
-CG_EXPECTED_ITERATIONS = 20  # preconditioned CG to 1e-4 on the built-in tabular models: 7–31 (tests/influence/test_solvers.py)
+PROBE_BLOCKS = (4, 16)  # vectors per timed HVP pass: a pass costs a + b × vectors, fitted on these two
+# Block CG to a relative residual of 1e-4: 3–5 iterations at the default ridge (0.3 × top eigenvalue) and
+# 6–10 at 10× less, on digits (logreg, MLP) and image-cnn on Fashion-MNIST (docs/decisions/solver-auto.md).
+CG_EXPECTED_ITERATIONS = 10
 
 
 def auto_sample_rows(n: int) -> int:
@@ -69,16 +71,18 @@ class SolverPlan:
 
 def plan_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *, ridge: float,
                 n_vectors: int, flat: FlatParams | None = None, probe_rows: int = 512, probes: int = 4,
-                seed: int = 0) -> SolverPlan:
-    """Resolve ``name`` (``auto``: by measured cost and fidelity) for ``n_vectors`` vectors to solve.
+                seed: int = 0, block: int | None = None) -> SolverPlan:
+    """Resolve ``name`` (``auto``: by measured cost and fidelity) for ``n_vectors`` vectors to solve,
+    ``block`` at a time (default: all at once; the pipeline solves its errors in batches).
 
-    Times one batch of Hessian-vector products (``probes`` training gradients over a sample of up
-    to ``probe_rows`` training rows) and predicts from it, for this model on this device: exact
-    costs N × P row-HVPs, CG ``CG_EXPECTED_ITERATIONS`` passes over N rows for ``n_vectors``. ``auto``
-    takes the cheaper when it fits ``AUTO_BUDGET_SECONDS``. Otherwise it builds both one-off
+    Times Hessian-vector products over a sample of up to ``probe_rows`` training rows for two
+    blocks of training gradients (``PROBE_BLOCKS``: a pass's cost grows slower than its vectors,
+    so it is fitted as a + b × vectors) and predicts from it, for this model on this device: exact
+    costs P Hessian columns, (block) CG ``CG_EXPECTED_ITERATIONS`` + 1 passes over N rows for each
+    block of vectors. ``auto`` takes the cheaper when it fits ``AUTO_BUDGET_SECONDS``. Otherwise it builds both one-off
     approximations on samples of :func:`auto_sample_rows` rows, EK-FAC (factors, for the comparison)
     and the low-rank Hessian (Lanczos, stopped when its top ``AUTO_RANK`` eigenvalues settle), and
-    keeps the one whose relative residual ‖v − (H + λI) S v‖ / ‖v‖ on the probe gradients is
+    keeps the one whose relative residual ‖v − (H + λI) S v‖ / ‖v‖ on ``probes`` probe gradients is
     smaller (fidelity measured, not assumed); EK-FAC, if it wins, is rebuilt on every row, or on as
     many as its measured build time per row fits in ``AUTO_BUDGET_SECONDS``.
     """
@@ -92,8 +96,10 @@ def plan_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.
     gen = torch.Generator().manual_seed(seed)
     rows = torch.randperm(n, generator=gen)[:min(n, probe_rows, max(32, int(PROBE_VALUES // p)))].sort().values
     x, y = take(inputs, rows), labels[rows]
-    m = min(max(n_vectors, 1), probes)
-    v = gradient_matrix(adapter, take(inputs, rows[:m]), labels[rows[:m]], flat=flat)
+    block = min(max(n_vectors, 1), block or n_vectors or 1)
+    small, large = (min(block, size) for size in PROBE_BLOCKS)
+    g = gradient_matrix(adapter, take(inputs, rows[:large]), labels[rows[:large]], flat=flat)
+    v = g[:min(small, probes)]  # the probe gradients the approximations' residuals are measured on
     full_hvp(adapter, flat, take(x, slice(0, 2)), y[:2], v)  # warm-up: the first call of a path allocates (0.3 s)
 
     def residual(solver: InverseHVPSolver) -> float:
@@ -101,21 +107,32 @@ def plan_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.
         hs = full_hvp(adapter, flat, x, y, s, chunk_size=len(rows)) + ridge * s
         return float(((v - hs).norm(dim=1) / v.norm(dim=1).clamp_min(1e-30)).max())
 
-    started = time.perf_counter()
-    full_hvp(adapter, flat, x, y, v, chunk_size=len(rows))
-    per_pass = (time.perf_counter() - started) * n / len(rows)  # m vectors over all N rows
-    predicted = {"cg": CG_EXPECTED_ITERATIONS * per_pass * max(n_vectors, 1) / m}
-    if p <= EXACT_MAX_PARAMS:  # P Hessian columns: the same HVPs, at the same cost per vector and row
-        predicted["exact"] = per_pass * p / m
-    measured = {"hvp_pass_s": per_pass, "hvp_pass_vectors": m, "probe_rows": len(rows)}
+    def timed_pass(k: int) -> float:  # seconds for k vectors over all N rows
+        started = time.perf_counter()
+        full_hvp(adapter, flat, x, y, g[:k], chunk_size=len(rows))
+        return (time.perf_counter() - started) * n / len(rows)
+
+    t_small = timed_pass(small)
+    t_large = timed_pass(large) if large > small else t_small
+    per_vector = max((t_large - t_small) / (large - small), 0.0) if large > small else t_small / small
+    fixed = max(t_small - per_vector * small, 0.0)
+
+    def per_pass(k: int) -> float:
+        return fixed + per_vector * k
+
+    full, rest = divmod(max(n_vectors, 1), block)
+    predicted = {"cg": (CG_EXPECTED_ITERATIONS + 1) * (full * per_pass(block) + (per_pass(rest) if rest else 0.0))}
+    if p <= EXACT_MAX_PARAMS:  # P Hessian columns, in blocks of the larger probe's size
+        predicted["exact"] = per_pass(large) * p / large
+    measured = {"hvp_pass_s": t_large, "hvp_pass_vectors": large, "hvp_pass_fixed_s": fixed,
+                "hvp_pass_per_vector_s": per_vector, "probe_rows": len(rows)}
     best = min(predicted, key=predicted.get)
     if name == "auto" and predicted[best] <= AUTO_BUDGET_SECONDS:
         plan = SolverPlan(best, f"{best}: exact-quality, predicted {predicted[best]:.1f} s within the budget of "
                           f"{AUTO_BUDGET_SECONDS:.0f} s ({n_vectors} vectors, {p:,} parameters, {n:,} rows)",
                           predicted, measured=measured)
-        if best == "cg":  # a preconditioner: its factors from a sample of rows cost a few more iterations at most
-            pre = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))[:CG_PRECONDITIONER_ROWS]
-            plan.ekfac = EkfacSolver(adapter, take(inputs, pre), labels[pre], ridge=ridge, flat=flat)
+        # auto's CG runs unpreconditioned: at a spectrum-relative ridge the damped Hessian is well-conditioned,
+        # and an EK-FAC preconditioner (256 rows) never saved a block-CG iteration (solver-auto.md).
         return plan
     if name in ("ekfac", "cg"):  # by name: EK-FAC is the answer, or CG's preconditioner
         ekfac = EkfacSolver(adapter, inputs, labels, ridge=ridge, flat=flat)
