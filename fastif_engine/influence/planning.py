@@ -36,8 +36,8 @@ AUTO_RANK = 4  # top Hessian eigenpairs auto's low-rank candidate keeps (text-mi
 AUTO_SAMPLE_ROWS = (64, 128)
 PROBE_VALUES = 5e7  # probe rows × parameters timed by plan_solver (≥ 32 rows)
 PROBE_BLOCKS = (4, 16)  # vectors per timed HVP pass: a pass costs a + b × vectors, fitted on these two
-# Block CG to a relative residual of 1e-4: 3–5 iterations at the default ridge (0.3 × top eigenvalue) and
-# 6–10 at 10× less, on digits (logreg, MLP) and image-cnn on Fashion-MNIST (docs/decisions/solver-auto.md).
+# Block CG to a relative residual of 1e-4: 3–6 iterations at the default ridge (0.3 × top eigenvalue) and
+# 8–15 at 10× less, on digits (logreg, MLP) and image-cnn on Fashion-MNIST (docs/decisions/solver-auto.md).
 CG_EXPECTED_ITERATIONS = 10
 
 
