@@ -69,7 +69,8 @@ class CleanConfig(BaseModel):
     index: Literal["flat", "ivf", "ivfpq", "hnsw"] = _setting("flat", group="influence")
     solver: Literal["auto", "exact", "lissa", "lowrank", "ekfac", "cg"] = _setting(
         "auto", group="influence", help="inverse-HVP solver; auto: by predicted cost, exact-quality (exact, or "
-        "CG preconditioned by EK-FAC) where it fits the budget, else EK-FAC (logged, in metrics.json); ekfac: "
+        "block CG) where it fits the budget, else EK-FAC or the low-rank Hessian, whichever fits better (logged, "
+        "in metrics.json); cg: block CG, EK-FAC-preconditioned when named; ekfac: "
         f"Kronecker-factored Gauss-Newton; exact: ≤ {EXACT_MAX_PARAMS:,} parameters; lowrank: top-{LOW_RANK} "
         "Hessian eigenpairs")
     depth: int = _setting(300, group="influence", help="LiSSA recursion depth J", ge=1)
