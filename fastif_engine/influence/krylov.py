@@ -82,8 +82,8 @@ class CgSolver(InverseHVPSolver):
     direction per unsolved vector (vmapped together); the directions are chosen in the span of all
     the vectors' residuals at once (block CG: O'Leary 1980), so m vectors share a Krylov space m
     times wider than each would build alone, and converge in fewer passes. Breakdown-free (Ji & Li
-    2017): the directions are orthonormalised every iteration, so vectors that are nearly parallel
-    do not make the small k × k systems singular. A ``preconditioner`` (an EK-FAC solver: a cheap
+    2017): the directions are orthonormalised every iteration and those of (nearly) repeated vectors
+    dropped, so vectors that are nearly parallel do not make the small k × k systems singular. A ``preconditioner`` (an EK-FAC solver: a cheap
     approximate inverse) both starts the iteration and preconditions it. A vector stops when its
     relative residual ‖v − (H + λI)s‖ / ‖v‖ is below ``tolerance``; all stop after
     ``max_iterations`` (0: the preconditioner's answer alone). The residuals reached are kept in
@@ -157,6 +157,10 @@ class CgSolver(InverseHVPSolver):
 
 
 def _orthonormal_rows(z: torch.Tensor) -> torch.Tensor:
-    """An orthonormal basis of ``z``'s rows' span, as rows (QR of zᵀ; a rank-deficient block still
-    gives orthonormal rows, so the next k × k system stays well-conditioned)."""
-    return torch.linalg.qr(z.T).Q.T.contiguous()
+    """An orthonormal basis of ``z``'s rows' span, as rows: QR of zᵀ, less the directions of rows
+    that (nearly) repeat earlier ones, |R_ii| ≤ √eps × max |R_jj| (a vector solved twice would
+    otherwise add an arbitrary direction, not conjugate to the last ones, and slow the rest)."""
+    q, r = torch.linalg.qr(z.T)
+    diagonal = r.diagonal().abs()
+    kept = diagonal > torch.finfo(z.dtype).eps ** 0.5 * diagonal.max()
+    return q[:, kept].T.contiguous()

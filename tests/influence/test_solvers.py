@@ -233,6 +233,27 @@ def test_lanczos_stops_once_the_top_eigenvalues_settle(logreg, digits):
     assert len(steps) < 200
 
 
+def test_block_cg_shares_one_krylov_space_and_survives_repeated_vectors(small_model, digits):
+    """Solved together, vectors converge in fewer iterations than the slowest of them alone; a block
+    with a vector twice (rank-deficient) still reaches the exact damped inverse for both copies."""
+    from fastif_engine.influence.krylov import CgSolver
+
+    x, y = digits["train"]
+    xt, yt = misclassified(small_model, *digits["test"], n=8)
+    v = gradient_matrix(small_model, xt, yt)
+    ridge = _ridge(small_model, x, y, 0.001)
+    exact = ExactSolver(small_model, x, y, ridge=ridge).solve(v)
+    alone = CgSolver(small_model, x, y, ridge=ridge)
+    for row in v:
+        alone.solve(row[None])
+    block = CgSolver(small_model, x, y, ridge=ridge)
+    s = block.solve(torch.cat([v, v[:1]]))
+    assert block.iterations_used[0] < max(alone.iterations_used)
+    assert float(block.residuals.max()) <= 1e-4
+    cosine = torch.nn.functional.cosine_similarity(s, torch.cat([exact, exact[:1]]))
+    assert float(cosine.min()) > 0.99999
+
+
 def test_auto_takes_an_exact_quality_solver_where_it_is_cheap(logreg, digits):
     from fastif_engine.influence.planning import plan_solver
 
