@@ -1,11 +1,12 @@
 """The seed's Table 1 where the kNN restriction can pay: N/k ≥ 100 (Fashion-MNIST, image-cnn).
 
-    python benchmarks/table1_fashion.py [--k 500] [--depth 100] [--errors 3] [--repeats 3]
+    python benchmarks/table1_fashion.py [--k 500] [--depth 100] [--errors 3] [--repeats 3] [--damping d | --ridge-of-top F]
 
 image-cnn (influence over fc + head: 101,066 parameters) trained once on all 55,000 Fashion-MNIST
 training images (cached under ``--cache``). For each of ``--errors`` misclassified validation images,
 side by side in one run, with the same LiSSA depth J, damping and scale (estimated once on single
-rows, so stable for B = 128 too):
+rows, so stable for B = 128 too; λ = 0.3 × the Hessian's sampled top eigenvalue, the product's
+default ridge, unless ``--damping`` or ``--ridge-of-top``):
 
   original   LiSSA B = 128, T = 1, then one autograd call per training row over all N rows
   fast       LiSSA B = 1, T = 1, then the FAISS search and the product's scoring of the k nearest
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _shared import loop_influence, timed
+from _shared import add_ridge_options, ridge_damping, loop_influence, timed
 from fastif_engine.data.batching import take
 from fastif_engine.data.datasets import export
 from fastif_engine.data.tables import load_dataset
@@ -38,7 +39,6 @@ from fastif_engine.influence.planning import make_solver
 from fastif_engine.influence.solvers import LissaSettings, LissaSolver, auto_scale
 from fastif_engine.models import DataInfo, create_model
 
-DAMPING = 0.01
 ORIGINAL_B = 128
 
 
@@ -66,18 +66,20 @@ def main() -> None:
     ap.add_argument("--errors", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cache", type=Path, default=Path("benchmarks/.cache"))
+    add_ridge_options(ap)
     args = ap.parse_args()
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     model, (x, y), (xv, yv) = setup(args.cache)
     n, flat = len(y), FlatParams.of(model)
     wrong = (model.predict(xv) != yv).nonzero().ravel()[:args.errors]
     scale = auto_scale(model, flat, x, y)
-    original = LissaSettings(depth=args.depth, batch_size=ORIGINAL_B, repeats=1, damping=DAMPING, scale=scale)
-    fast = LissaSettings(depth=args.depth, batch_size=1, repeats=1, damping=DAMPING, scale=scale)
+    damping = ridge_damping(model, flat, x, y, scale, args.damping, args.ridge_of_top)
+    original = LissaSettings(depth=args.depth, batch_size=ORIGINAL_B, repeats=1, damping=damping, scale=scale)
+    fast = LissaSettings(depth=args.depth, batch_size=1, repeats=1, damping=damping, scale=scale)
     print(f"N = {n:,} training rows, k = {args.k} (N/k = {n / args.k:.0f}), {flat.size:,} parameters, "
-          f"J = {args.depth}, damping {DAMPING}, scale {scale:.4g}\n")
+          f"J = {args.depth}, damping {damping:.4g}, scale {scale:.4g}\n")
     index = FaissIndex("flat").build(extract_features(model, x))
-    default, t_build = timed(lambda: make_solver("auto", model, x, y, LissaSettings(damping=DAMPING, scale=scale),
+    default, t_build = timed(lambda: make_solver("auto", model, x, y, LissaSettings(damping=damping, scale=scale),
                                                  flat=flat, n_vectors=1))
     print(f"fastif's default solver (auto, same damping and scale): {type(default).__name__}, built once in "
           f"{t_build:.1f} s\n")

@@ -1,12 +1,13 @@
 """The seed's Table 1 (speed) and Table 3 / Figure 4 (fidelity, kNN recall) on the text setting.
 
-    python benchmarks/text_tables.py [--depth 100] [--repeats 3] [--cache benchmarks/.cache]
+    python benchmarks/text_tables.py [--depth 100] [--repeats 3] [--cache benchmarks/.cache] [--damping d | --ridge-of-top F]
 
 text-minilm fine-tuned on Rotten Tomatoes (all 10,246 training snippets); the model and the
 frozen layers' outputs are cached under ``--cache`` so a rerun skips training.
 
 Table 1, one misclassified validation example, the same LiSSA depth J, damping and scale in
-every row (the scale estimated once for B = 1, the larger, so stable for B = 128 too):
+every row (λ = 0.3 × the Hessian's sampled top eigenvalue, the product's default ridge, unless
+``--damping`` or ``--ridge-of-top``) (the scale estimated once for B = 1, the larger, so stable for B = 128 too):
   original       all N training rows, LiSSA B = 128 / T = 1, per-example autograd loop
   kNN k          the k nearest training rows only, same s_test and loop
   kNN + fast     k = 1000, LiSSA B = 1 / T = 2, batched per-sample gradients
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from scipy.stats import kendalltau, pearsonr, spearmanr
 
-from _shared import loop_influence, timed
+from _shared import add_ridge_options, ridge_damping, loop_influence, timed
 from fastif_engine.data.batching import take
 from fastif_engine.data.datasets import export
 from fastif_engine.data.tables import load_dataset
@@ -43,7 +44,6 @@ from fastif_engine.influence.planning import make_solver
 from fastif_engine.influence.solvers import LissaSettings, LissaSolver, auto_scale
 from fastif_engine.models import DataInfo, create_model
 
-DAMPING = 0.05
 ORIGINAL_B, FAST_T = 128, 2
 
 
@@ -96,6 +96,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats of the fast rows (median)")
     ap.add_argument("--cache", type=Path, default=Path("benchmarks/.cache"))
     ap.add_argument("--max-train", type=int, default=None, help="fewer training rows (a quick trial)")
+    add_ridge_options(ap)
     args = ap.parse_args()
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     model, blob = setup(args.cache, args.max_train)
@@ -105,9 +106,10 @@ def main() -> None:
     right = (model.predict(xv) == yv).nonzero().ravel()
     print(f"train rows {n}, validation errors {len(wrong)} of {len(yv)}, differentiated parameters {flat.size:,}")
     scale = auto_scale(model, flat, x, y, batch_size=1)
-    orig = LissaSettings(depth=args.depth, batch_size=ORIGINAL_B, repeats=1, damping=DAMPING, scale=scale)
-    fast = LissaSettings(depth=args.depth, batch_size=1, repeats=FAST_T, damping=DAMPING, scale=scale)
-    print(f"J = {args.depth}, damping {DAMPING}, scale {scale:.4g} (λ = {DAMPING * scale:.4g})\n")
+    damping = ridge_damping(model, flat, x, y, scale, args.damping, args.ridge_of_top)
+    orig = LissaSettings(depth=args.depth, batch_size=ORIGINAL_B, repeats=1, damping=damping, scale=scale)
+    fast = LissaSettings(depth=args.depth, batch_size=1, repeats=FAST_T, damping=damping, scale=scale)
+    print(f"J = {args.depth}, damping {damping:.4g}, scale {scale:.4g} (λ = {damping * scale:.4g})\n")
 
     index = FaissIndex("flat")
     index.build(extract_features(model, x))
@@ -145,7 +147,7 @@ def main() -> None:
             [f.result() for f in [pool.submit(_w_influence, s_w, h) for h in halves]]
             rows[label].append((t_s, time.perf_counter() - t0))
     torch.testing.assert_close(s_w, s_f)  # the workers computed the same s_test
-    default, t_build = timed(lambda: make_solver("auto", model, x, y, LissaSettings(damping=DAMPING, scale=scale),
+    default, t_build = timed(lambda: make_solver("auto", model, x, y, LissaSettings(damping=damping, scale=scale),
                                                  flat=flat, n_vectors=1))
     label = f"kNN k=1,000 + fastif's default solver (auto: {type(default).__name__}, built once in {t_build:.1f} s)"
     rows[label] = []
