@@ -97,7 +97,7 @@ def plan_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.
     rows = torch.randperm(n, generator=gen)[:min(n, probe_rows, max(32, int(PROBE_VALUES // p)))].sort().values
     x, y = take(inputs, rows), labels[rows]
     block = min(max(n_vectors, 1), block or n_vectors or 1)
-    small, large = (min(block, size) for size in PROBE_BLOCKS)
+    small, large = (min(block, size, len(rows)) for size in PROBE_BLOCKS)  # no more probes than sampled rows
     g = gradient_matrix(adapter, take(inputs, rows[:large]), labels[rows[:large]], flat=flat)
     v = g[:min(small, probes)]  # the probe gradients the approximations' residuals are measured on
     full_hvp(adapter, flat, take(x, slice(0, 2)), y[:2], v)  # warm-up: the first call of a path allocates (0.3 s)
