@@ -72,23 +72,21 @@ def reference_cg(adapter, x, y, *, ridge: float, flat, tolerance: float, max_ite
                     preconditioner=top)
 
 
-def ridge_damping(adapter, flat, x, y, scale: float, damping: float | None = None,
-                  ridge_of_top: float | None = None) -> float:
-    """The damping d (λ = d × ``scale``) a benchmark runs at: ``damping`` when given (λ = d × scale, the
-    rule up to 0.3.3), else the product's default, λ = ``ridge_of_top`` (default ``RIDGE_OF_TOP``) × the
-    Hessian's sampled top eigenvalue."""
+def ridge_damping(adapter, flat, x, y, scale: float, damping: float | None = None) -> float:
+    """The damping d (λ = d × ``scale``) a benchmark runs at: ``damping`` when given (the rule up to
+    0.3.3), else the product's default ridge (``solvers.default_damping``: RIDGE_OF_TOP × the
+    Hessian's sampled top eigenvalue)."""
     if damping is not None:
         return damping
     from fastif_engine.influence.hessian import spectrum
-    from fastif_engine.influence.solvers import RIDGE_OF_TOP
-    return (RIDGE_OF_TOP if ridge_of_top is None else ridge_of_top) * spectrum(adapter, flat, x, y).largest / scale
+    from fastif_engine.influence.solvers import default_damping
+    return default_damping(spectrum(adapter, flat, x, y).largest, scale)
 
 
 def add_ridge_options(parser) -> None:
-    """``--damping`` / ``--ridge-of-top``, read by :func:`ridge_damping`."""
-    parser.add_argument("--damping", type=float, help="d: λ = d × the estimated scale (the rule up to 0.3.3)")
-    parser.add_argument("--ridge-of-top", type=float,
-                        help="λ = this × the Hessian's sampled top eigenvalue (default: the product's, RIDGE_OF_TOP)")
+    """``--damping``, read by :func:`ridge_damping`."""
+    parser.add_argument("--damping", type=float,
+                        help="d: λ = d × the estimated scale (the rule up to 0.3.3; default: the product's ridge)")
 
 
 def timed(fn):

@@ -1,12 +1,12 @@
 """The seed's Table 1 where the kNN restriction can pay: N/k ≥ 100 (Fashion-MNIST, image-cnn).
 
-    python benchmarks/table1_fashion.py [--k 500] [--depth 100] [--errors 3] [--repeats 3] [--damping d | --ridge-of-top F]
+    python benchmarks/table1_fashion.py [--k 500] [--depth 100] [--errors 3] [--repeats 3] [--damping d]
 
 image-cnn (influence over fc + head: 101,066 parameters) trained once on all 55,000 Fashion-MNIST
 training images (cached under ``--cache``). For each of ``--errors`` misclassified validation images,
 side by side in one run, with the same LiSSA depth J, damping and scale (estimated once on single
 rows, so stable for B = 128 too; λ = 0.3 × the Hessian's sampled top eigenvalue, the product's
-default ridge, unless ``--damping`` or ``--ridge-of-top``):
+default ridge, unless ``--damping``):
 
   original   LiSSA B = 128, T = 1, then one autograd call per training row over all N rows
   fast       LiSSA B = 1, T = 1, then the FAISS search and the product's scoring of the k nearest
@@ -73,7 +73,7 @@ def main() -> None:
     n, flat = len(y), FlatParams.of(model)
     wrong = (model.predict(xv) != yv).nonzero().ravel()[:args.errors]
     scale = auto_scale(model, flat, x, y)
-    damping = ridge_damping(model, flat, x, y, scale, args.damping, args.ridge_of_top)
+    damping = ridge_damping(model, flat, x, y, scale, args.damping)
     original = LissaSettings(depth=args.depth, batch_size=ORIGINAL_B, repeats=1, damping=damping, scale=scale)
     fast = LissaSettings(depth=args.depth, batch_size=1, repeats=1, damping=damping, scale=scale)
     print(f"N = {n:,} training rows, k = {args.k} (N/k = {n / args.k:.0f}), {flat.size:,} parameters, "

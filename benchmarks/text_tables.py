@@ -1,13 +1,13 @@
 """The seed's Table 1 (speed) and Table 3 / Figure 4 (fidelity, kNN recall) on the text setting.
 
-    python benchmarks/text_tables.py [--depth 100] [--repeats 3] [--cache benchmarks/.cache] [--damping d | --ridge-of-top F]
+    python benchmarks/text_tables.py [--depth 100] [--repeats 3] [--cache benchmarks/.cache] [--damping d]
 
 text-minilm fine-tuned on Rotten Tomatoes (all 10,246 training snippets); the model and the
 frozen layers' outputs are cached under ``--cache`` so a rerun skips training.
 
 Table 1, one misclassified validation example, the same LiSSA depth J, damping and scale in
 every row (λ = 0.3 × the Hessian's sampled top eigenvalue, the product's default ridge, unless
-``--damping`` or ``--ridge-of-top``) (the scale estimated once for B = 1, the larger, so stable for B = 128 too):
+``--damping``; the scale estimated once for B = 1, the larger, so stable for B = 128 too):
   original       all N training rows, LiSSA B = 128 / T = 1, per-example autograd loop
   kNN k          the k nearest training rows only, same s_test and loop
   kNN + fast     k = 1000, LiSSA B = 1 / T = 2, batched per-sample gradients
@@ -106,7 +106,7 @@ def main() -> None:
     right = (model.predict(xv) == yv).nonzero().ravel()
     print(f"train rows {n}, validation errors {len(wrong)} of {len(yv)}, differentiated parameters {flat.size:,}")
     scale = auto_scale(model, flat, x, y, batch_size=1)
-    damping = ridge_damping(model, flat, x, y, scale, args.damping, args.ridge_of_top)
+    damping = ridge_damping(model, flat, x, y, scale, args.damping)
     orig = LissaSettings(depth=args.depth, batch_size=ORIGINAL_B, repeats=1, damping=damping, scale=scale)
     fast = LissaSettings(depth=args.depth, batch_size=1, repeats=FAST_T, damping=damping, scale=scale)
     print(f"J = {args.depth}, damping {damping:.4g}, scale {scale:.4g} (λ = {damping * scale:.4g})\n")

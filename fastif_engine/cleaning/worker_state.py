@@ -13,13 +13,12 @@ import torch
 
 from ..data.batching import RowFile
 from ..data.tables import Dataset, dataset_from_arrays
-from ..errors import SettingsError
 from ..influence.gradients import FlatParams, chunk_rows
 from ..influence.hessian import Spectrum
 from ..influence.kfac import EkfacSolver
 from ..influence.krylov import CG_MAX_ITERATIONS, CG_TOLERANCE, LOW_RANK, CgSolver, LowRankSolver
 from ..influence.planning import SolverPlan, make_solver
-from ..influence.solvers import RIDGE_OF_TOP, LissaSettings
+from ..influence.solvers import LissaSettings, default_damping
 from ..models import DataInfo, create_model, data_info
 from ..store.files import (load_arrays, load_tensors,
     tensors_metadata)
@@ -76,14 +75,7 @@ def lissa_settings(cfg: CleanConfig, scale: float, damping: float) -> LissaSetti
 def run_damping(cfg: CleanConfig, scale: float, spec: Spectrum | None) -> float:
     """d in λ = d × scale: ``--damping`` as given, else the default ridge λ = RIDGE_OF_TOP × the
     Hessian's (sampled) top eigenvalue, ``spec.largest``."""
-    if cfg.damping is not None:
-        return cfg.damping
-    damping = RIDGE_OF_TOP * spec.largest / scale
-    if not 0.0 < damping < 1.0:
-        raise SettingsError(f"the default ridge λ = {RIDGE_OF_TOP:g} × the Hessian's top eigenvalue "
-                            f"({spec.largest:.4g}, estimated) does not fit the scale {scale:.4g} (damping "
-                            f"{damping:.4g} is not in (0, 1)): set --damping (λ = damping × scale) or --scale")
-    return damping
+    return cfg.damping if cfg.damping is not None else default_damping(spec.largest, scale)
 
 
 def task_budget(cfg: CleanConfig) -> float:

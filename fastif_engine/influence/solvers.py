@@ -102,6 +102,17 @@ DEFAULT_DAMPING = 0.05
 RIDGE_OF_TOP = 0.3
 
 
+def default_damping(largest: float, scale: float) -> float:
+    """d in λ = d × ``scale`` for the default ridge λ = RIDGE_OF_TOP × ``largest`` (the Hessian's sampled
+    top eigenvalue); a :class:`SettingsError` when that d is not in (0, 1)."""
+    damping = RIDGE_OF_TOP * largest / scale
+    if not 0.0 < damping < 1.0:
+        raise SettingsError(f"the default ridge λ = {RIDGE_OF_TOP:g} × the Hessian's top eigenvalue "
+                            f"({largest:.4g}, estimated) does not fit the scale {scale:.4g} (damping "
+                            f"{damping:.4g} is not in (0, 1)): set --damping (λ = damping × scale) or --scale")
+    return damping
+
+
 @dataclass(frozen=True)
 class LissaSettings:
     """LiSSA's knobs, and the damping every solver shares.
