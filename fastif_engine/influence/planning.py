@@ -13,7 +13,7 @@ from ..adapter import ModelAdapter
 from ..data.batching import Inputs, n_rows, take
 from ..errors import SettingsError
 from .gradients import MEMORY_BUDGET_GB, FlatParams, gradient_matrix
-from .hessian import full_hvp
+from .hessian import full_hvp, probe_chunk
 from .krylov import LOW_RANK, CgSolver, LowRankSolver
 from .solvers import EXACT_MAX_PARAMS, ExactSolver, InverseHVPSolver, LissaSettings, LissaSolver, lissa_block, with_scale
 
@@ -104,12 +104,12 @@ def plan_solver(name: str, adapter: ModelAdapter, inputs: Inputs, labels: torch.
 
     def residual(solver: InverseHVPSolver) -> float:
         s = solver.solve(v)
-        hs = full_hvp(adapter, flat, x, y, s, chunk_size=len(rows)) + ridge * s
+        hs = full_hvp(adapter, flat, x, y, s, chunk_size=probe_chunk(len(rows), len(s))) + ridge * s
         return float(((v - hs).norm(dim=1) / v.norm(dim=1).clamp_min(1e-30)).max())
 
     def timed_pass(k: int) -> float:  # seconds for k vectors over all N rows
         started = time.perf_counter()
-        full_hvp(adapter, flat, x, y, g[:k], chunk_size=len(rows))
+        full_hvp(adapter, flat, x, y, g[:k], chunk_size=probe_chunk(len(rows), k))
         return (time.perf_counter() - started) * n / len(rows)
 
     t_small = timed_pass(small)

@@ -92,3 +92,12 @@ def test_spectrum_matches_the_explicit_hessian(small_model, digits):
     assert abs(spec.mean - float(exact.mean())) / float(exact.mean()) < 0.05  # Hutchinson, 64 probes: within 2% on three seeds
     ratios = spec.relative(0.5)
     assert ratios["ridge_over_largest"] == 0.5 / spec.largest and ratios["ridge_over_mean"] == 0.5 / spec.mean
+
+
+def test_probe_chunk_bounds_the_row_vector_pairs_of_one_call():
+    """A probe's HVP call holds activations for every (row, vector) pair: at most PROBE_ROW_VECTORS × rows."""
+    for rows, vectors in [(32, 16), (32, 1), (512, 95), (5, 100), (32, 4)]:
+        chunk = hessian.probe_chunk(rows, vectors)
+        assert 1 <= chunk <= rows
+        assert chunk * vectors <= max(hessian.PROBE_ROW_VECTORS * rows, vectors)
+    assert hessian.probe_chunk(32, 16) == 8 and hessian.probe_chunk(32, 4) == 32
