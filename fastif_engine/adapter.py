@@ -117,6 +117,9 @@ class TrainableAdapter(ModelAdapter):
     # Input leaves (by name, of dict inputs) the flow writes to disk and reads by rows
     # (``batching.RowFile``); ``prepare`` must give their rows one shape whatever the values.
     rows_on_disk: tuple[str, ...] = ()
+    # Whether fits of copies of this model may run in threads at once (the retrain's): True where ``fit``
+    # holds ``models.training.seeded``'s lock only while it draws from torch's global generator.
+    concurrent_fits: bool = False
 
     def to(self, device: torch.device | str) -> "TrainableAdapter":
         """Move the model to ``device`` and build every later ``fit`` there (e.g. ``"cuda"``)."""

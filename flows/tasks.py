@@ -16,7 +16,7 @@ RETRIED = ("s_test", "net harm s_test", "influence + net harm", "retrain")
 STAGES = (stages.load_and_validate, stages.prepare_inputs, stages.train_model, stages.features_stage,
           stages.build_index, stages.find_errors, stages.resolve_solver, stages.s_test_batch, stages.search_neighbours,
           stages.fold_s_test_stage, stages.scores_part,
-          stages.relabel_targets, stages.self_influence_stage, stages.retrain_one)
+          stages.relabel_targets, stages.self_influence_stage, stages.retrain_fits)
 
 
 def as_task(fn):

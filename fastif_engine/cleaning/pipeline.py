@@ -195,12 +195,15 @@ def run_pipeline(cfg: CleanConfig, runner: Runner | None = None) -> dict:
     if cfg.retrain:
         with timer.stage("retrain"):
             retrain_key = fingerprint(flag_key, cfg.fix)
-            result_paths = runner.map(stages.retrain_one, [
+            fits = [(v, cfg.seed + s) for s in range(cfg.seeds) for v in VARIANTS]
+            per_task = stages.fits_per_task(cfg, dataset_path, threads, len(fits))
+            result_paths = runner.map(stages.retrain_fits, [
                 dict(key=retrain_key, dataset_path=dataset_path, inputs_path=inputs_path,
-                     flagged_path=str(flagged_path), variant=v, seed=cfg.seed + s, threads=threads,
+                     flagged_path=str(flagged_path), fits=fits[i:i + per_task], threads=threads,
                      targets_path=targets_path, model_path=model_path, **common)
-                for s in range(cfg.seeds) for v in VARIANTS], f"retrain {len(VARIANTS)} variants × {cfg.seeds} seeds")
-            retrain = retrain_summary(cfg, ds, [json.loads(Path(p).read_text()) for p in result_paths])
+                for i in range(0, len(fits), per_task)], f"retrain {len(VARIANTS)} variants × {cfg.seeds} seeds")
+            retrain = retrain_summary(cfg, ds, [json.loads(Path(p).read_text()) for part in result_paths
+                                                for p in part])
 
     metrics = metrics_record(cfg, ds, predictions, errors, flags, n_candidates, solver_info, retrain,
                              timer.timings, flagging)

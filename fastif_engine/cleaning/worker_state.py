@@ -53,12 +53,18 @@ def _base_model(model: str, options_json: str, info: DataInfo):
     return create_model(model, info, **json.loads(options_json))
 
 
+def base_adapter(cfg: CleanConfig, dataset_path: str):
+    """The run's untrained model as first built in this worker (shared: read it, never train or swap it)."""
+    info = data_info(load_cached_dataset(dataset_path))
+    with _LOCK:
+        return _base_model(cfg.model, json.dumps(cfg.model_options, sort_keys=True), info)
+
+
 def load_adapter(cfg: CleanConfig, dataset_path: str, state_path: str | None):
     """A private copy of the model per task: functional_call swaps parameters in place, so
     threads must never share one module."""
-    info = data_info(load_cached_dataset(dataset_path))
+    base = base_adapter(cfg, dataset_path)
     with _LOCK:
-        base = _base_model(cfg.model, json.dumps(cfg.model_options, sort_keys=True), info)
         adapter = copy.deepcopy(base)
     adapter.to(worker_device(cfg.device))
     if state_path:

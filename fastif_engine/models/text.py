@@ -21,13 +21,12 @@ import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..adapter import TrainableAdapter
 from ..data.batching import chunk_slices
 from ..errors import SettingsError
-from .training import TrainSettings, seeded, train
+from .training import TrainSettings, continued_stream, drawing_from, dropout, own_dropout, seeded, train
 
 
 def encoder_path() -> str:
@@ -86,7 +85,7 @@ def _packed_layer(layer: nn.Module, tokens: torch.Tensor, packing: _Packing,
 
     q, k, v = heads(att.query(tokens)), heads(att.key(tokens)), heads(att.value(tokens))
     scores = torch.matmul(q, k.transpose(2, 3)) * att.scaling + additive
-    probs = F.dropout(scores.softmax(-1), p=att.dropout.p, training=att.training)
+    probs = dropout(scores.softmax(-1), att.dropout.p, att.training)
     context = packing.pack(torch.matmul(probs, v).transpose(1, 2).reshape(n, length, -1))
     attended = layer.attention.output(context, tokens)
     return layer.output(layer.intermediate(attended), attended)
@@ -168,7 +167,7 @@ class MiniLMAdapter(TrainableAdapter):
             self._net = self._build()
 
     def _build(self) -> _TopLayers:
-        layers = [copy.deepcopy(layer) for layer in self._pretrained_top]
+        layers = [own_dropout(copy.deepcopy(layer)) for layer in self._pretrained_top]
         return _TopLayers(layers, self.dim, self.n_classes).eval()
 
     @property
@@ -179,6 +178,7 @@ class MiniLMAdapter(TrainableAdapter):
         return super().regularized(name) and "LayerNorm" not in name
 
     rows_on_disk = ("hidden",)  # the flow keeps the hidden states on disk: 98 KB per snippet
+    concurrent_fits = True  # fit() holds the seed lock for the build only (see fit)
 
     @torch.no_grad()
     def prepare(self, texts, chunk_size: int = 128) -> dict:
@@ -227,8 +227,18 @@ class MiniLMAdapter(TrainableAdapter):
             return self._net.features(inputs)
 
     def fit(self, inputs: dict, labels: torch.Tensor, seed: int = 0) -> "MiniLMAdapter":
-        """Restart from the pretrained top layers and a freshly seeded head, then fine-tune."""
+        """Restart from the pretrained top layers and a freshly seeded head, then fine-tune. On the CPU
+        only the build holds :func:`seeded`'s lock: dropout continues its stream in a generator of the
+        fit's own, so fits in threads run at once (``concurrent_fits``); on a GPU the fit holds it."""
+        settings = dataclasses.replace(self.settings, seed=seed)
+        if self.placement is not None and self.placement.type != "cpu":  # dropout draws from the GPU's generator
+            with seeded(seed):
+                self._net = self._placed(self._build())
+                train(self, inputs, labels, settings)
+            return self
         with seeded(seed):
             self._net = self._placed(self._build())
-            train(self, inputs, labels, dataclasses.replace(self.settings, seed=seed))
+            stream = continued_stream()
+        with drawing_from(stream):
+            train(self, inputs, labels, settings)
         return self

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ..adapter import ModelAdapter
 from ..data.batching import INFERENCE_ROWS, Inputs, chunk_slices, n_rows, take, to_device
@@ -61,6 +63,59 @@ def seeded(seed: int):
     with _SEED_LOCK, torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
         torch.manual_seed(seed)
         yield
+
+
+# The generator a fit running in this thread draws its dropout masks from (see ``drawing_from``).
+_STREAM = threading.local()
+
+
+def continued_stream() -> torch.Generator:
+    """A CPU generator of its own that continues torch's global stream from where it is now.
+
+    Taken inside :func:`seeded` once a model is built, it carries the rest of the fit's draws (dropout,
+    through :func:`dropout` under :func:`drawing_from`): the lock can be let go and fits run in threads
+    at once, with the masks the global generator would have given them."""
+    gen = torch.Generator()
+    gen.set_state(torch.get_rng_state())
+    return gen
+
+
+@contextmanager
+def drawing_from(gen: torch.Generator):
+    """This thread's :func:`dropout` draws from ``gen`` inside the block."""
+    before, _STREAM.generator = getattr(_STREAM, "generator", None), gen
+    try:
+        yield
+    finally:
+        _STREAM.generator = before
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``F.dropout``, drawing from this thread's :func:`drawing_from` generator where a fit set one. The same
+    masks for the same stream: on CPU ``F.dropout`` fills a tensor like ``x`` with Bernoulli(1 − p)
+    draws and scales it by 1 / (1 − p) (tests/models: equal to the bit)."""
+    gen = getattr(_STREAM, "generator", None)
+    if gen is None or not training or p == 0 or x.device.type != "cpu":
+        return F.dropout(x, p=p, training=training)
+    noise = torch.empty_like(x).bernoulli_(1 - p, generator=gen)
+    return x * noise.div_(1 - p)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` through :func:`dropout` (a fit's own generator where it has one)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def own_dropout(module: nn.Module) -> nn.Module:
+    """``module`` with every ``nn.Dropout`` inside replaced by :class:`Dropout` (same p), in place."""
+    for name, child in module.named_children():
+        if type(child) is nn.Dropout:
+            setattr(module, name, Dropout(child.p))
+        else:
+            own_dropout(child)
+    return module
 
 
 def objective(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor) -> torch.Tensor:

@@ -224,6 +224,75 @@ def test_same_seed_same_weights_across_threads():
         torch.testing.assert_close(w, weights[0], rtol=0, atol=0)
 
 
+def test_dropout_from_a_continued_stream_draws_the_global_masks():
+    """training.dropout under drawing_from(continued_stream()) == F.dropout on the global stream, to the bit."""
+    import torch.nn.functional as F
+
+    from fastif_engine.models.training import Dropout, continued_stream, drawing_from, dropout
+
+    x = torch.randn(7, 33, 5)
+    with seeded(11):
+        torch.randn(3)  # a model's build draws first
+        stream = continued_stream()
+        expected = [F.dropout(x, p=0.1, training=True), F.dropout(x, p=0.3, training=True)]
+    with drawing_from(stream):
+        got = [dropout(x, 0.1, True), Dropout(0.3).train()(x)]
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
+    assert torch.equal(dropout(x, 0.1, False), x)
+
+
+def test_minilm_fit_trains_without_the_seed_lock(minilm, reviews, monkeypatch):
+    """What lets fits run at once: while text-minilm trains, another thread can take the seed lock."""
+    import threading
+
+    from fastif_engine.models import text, training
+
+    free = []
+
+    def checking_train(*args, **kwargs):
+        def probe():
+            if training._SEED_LOCK.acquire(blocking=False):
+                training._SEED_LOCK.release()
+                free.append(True)
+        t = threading.Thread(target=probe)
+        t.start()
+        t.join()
+        return training.train(*args, **kwargs)
+
+    monkeypatch.setattr(text, "train", checking_train)
+    tr = reviews.splits["train"]
+    minilm.fit(minilm.prepare(tr.values[:16]), torch.as_tensor(tr.labels[:16]), seed=0)
+    assert free == [True]
+
+
+def test_minilm_fits_at_once_in_threads_equal_one_after_the_other(minilm, reviews):
+    """concurrent_fits: fits in threads at once (seed lock for the build only, dropout on each fit's own
+    generator) give the weights the same fits give one after the other, at one torch thread each."""
+    import copy
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert minilm.concurrent_fits and not create_model("tabular-mlp", DataInfo("tabular", 2, (3,))).concurrent_fits
+    tr = reviews.splits["train"]
+    x, y = minilm.prepare(tr.values[:96]), torch.as_tensor(tr.labels[:96])
+    before = torch.get_num_threads()
+
+    def fit(seed):
+        torch.set_num_threads(1)
+        model = copy.deepcopy(minilm).fit(x, y, seed=seed).model
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    try:
+        alone = [fit(s) for s in (1, 2, 3)]
+        with ThreadPoolExecutor(3) as pool:
+            together = list(pool.map(fit, (1, 2, 3)))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(alone, together):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(alone[0]["head.weight"], alone[1]["head.weight"])
+
+
 def test_length_grouped_minibatches_cover_each_row_once_with_less_padding():
     from fastif_engine.models.training import minibatches
 
