@@ -36,7 +36,7 @@ from ..store.files import fingerprint, write_npy, write_npy_rows
 from ..store.memory import return_freed_memory
 from . import history, stage_cache, stages, worker_state
 from .flagging import FLAG_SCORES, harm_scores, rank_and_flag, rank_fusion
-from .retrain import VARIANTS
+from .retrain import VARIANTS, fits_per_task
 
 CACHE_DIR = ".fastif-cache"
 log = logging.getLogger("fastif_engine")
@@ -196,7 +196,8 @@ def run_pipeline(cfg: CleanConfig, runner: Runner | None = None) -> dict:
         with timer.stage("retrain"):
             retrain_key = fingerprint(flag_key, cfg.fix)
             fits = [(v, cfg.seed + s) for s in range(cfg.seeds) for v in VARIANTS]
-            per_task = stages.fits_per_task(cfg, dataset_path, threads, len(fits))
+            per_task = fits_per_task(lambda: worker_state.base_adapter(cfg, dataset_path).concurrent_fits, threads,
+                                     len(fits))
             result_paths = runner.map(stages.retrain_fits, [
                 dict(key=retrain_key, dataset_path=dataset_path, inputs_path=inputs_path,
                      flagged_path=str(flagged_path), fits=fits[i:i + per_task], threads=threads,

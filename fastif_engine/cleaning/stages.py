@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from ..data.batching import chunk_slices, select, take
 from ..data.tables import dataset_arrays, load_dataset
 from ..errors import LissaDivergenceError, SolverSetupError
 from ..influence.api import extract_features
-from ..influence.gradients import STATIONARY_RATIO, fit_check, gradient_matrix
+from ..influence.gradients import fit_check, fit_message, gradient_matrix
 from ..influence.hessian import spectrum
 from ..influence.knn import FaissIndex
 from ..influence.krylov import CG_MAX_ITERATIONS, CG_TOLERANCE, LOW_RANK
@@ -36,7 +35,7 @@ from ..models import create_model, data_info
 from ..models.training import evaluate
 from ..store.files import (NpyRows, atomic_path, npy_writer, save_arrays, save_tensors, write_json, write_npy,
                            write_parquet)
-from .retrain import retrain_and_evaluate
+from .retrain import fit_all, retrain_and_evaluate
 from .stage_cache import _cached, _fault_point, log, part_net_harm_path, prior_path, stage
 from .worker_state import (_Work, _inputs, base_adapter, lissa_settings, load_adapter, load_cached_dataset, run_damping,
                            s_test_rows)
@@ -181,16 +180,6 @@ def find_errors(cfg: CleanConfig, cache: str, key: str, dataset_path: str, input
              len(wrong), len(blob["labels"]["valid"]), out["valid"]["accuracy"])
     log.log(logging.INFO if fit["stationary"] else logging.WARNING, "%s", fit_message(fit))
     return str(path)
-
-
-def fit_message(fit: dict) -> str:
-    """One line on whether the model sits at a minimum of its training loss (``gradients.fit_check``)."""
-    line = (f"training-loss gradient at the model's weights: ‖∇R‖ = {fit['gradient_norm']:.3g}, "
-            f"{fit['ratio']:.3g} × a single row's (RMS {fit['row_gradient_rms']:.3g})")
-    if fit["stationary"]:
-        return line
-    return (line + f"; above {STATIONARY_RATIO}: the model is not at a minimum of its training loss, which "
-            "influence assumes, so scores are less reliable (train longer, or let fastif train it)")
 
 
 @stage("resolve solver")
@@ -357,62 +346,28 @@ def self_influence_stage(cfg: CleanConfig, cache: str, key: str, dataset_path: s
     return str(path)
 
 
-# Fits a retrain task runs at once where the model allows it (``concurrent_fits``), one core each: two
-# 1-thread text-minilm fits at once on two cores did 1.21× the work of one 2-thread fit after another.
-FITS_AT_ONCE = 4
-
-
-def fits_per_task(cfg: CleanConfig, dataset_path: str, threads: int | None, n_fits: int) -> int:
-    """(variant, seed) fits one retrain task takes: all of them where it can run them at once (the model
-    has ``concurrent_fits`` and the task more than one core, ``threads``; None: this process's torch
-    threads), so none waits for a slower one of its group; else one (pool and Dask workers run tasks at once)."""
-    if (threads or torch.get_num_threads()) > 1 and base_adapter(cfg, dataset_path).concurrent_fits:
-        return n_fits
-    return 1
-
-
 @stage("retrain")
 def retrain_fits(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inputs_path: str,
                  flagged_path: str, fits: list[tuple[str, int]], threads: int | None,
                  targets_path: str | None = None, model_path: str | None = None) -> list[str]:
-    """``fits``: (variant, seed) pairs of the retrain, a result file each (in their order). A model whose
-    fits may run at once in threads (``concurrent_fits``) fits up to ``threads`` of them together
-    (``FITS_AT_ONCE`` at most), a core each; other models fit them one after the other.
-    ``model_path``: the run's trained model, which is the original variant's fit for ``cfg.seed``
-    (same rows, labels, recipe and seed): evaluated, not refitted."""
-    threads = threads or torch.get_num_threads()
-    concurrent = base_adapter(cfg, dataset_path).concurrent_fits
-    at_once = min(len(fits), threads, FITS_AT_ONCE) if concurrent else 1
-
+    """``fits``: (variant, seed) pairs of the retrain, a result file each (in their order), several at once
+    where the model allows it (``retrain.fit_all``). ``model_path``: the run's trained model, which is the
+    original variant's fit for ``cfg.seed`` (same rows, labels, recipe and seed): evaluated, not refitted."""
     def reused(variant: str, seed: int) -> bool:
         # (given weights were not fitted by the recipe the other variants are: the original is refitted too)
         return model_path is not None and variant == "original" and seed == cfg.seed and cfg.weights == "train"
 
-    def one(fit: tuple[str, int]) -> str:
-        variant, seed = fit
+    def one(variant: str, seed: int, fit_threads: int) -> str:
         path, done = _cached(cache, "retrain", f"{key}-{variant}-s{seed}", "json")
         if done:
             return str(path)
-        reuse = reused(variant, seed)
-        w = _Work.load(cfg, dataset_path, inputs_path, model_path if reuse else None, max(1, threads // at_once))
+        w = _Work.load(cfg, dataset_path, inputs_path, model_path if reused(variant, seed) else None, fit_threads)
         eval_split = "test" if "test" in _inputs(inputs_path) else "valid"
         result = retrain_and_evaluate(w.adapter, w.x, w.y, *w.split(eval_split), np.load(flagged_path), variant,
-                                      seed, np.load(targets_path) if targets_path else None, fitted=reuse)
+                                      seed, np.load(targets_path) if targets_path else None,
+                                      fitted=reused(variant, seed))
         write_json(path, {**result, "eval_split": eval_split})
         return str(path)
 
-    if at_once == 1:
-        return [one(fit) for fit in fits]
-    # The reused fit first (it only evaluates), then the original rows' fits, the longest: the last
-    # fit to start is a short one, so the other core idles least at the end.
-    order = sorted(range(len(fits)), key=lambda i: (not reused(*fits[i]), fits[i][0] != "original"))
-    paths: list[str | None] = [None] * len(fits)
-    try:
-        with ThreadPoolExecutor(at_once, thread_name_prefix="fastif-fit") as pool:
-            futures = {pool.submit(one, fits[i]): i for i in order}
-            for done, future in enumerate(as_completed(futures), start=1):
-                paths[futures[future]] = future.result()
-                log.info("retrain: %d/%d fits done, %d at a time", done, len(fits), at_once)
-        return paths
-    finally:
-        torch.set_num_threads(threads)  # MKL's count is process-wide: the fits' 1 is not left behind
+    return fit_all(one, fits, concurrent=base_adapter(cfg, dataset_path).concurrent_fits,
+                   threads=threads or torch.get_num_threads(), first=reused)

@@ -196,6 +196,16 @@ def gradient_matrix(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor,
 STATIONARY_RATIO = 0.1
 
 
+def fit_message(fit: dict) -> str:
+    """One line on whether the model sits at a minimum of its training loss (:func:`fit_check`)."""
+    line = (f"training-loss gradient at the model's weights: ‖∇R‖ = {fit['gradient_norm']:.3g}, "
+            f"{fit['ratio']:.3g} × a single row's (RMS {fit['row_gradient_rms']:.3g})")
+    if fit["stationary"]:
+        return line
+    return (line + f"; above {STATIONARY_RATIO}: the model is not at a minimum of its training loss, which "
+            "influence assumes, so scores are less reliable (train longer, or let fastif train it)")
+
+
 def fit_check(adapter: ModelAdapter, inputs: Inputs, labels: torch.Tensor, *, flat: FlatParams | None = None,
               chunk_size: int = 256, sample: int = 64, rows: int = 1024, seed: int = 0) -> dict:
     """How close θ̂ is to a stationary point of the training objective, in the differentiated parameters.
