@@ -37,6 +37,7 @@ from ..store.files import (NpyRows, atomic_path, npy_writer, save_arrays, save_t
                            write_parquet)
 from .retrain import fit_all, retrain_and_evaluate
 from .stage_cache import _cached, _fault_point, log, part_net_harm_path, prior_path, stage
+from .workers import worker_device
 from .worker_state import (_Work, _inputs, base_adapter, lissa_settings, load_adapter, load_cached_dataset, run_damping,
                            s_test_rows)
 
@@ -369,5 +370,5 @@ def retrain_fits(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inpu
         write_json(path, {**result, "eval_split": eval_split})
         return str(path)
 
-    return fit_all(one, fits, concurrent=base_adapter(cfg, dataset_path).concurrent_fits,
-                   threads=threads or torch.get_num_threads(), first=reused)
+    concurrent = base_adapter(cfg, dataset_path).concurrent_fits and worker_device(cfg.device).type == "cpu"
+    return fit_all(one, fits, concurrent=concurrent, threads=threads or torch.get_num_threads(), first=reused)

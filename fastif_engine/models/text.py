@@ -115,6 +115,7 @@ class _TopLayers(nn.Module):
         self.pooler = pooler
         self.head = head if head is not None else nn.Linear(dim, n_classes)
         self.pack = True  # run the top layers on real tokens only (off: padded rows, see rows_first)
+        own_dropout(self)  # a fit's dropout draws from its own generator (``MiniLMAdapter.fit``)
 
     def features(self, inputs: dict) -> torch.Tensor:
         h, mask = inputs["hidden"], inputs["mask"]
@@ -167,7 +168,7 @@ class MiniLMAdapter(TrainableAdapter):
             self._net = self._build()
 
     def _build(self) -> _TopLayers:
-        layers = [own_dropout(copy.deepcopy(layer)) for layer in self._pretrained_top]
+        layers = [copy.deepcopy(layer) for layer in self._pretrained_top]
         return _TopLayers(layers, self.dim, self.n_classes).eval()
 
     @property
@@ -178,7 +179,7 @@ class MiniLMAdapter(TrainableAdapter):
         return super().regularized(name) and "LayerNorm" not in name
 
     rows_on_disk = ("hidden",)  # the flow keeps the hidden states on disk: 98 KB per snippet
-    concurrent_fits = True  # fit() holds the seed lock for the build only (see fit)
+    concurrent_fits = True  # on the CPU, fit() holds the seed lock for the build only (see fit)
 
     @torch.no_grad()
     def prepare(self, texts, chunk_size: int = 128) -> dict:
