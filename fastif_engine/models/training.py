@@ -95,7 +95,8 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     masks for the same stream: on CPU ``F.dropout`` fills a tensor like ``x`` with Bernoulli(1 − p)
     draws and scales it by 1 / (1 − p) (tests/models: equal to the bit)."""
     gen = getattr(_STREAM, "generator", None)
-    if gen is None or not training or p == 0 or x.device.type != "cpu":
+    # (p of 0 or 1 and empty inputs: F.dropout returns without drawing, so the stream stays in step)
+    if gen is None or not training or p in (0, 1) or x.numel() == 0 or x.device.type != "cpu":
         return F.dropout(x, p=p, training=training)
     noise = torch.empty_like(x).bernoulli_(1 - p, generator=gen)
     return x * noise.div_(1 - p)

@@ -240,6 +240,8 @@ def test_dropout_from_a_continued_stream_draws_the_global_masks():
     for g, e in zip(got, expected):
         assert torch.equal(g, e)
     assert torch.equal(dropout(x, 0.1, False), x)
+    with drawing_from(continued_stream()):
+        assert torch.equal(dropout(x, 1.0, True), torch.zeros_like(x)) and torch.equal(dropout(x, 0.0, True), x)
 
 
 def test_minilm_fit_trains_without_the_seed_lock(minilm, reviews, monkeypatch):
