@@ -362,11 +362,11 @@ def retrain_fits(cfg: CleanConfig, cache: str, key: str, dataset_path: str, inpu
         path, done = _cached(cache, "retrain", f"{key}-{variant}-s{seed}", "json")
         if done:
             return str(path)
-        w = _Work.load(cfg, dataset_path, inputs_path, model_path if reused(variant, seed) else None, fit_threads)
+        reuse = reused(variant, seed)
+        w = _Work.load(cfg, dataset_path, inputs_path, model_path if reuse else None, fit_threads)
         eval_split = "test" if "test" in _inputs(inputs_path) else "valid"
         result = retrain_and_evaluate(w.adapter, w.x, w.y, *w.split(eval_split), np.load(flagged_path), variant,
-                                      seed, np.load(targets_path) if targets_path else None,
-                                      fitted=reused(variant, seed))
+                                      seed, np.load(targets_path) if targets_path else None, fitted=reuse)
         write_json(path, {**result, "eval_split": eval_split})
         return str(path)
 

@@ -232,13 +232,11 @@ class MiniLMAdapter(TrainableAdapter):
         only the build holds :func:`seeded`'s lock: dropout continues its stream in a generator of the
         fit's own, so fits in threads run at once (``concurrent_fits``); on a GPU the fit holds it."""
         settings = dataclasses.replace(self.settings, seed=seed)
-        if self.placement is not None and self.placement.type != "cpu":  # dropout draws from the GPU's generator
-            with seeded(seed):
-                self._net = self._placed(self._build())
-                train(self, inputs, labels, settings)
-            return self
         with seeded(seed):
             self._net = self._placed(self._build())
+            if self.placement is not None and self.placement.type != "cpu":  # dropout draws from the GPU's generator
+                train(self, inputs, labels, settings)
+                return self
             stream = continued_stream()
         with drawing_from(stream):
             train(self, inputs, labels, settings)
