@@ -64,7 +64,7 @@ from fastif_engine.influence.gradients import FlatParams, gradient_matrix
 from fastif_engine.influence.hessian import full_hvp, spectrum
 from fastif_engine.influence.knn import FaissIndex
 from fastif_engine.influence.scores import influence_on_candidates
-from fastif_engine.influence.solvers import RIDGE_OF_TOP, LissaSettings, with_scale
+from fastif_engine.influence.solvers import DEFAULT_DAMPING, RIDGE_OF_TOP, LissaSettings, with_scale
 from fastif_engine.data.tables import load_dataset
 from flows.cli import DEMO_NOISE, DEMO_SETTINGS
 from _shared import model_for, reference_cg, results_dir
@@ -247,7 +247,7 @@ def main() -> None:
         max_train = args.max_train or (2000 if args.model == "text-minilm" else 10_000)
         adapter, x, y, xq, yq = demo_problem(Path(tmp), max_train, args.model)
         flat = FlatParams.of(adapter)
-        scale = with_scale(adapter, x, y, LissaSettings(), flat).scale
+        scale = with_scale(adapter, x, y, LissaSettings(damping=DEFAULT_DAMPING), flat).scale
 
         def damping() -> float:  # the product's ridge rule: the spectrum is part of the default's cost
             if args.damping is not None:

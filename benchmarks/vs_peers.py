@@ -87,7 +87,7 @@ def reference(adapter, x, y, xt, yt, ridge: float) -> np.ndarray:
 
 def fastif_scores(solver: str):
     def run(adapter, x, y, xt, yt, ridge):
-        fi = FastIF(adapter, x, y, k=None, solver=solver, lissa=LissaSettings(scale=ridge / LissaSettings().damping))
+        fi = FastIF(adapter, x, y, k=None, solver=solver, lissa=LissaSettings(damping=DEFAULT_DAMPING, scale=ridge / DEFAULT_DAMPING))
         table = fi.influence(xt, yt)
         out = np.zeros((len(yt), len(y)))
         out[table["test_pos"], table["train_index"]] = table["influence"]
@@ -189,7 +189,7 @@ def main() -> None:
         adapter = model(64, 10, dtype=torch.float64)  # float64: CG run to convergence divides by ~0 in float32
         adapter.fit(x, y)
         flat = FlatParams.of(adapter)
-        scale = with_scale(adapter, x, y, LissaSettings(), flat).scale
+        scale = with_scale(adapter, x, y, LissaSettings(damping=DEFAULT_DAMPING), flat).scale
         t = time.perf_counter()
         top = spectrum(adapter, flat, x, y).largest
         spectrum_seconds = time.perf_counter() - t

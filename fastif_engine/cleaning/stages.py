@@ -23,7 +23,7 @@ from ..data.batching import chunk_slices, select, take
 from ..data.tables import dataset_arrays, load_dataset
 from ..errors import LissaDivergenceError, SolverSetupError
 from ..influence.api import extract_features
-from ..influence.gradients import fit_check, fit_message, gradient_matrix
+from ..influence.gradients import fit_check, fit_message, gradient_matrix, parameter_summary
 from ..influence.hessian import spectrum
 from ..influence.knn import FaissIndex
 from ..influence.krylov import CG_MAX_ITERATIONS, CG_TOLERANCE, LOW_RANK
@@ -212,6 +212,7 @@ def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
     info = {"name": name, "requested": cfg.solver, "scale": scale, "scale_estimated": estimated,
             "damping": settings.damping, "ridge_rule": "damping × scale" if spec is None else
             f"{RIDGE_OF_TOP:g} × top eigenvalue", "ridge": settings.ridge, "parameters": w.flat.size,
+            "differentiated": parameter_summary(list(w.flat.names)),
             "scale_sweep": sweep, "vectors": n_vectors, "plan": plan.as_dict()}
     if name == "lissa":
         info.update(depth=cfg.depth, repeats=cfg.repeats, batch_size=cfg.batch_size, tolerance=cfg.tolerance)
@@ -231,6 +232,7 @@ def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
     write_json(path, info)
     log.info("resolve solver: %s, scale %.4g%s, ridge λ = %.4g (%s)", plan.reason if cfg.solver == "auto"
              else name, scale, " (estimated)" if estimated else "", info["ridge"], info["ridge_rule"])
+    log.info("resolve solver: influence over %d differentiated parameters: %s", w.flat.size, info["differentiated"])
     log.info("ridge in the Hessian's spectrum: λ = %.3g × its top eigenvalue (%.4g), %.3g × its mean "
              "(%.4g; trace estimated on %d sampled rows)", info["spectrum"]["ridge_over_largest"], spec.largest,
              info["spectrum"]["ridge_over_mean"], spec.mean, spec.rows)

@@ -66,6 +66,18 @@ class FlatParams:
         return torch.cat(parts, dim=-1)
 
 
+def parameter_summary(names: list[str], shown: int = 8) -> str:
+    """Differentiated parameter names in a line: grouped by block (``…h.0.*``) or by owning module."""
+    groups: dict[str, int] = {}
+    for n in names:
+        parts = n.split(".")
+        numbered = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+        key = ".".join(parts[:numbered + 1]) + ".*" if numbered is not None else ".".join(parts[:-1]) + ".*"
+        groups[key] = groups.get(key, 0) + 1
+    keys = list(groups)
+    return ", ".join(keys[:shown]) + (f", … {len(keys) - shown} more" if len(keys) > shown else "")
+
+
 # torch.func keeps its transform stack in process-global state: two threads inside vmap/grad/jvp
 # at once corrupt each other ("level <= current_level INTERNAL ASSERT"). Every transform call in
 # the engine holds this lock, so a thread pool is safe; processes run truly in parallel.

@@ -2,7 +2,7 @@
 
 ``create_model(name, info)`` builds one for a dataset: a built-in name
 (``tabular-logreg``, ``tabular-mlp``, ``image-cnn``, ``text-minilm``), ``hf:PATH`` (a local
-Hugging Face sequence classifier, :mod:`fastif_engine.models.hf`) or ``package.module:callable``,
+Hugging Face sequence or image classifier of any family, :mod:`fastif_engine.models.hf`) or ``package.module:callable``,
 the user's own factory, called as ``callable(info, **options)`` and returning a
 :class:`~fastif_engine.adapter.TrainableAdapter`.
 """
@@ -26,7 +26,7 @@ from .wrap import TorchClassifier
 
 # Options of every built-in that change its training recipe rather than its architecture.
 RECIPE_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainSettings) if f.name != "seed")
-_DATA_ARGUMENTS = {"self", "n_features", "n_classes", "side", "settings", "dtype", "path", "classes"}
+_DATA_ARGUMENTS = {"self", "n_features", "n_classes", "side", "settings", "dtype", "path", "classes", "modality"}
 
 BUILTIN_MODELS = {
     "tabular-logreg": "tabular",
@@ -114,8 +114,13 @@ def builtin_options(name: str, options: dict) -> dict:
     kwargs = {k: v for k, v in options.items() if k not in RECIPE_OPTIONS}
     recipe = {k: _number(v) for k, v in options.items() if k in RECIPE_OPTIONS}
     if recipe:
+        base = params["settings"].default
+        if base is None:  # a checkpoint's recipe follows what is differentiated (models.hf.recipe)
+            from .hf import recipe as checkpoint_recipe
+
+            base = checkpoint_recipe(_number(options.get("layers")))
         try:
-            kwargs["settings"] = dataclasses.replace(params["settings"].default, **recipe)
+            kwargs["settings"] = dataclasses.replace(base, **recipe)
         except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"model {name}: {exc}") from None
     return kwargs
@@ -176,11 +181,13 @@ def create_model(name: str, info: DataInfo, **options) -> TrainableAdapter:
             raise ModelLoadError(f"model {name}: a model object is only known in the process that handed it over")
         return copy.deepcopy(_OBJECTS[name[len(OBJECT_PREFIX):]])
     if name.startswith(HF_PREFIX):
-        if info.modality != "text":
-            raise ModelLoadError(f"model {name} needs text inputs, but the data has {info.modality} inputs")
+        from .hf import load_checkpoint
+
+        if info.modality not in ("text", "image"):
+            raise ModelLoadError(f"model {name} needs text or image inputs, but the data has {info.modality} inputs")
         try:
-            return _hf_class()(info.n_classes, path=name[len(HF_PREFIX):], classes=info.classes,
-                               **builtin_options(name, options))
+            return load_checkpoint(info.n_classes, path=name[len(HF_PREFIX):], classes=info.classes,
+                                   modality=info.modality, **builtin_options(name, options))
         except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"model {name}: {exc}") from None
     if ":" not in name:

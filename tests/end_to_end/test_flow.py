@@ -649,9 +649,11 @@ def test_a_hugging_face_checkpoint_as_given_from_the_cli_and_from_python(hf_chec
 
 
 def test_an_unsupported_checkpoint_architecture_is_one_line_and_exit_2(tmp_path, capsys):
-    folder = tmp_path / "gpt"
+    """A checkpoint that needs its own code (auto_map): refused before any work, saying what would work."""
+    folder = tmp_path / "mine"
     folder.mkdir()
-    config = {"model_type": "gpt2", "architectures": ["GPT2ForSequenceClassification"]}
+    config = {"model_type": "bert", "architectures": ["MyClassifier"],
+              "auto_map": {"AutoModelForSequenceClassification": "modeling_mine.MyClassifier"}}
     (folder / "config.json").write_text(json.dumps(config))
     data = tmp_path / "data"
     assert main(["datasets", "export", "rotten-tomatoes", "--out", str(data), "--max-train", "40"]) == 0
@@ -659,5 +661,5 @@ def test_an_unsupported_checkpoint_architecture_is_one_line_and_exit_2(tmp_path,
     assert main(["clean", "--train", str(data / "train.parquet"), "--valid", str(data / "valid.parquet"),
                  "--out", str(tmp_path / "out"), "--model", f"hf:{folder}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "architecture 'gpt2'" in err[0] and "not supported" in err[0]
+    assert len(err) == 1 and "remote code" in err[0] and "TorchClassifier" in err[0]
     assert not (tmp_path / "out").exists()

@@ -3,6 +3,7 @@ import runpy
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from fastif_engine import ExactSolver, FastIF, FaissIndex, LissaSettings, extract_features
@@ -80,3 +81,30 @@ def test_torch_module_example_explains_a_trained_network_as_given(tmp_path):
     flagged = result.flagged
     assert len(flagged) > 5 and flagged["noisy"].mean() > 0.7  # 10% of the rows are flipped
     assert result.verdict.split(",")[0] in ("helped", "hurt", "no measurable effect")
+
+
+def test_fastif_and_clean_use_one_default_ridge(tmp_path):
+    """``FastIF(...)`` with no ridge setting and ``fastif_engine.clean`` on the same data and model: the same λ,
+    the default rule (RIDGE_OF_TOP × the sampled top eigenvalue), not a damping of the scale."""
+    import pandas as pd
+    from sklearn.datasets import load_breast_cancer
+    from torch import nn
+
+    import fastif_engine
+    from fastif_engine.influence.solvers import RIDGE_OF_TOP
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = (x - x.mean(0)) / x.std(0)
+    frame = pd.DataFrame(x[:300], columns=[f"f{i}" for i in range(x.shape[1])]).assign(
+        label=np.where(y[:300] == 1, "b", "m"))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(x.shape[1], 8), nn.Tanh(), nn.Linear(8, 2))
+    model = fastif_engine.TorchClassifier(net, differentiate=["2.*"], l2=1e-2)
+    xt = torch.tensor(x[:300], dtype=torch.float32)
+    yt = torch.tensor((frame["label"] == "m").to_numpy(), dtype=torch.long)  # classes in sorted order
+    model.fit(xt, yt)
+    fi = FastIF(model, xt, yt, k=None)
+    result = fastif_engine.clean(frame, frame.iloc[:60], model=model, weights="given", out=tmp_path, progress=False)
+    solver = result.metrics["solver"]
+    assert solver["ridge_rule"] == f"{RIDGE_OF_TOP:g} × top eigenvalue"
+    assert fi.solver.ridge == pytest.approx(solver["ridge"], rel=1e-6)
