@@ -3,7 +3,7 @@
 Sign convention everywhere: I(z, z_test) = −∇L(z_test)ᵀ (H + λI)⁻¹ ∇L(z);
 positive = harmful (removing z should lower the test loss), negative = helpful.
 """
-__version__ = "0.3.6"
+__version__ = "0.3.7"
 
 from .adapter import ModelAdapter, TrainableAdapter
 from .cleaning.cleaner import CleanResult, clean

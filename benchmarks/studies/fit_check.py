@@ -553,6 +553,9 @@ def text_table(runs: list[dict]) -> list[str]:
 UNDER_STEPS = {"digits": [0, 2, 5, 8, 12, 17, 34], "breast-cancer": [0, 2, 4, 6, 8, 12, 17, 40]}
 UNDER_LR = 3e-3
 UNDER_MODELS = ("tabular-logreg", "tabular-mlp")
+# digits' pixels read as 64 feature columns by the product too (the study's other parts flatten the image
+# themselves; the tabular models standardise each column, so the 0–16 vs 0–1 pixel scale cancels)
+UNDER_COLUMNS = {"digits": {"embedding_column": "image"}, "breast-cancer": {}}
 
 
 def adam_steps(adapter, start: dict, x, y, steps: int, lr: float, batch_size: int, seed: int) -> None:
@@ -574,7 +577,7 @@ def adam_steps(adapter, start: dict, x, y, steps: int, lr: float, batch_size: in
     model.eval()
 
 
-def product_flags(adapter, paths: dict, work: Path, k: int) -> dict:
+def product_flags(adapter, paths: dict, work: Path, k: int, columns: dict) -> dict:
     """``clean(model=<this state>, weights="given", k=k, retrain=False)``: the product's flags (combined
     score, evidence floor, class-prior check, 10 folds, solver auto) for exactly this θ̂."""
     import copy
@@ -584,11 +587,17 @@ def product_flags(adapter, paths: dict, work: Path, k: int) -> dict:
 
     import fastif_engine
 
+    from fastif_engine.errors import FastIFError
+
     run_dir = work / "product"
     shutil.rmtree(run_dir, ignore_errors=True)
-    result = fastif_engine.clean(str(paths["train"]), str(paths["valid"]), str(paths["test"]),
-                                 model=copy.deepcopy(adapter), weights="given", k=k, retrain=False, out=run_dir,
-                                 progress=False)
+    try:
+        result = fastif_engine.clean(str(paths["train"]), str(paths["valid"]), str(paths["test"]),
+                                     model=copy.deepcopy(adapter), weights="given", k=k, retrain=False, out=run_dir,
+                                     progress=False, **columns)
+    except FastIFError as exc:  # e.g. the solver refusing an indefinite H + λI: what a user gets
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return {"error": f"{type(exc).__name__}: {exc}"}
     m = result.metrics
     flags = pd.read_parquet(run_dir / "flags.parquet")
     out = flag_quality(flags)
@@ -601,7 +610,11 @@ def product_flags(adapter, paths: dict, work: Path, k: int) -> dict:
 
 
 def undertrained_study(dataset: str, model_name: str, paths: dict, work: Path, seed: int, k: int, log) -> dict:
-    ds = load_dataset({s: str(p) for s, p in paths.items()})
+    from fastif_engine.data.tables import Columns
+
+    columns = UNDER_COLUMNS[dataset]
+    ds = load_dataset({s: str(p) for s, p in paths.items()},
+                      Columns(embedding=columns["embedding_column"]) if columns else Columns())
     adapter, inputs = model_for(model_name, ds)
     x, xv = inputs("train"), inputs("valid")
     y, yv = torch.as_tensor(ds.splits["train"].labels), torch.as_tensor(ds.splits["valid"].labels)
@@ -632,19 +645,21 @@ def undertrained_study(dataset: str, model_name: str, paths: dict, work: Path, s
         at = influence_at(adapter, x, y, xv, yv)
         agree = {name: (agreement(h, ref_harm[name], noisy) if h is not None and ref_harm[name] is not None else None)
                  for name, h in at["harm"].items()}
-        prod = product_flags(adapter, paths, work, k)
+        prod = product_flags(adapter, paths, work, k, columns)
         entry = {"state": label, "steps": steps, "fit": at["fit"], "ratio_full": at["ratio_full"],
                  "valid_loss": at["valid_loss"], "valid_accuracy": at["valid_accuracy"],
                  "train_accuracy": at["train_accuracy"], "top_eigenvalue": at["top_eigenvalue"],
                  "agreement": agree, "product": prod, "seconds": time.perf_counter() - t0}
         rows.append(entry)
         a = agree[PRODUCT_RIDGE]
+        shown = (f"product: {prod['error']}" if "error" in prod else
+                 f"product: ratio {prod['ratio']:.3g} flagged {prod['flagged']} flipped {prod['flipped_among_flags']} "
+                 f"({prod['flipped_share_of_flags']:.2f}, recall {prod['recall_of_flipped']:.2f}) net-harm AUC "
+                 f"{prod['net_harm_auc']:.3f} top15 {prod['top15_net_harm_flipped_share']:.2f} by-loss "
+                 f"{prod['same_count_by_loss_flipped_share']:.2f}")
         log(f"{label:>10}: ratio {at['fit']['ratio']:.3g}  valid acc {at['valid_accuracy']:.3f} loss "
             f"{at['valid_loss']:.3f} | plain net harm (0.3·top): pearson vs conv {a['pearson']:.3f} top15 flipped "
-            f"{a['top15_mislabeled']:.2f} AUC {a['mislabeled_auc']:.3f} | product: ratio {prod['ratio']:.3g} flagged "
-            f"{prod['flagged']} flipped {prod['flipped_among_flags']} ({prod['flipped_share_of_flags']:.2f}, recall "
-            f"{prod['recall_of_flipped']:.2f}) net-harm AUC {prod['net_harm_auc']:.3f} top15 {prod['top15_net_harm_flipped_share']:.2f} "
-            f"by-loss {prod['same_count_by_loss_flipped_share']:.2f} ({entry['seconds']:.0f}s)")
+            f"{a['top15_mislabeled']:.2f} AUC {a['mislabeled_auc']:.3f} | {shown} ({entry['seconds']:.0f}s)")
     return {"dataset": dataset, "model": model_name, "train_rows": int(len(y)), "mislabeled": int(noisy.sum()),
             "lr": UNDER_LR, "batch_size": recipe.batch_size, "recipe": dataclasses.asdict(recipe),
             "reference": {"fit": reference["fit"], "ratio_full": reference["ratio_full"], "continuation": reached,
@@ -660,9 +675,13 @@ def undertrained_table(results: list[dict]) -> list[str]:
         for r in res["states"]:
             a, l, p = r["agreement"][PRODUCT_RIDGE], r["agreement"]["0.03·top"], r["product"]
             light = "indefinite" if l is None else f"{l['top15_mislabeled']:.2f} / {l['mislabeled_auc']:.3f}"
-            lines.append(f"| {res['dataset']} | {res['model']} | {r['state']} | {r['fit']['ratio']:.3g} | "
-                         f"{r['valid_accuracy']:.3f} | {a['pearson']:.3f} | {a['top15_mislabeled']:.2f} | "
-                         f"{a['mislabeled_auc']:.3f} | {light} | {p['flagged']} | {p['flipped_among_flags']} "
+            head = (f"| {res['dataset']} | {res['model']} | {r['state']} | {r['fit']['ratio']:.3g} | "
+                    f"{r['valid_accuracy']:.3f} | {a['pearson']:.3f} | {a['top15_mislabeled']:.2f} | "
+                    f"{a['mislabeled_auc']:.3f} | {light} ")
+            if "error" in p:
+                lines.append(head + f"| refused: {p['error'].split(':')[0]} | | | | |")
+                continue
+            lines.append(head + f"| {p['flagged']} | {p['flipped_among_flags']} "
                          f"({p['flipped_share_of_flags']:.2f}) | {p['net_harm_auc']:.3f} | "
                          f"{p['top15_net_harm_flipped_share']:.2f} | {p['same_count_by_loss_flipped_share']:.2f} |")
     return lines

@@ -138,13 +138,16 @@ def model_recipe(name: str) -> dict:
         return {"object": name[len(OBJECT_PREFIX):]}  # the key already holds the object's content
     if name.startswith(HF_PREFIX):  # the checkpoint's files by content, and the adapter's defaults
         from ..store.files import file_fingerprint
+        from .hf import HEAD_SETTINGS, TEXT_SETTINGS
 
         files = sorted(p for p in Path(name[len(HF_PREFIX):]).glob("*") if p.is_file())
         params = inspect.signature(_hf_class().__init__).parameters
         return {"files": {p.name: file_fingerprint(str(p)) for p in files},
+                "recipes": [dataclasses.asdict(TEXT_SETTINGS), dataclasses.asdict(HEAD_SETTINGS)],
                 **{k: (dataclasses.asdict(p.default) if dataclasses.is_dataclass(p.default) else repr(p.default))
                    for k, p in params.items() if p.default is not inspect.Parameter.empty and k not in ("path",
-                                                                                                        "classes")}}
+                                                                                                        "classes",
+                                                                                                        "modality")}}
     module = name.partition(":")[0]
     try:
         origin = importlib.util.find_spec(module).origin

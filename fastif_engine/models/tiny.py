@@ -25,7 +25,7 @@ _CORPUS = ["the film is a delight from start to finish", "a dull and tedious mes
 def _config(family: str, n_classes: int, layers: int, width: int, vocab: int, image_size: int):
     import transformers as T
 
-    heads, ffn = max(1, width // 16), 2 * width
+    heads, ffn = max(1, width // 32), 4 * width  # MiniLM-like: 32 dimensions a head, feed-forward 4 × width
     labels = {"num_labels": n_classes}
     text = dict(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
                 intermediate_size=ffn, **labels)

@@ -108,3 +108,14 @@ def test_fastif_and_clean_use_one_default_ridge(tmp_path):
     solver = result.metrics["solver"]
     assert solver["ridge_rule"] == f"{RIDGE_OF_TOP:g} × top eigenvalue"
     assert fi.solver.ridge == pytest.approx(solver["ridge"], rel=1e-6)
+
+
+def test_hf_checkpoint_example_cleans_through_the_head_of_a_pretrained_encoder(tmp_path):
+    """examples/hf_checkpoint.py: the bundled encoder saved as a sequence classifier, ``hf:DIR`` with
+    ``layers=0``: influence over the classifier alone, the trunk run once; flags richer in flips than random."""
+    result = runpy.run_path(str(ROOT / "examples" / "hf_checkpoint.py"))["main"](max_train=600, retrain=False,
+                                                                                 out=str(tmp_path))
+    solver = result.metrics["solver"]
+    assert solver["parameters"] == 384 * 2 + 2 and solver["differentiated"] == "hf.classifier.*"
+    flagged = result.flagged
+    assert len(flagged) > 10 and flagged["noisy"].mean() > 0.2  # 20% of the labels are flipped
