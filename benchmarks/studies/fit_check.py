@@ -479,7 +479,8 @@ def flag_quality(flags, share: float = FLAG_SHARE) -> dict:
             "same_count_by_loss_flipped_share": float(noisy[by_loss].mean())}
 
 
-def text_study(points: list[str], out: Path, max_train: int, work: Path, log, runs: list | None = None) -> dict:
+def text_study(points: list[str], out: Path, max_train: int, work: Path, log, runs: list | None = None,
+               prior: str = "auto") -> dict:
     """``fastif demo``'s data (flows/cli.py: DEMO_NOISE, --max-train 2000) and settings (k = 200), no
     retrain, text-minilm with ``model_options={"epochs": e}``; one output folder shared by the runs
     so the stages that do not depend on the model (the export, the frozen layers' pass) are reused.
@@ -504,12 +505,13 @@ def text_study(points: list[str], out: Path, max_train: int, work: Path, log, ru
         run_dir = work / "run"
         result = fastif_engine.clean(str(paths["train"]), str(paths["valid"]), str(paths["test"]),
                                      model="text-minilm", model_options=options, k=200, retrain=False,
+                                     net_harm_prior=prior,
                                      out=run_dir, progress=False)
         m = result.metrics
         flags = pd.read_parquet(run_dir / "flags.parquet")
         q = flag_quality(flags)
         fit = m["model_fit"]
-        entry = {"epochs": e, "lr": options.get("lr", 1e-4), "model_fit": fit, "valid_accuracy": m["accuracy"]["before"]["valid"],
+        entry = {"epochs": e, "lr": options.get("lr", 1e-4), "net_harm_prior": prior, "model_fit": fit, "valid_accuracy": m["accuracy"]["before"]["valid"],
                  "eval_accuracy": m["accuracy"]["before"].get("eval"), "counts": m["counts"],
                  "flagging": {k: v for k, v in m["flagging"].items() if k != "class_prior"},
                  "class_prior_refitted": m["flagging"].get("class_prior", {}).get("refitted"),
@@ -517,7 +519,7 @@ def text_study(points: list[str], out: Path, max_train: int, work: Path, log, ru
                  "timings": m["timings"], "seconds": time.perf_counter() - t0, **q,
                  "flagged_ids": flags.loc[flags["flagged"], "train_id"].tolist()}
         runs.append(entry)
-        log(f"e={e} lr {entry['lr']:g}: ratio {fit['ratio']:.3g}  valid acc {entry['valid_accuracy']:.4f}  errors {m['counts']['errors']}  "
+        log(f"e={e} lr {entry['lr']:g} prior {prior}: ratio {fit['ratio']:.3g}  valid acc {entry['valid_accuracy']:.4f}  errors {m['counts']['errors']}  "
             f"flagged {q['flagged']}  flipped among them {q['flipped_among_flags']} ({q['flipped_share_of_flags']:.2f}; "
             f"recall {q['recall_of_flipped']:.2f})  net-harm AUC {q['net_harm_auc']:.3f}  combined AUC "
             f"{q['combined_auc']:.3f}  top15 by net harm {q['top15_net_harm_flipped_share']:.2f}  "
@@ -532,11 +534,12 @@ def text_study(points: list[str], out: Path, max_train: int, work: Path, log, ru
 
 
 def text_table(runs: list[dict]) -> list[str]:
-    lines = ["| model | epochs | lr | ratio | valid accuracy | errors | flagged | flipped among flags | share | recall "
+    lines = ["| model | epochs | lr | net-harm prior | ratio | valid accuracy | errors | flagged | flipped among flags | share | recall "
              "| net-harm AUC | combined AUC | top-15% by net harm: flipped | same count by own loss: flipped |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| text-minilm | {r['epochs']} | {r.get('lr', 1e-4):g} | {r['model_fit']['ratio']:.3g} | {r['valid_accuracy']:.4f} | "
+        prior = r.get("net_harm_prior", "auto") + (" (refitted)" if r.get("class_prior_refitted") else "")
+        lines.append(f"| text-minilm | {r['epochs']} | {r.get('lr', 1e-4):g} | {prior} | {r['model_fit']['ratio']:.3g} | {r['valid_accuracy']:.4f} | "
                      f"{r['counts']['errors']} | {r['flagged']} | {r['flipped_among_flags']} | "
                      f"{r['flipped_share_of_flags']:.3f} | {r['recall_of_flipped']:.3f} | {r['net_harm_auc']:.3f} | "
                      f"{r['combined_auc']:.3f} | {r['top15_net_harm_flipped_share']:.3f} | "
@@ -657,9 +660,10 @@ def undertrained_study(dataset: str, model_name: str, paths: dict, work: Path, s
                  f"({prod['flipped_share_of_flags']:.2f}, recall {prod['recall_of_flipped']:.2f}) net-harm AUC "
                  f"{prod['net_harm_auc']:.3f} top15 {prod['top15_net_harm_flipped_share']:.2f} by-loss "
                  f"{prod['same_count_by_loss_flipped_share']:.2f}")
+        plain = ("H + λI indefinite" if a is None else f"pearson vs conv {a['pearson']:.3f} top15 flipped "
+                 f"{a['top15_mislabeled']:.2f} AUC {a['mislabeled_auc']:.3f}")
         log(f"{label:>10}: ratio {at['fit']['ratio']:.3g}  valid acc {at['valid_accuracy']:.3f} loss "
-            f"{at['valid_loss']:.3f} | plain net harm (0.3·top): pearson vs conv {a['pearson']:.3f} top15 flipped "
-            f"{a['top15_mislabeled']:.2f} AUC {a['mislabeled_auc']:.3f} | {shown} ({entry['seconds']:.0f}s)")
+            f"{at['valid_loss']:.3f} | plain net harm (0.3·top): {plain} | {shown} ({entry['seconds']:.0f}s)")
     return {"dataset": dataset, "model": model_name, "train_rows": int(len(y)), "mislabeled": int(noisy.sum()),
             "lr": UNDER_LR, "batch_size": recipe.batch_size, "recipe": dataclasses.asdict(recipe),
             "reference": {"fit": reference["fit"], "ratio_full": reference["ratio_full"], "continuation": reached,
@@ -675,9 +679,10 @@ def undertrained_table(results: list[dict]) -> list[str]:
         for r in res["states"]:
             a, l, p = r["agreement"][PRODUCT_RIDGE], r["agreement"]["0.03·top"], r["product"]
             light = "indefinite" if l is None else f"{l['top15_mislabeled']:.2f} / {l['mislabeled_auc']:.3f}"
+            plain = ("indefinite | | " if a is None else
+                     f"{a['pearson']:.3f} | {a['top15_mislabeled']:.2f} | {a['mislabeled_auc']:.3f} ")
             head = (f"| {res['dataset']} | {res['model']} | {r['state']} | {r['fit']['ratio']:.3g} | "
-                    f"{r['valid_accuracy']:.3f} | {a['pearson']:.3f} | {a['top15_mislabeled']:.2f} | "
-                    f"{a['mislabeled_auc']:.3f} | {light} ")
+                    f"{r['valid_accuracy']:.3f} | {plain}| {light} ")
             if "error" in p:
                 lines.append(head + f"| refused: {p['error'].split(':')[0]} | | | | |")
                 continue
@@ -698,6 +703,7 @@ def main() -> None:
     ap.add_argument("--text-epochs", nargs="+", default=[str(e) for e in TEXT_EPOCHS],
                     help="epoch counts, or E@LR (E epochs at learning rate LR)")
     ap.add_argument("--append", action="store_true", help="--text: add to the runs already in --out")
+    ap.add_argument("--net-harm-prior", default="auto", choices=["auto", "refit", "model"], help="--text: clean()'s setting")
     ap.add_argument("--max-train", type=int, default=2000, help="--text: training rows (the demo's 2000)")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fit_check-text",
                     help="--text: scratch folder (data export and the shared run folder)")
@@ -737,7 +743,7 @@ def main() -> None:
         t0 = time.perf_counter()
         before = json.loads(out.read_text())["runs"] if args.append and out.exists() else None
         runs = text_study(args.text_epochs, out, args.max_train, args.work, lambda line: print(line, flush=True),
-                          before)["runs"]
+                          before, args.net_harm_prior)["runs"]
         print("\n" + "\n".join(text_table(runs)))
         print(f"\ntotal {time.perf_counter() - t0:.0f} s; raw numbers in {out}")
         return
