@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--noise-mode", choices=list(NOISE_MODES), default="uniform",
                         help="uniform: to any other class; pairwise: class c to c+1; class-conditional: "
                              "that share of half the classes' rows (binary: of one class) labelled as one "
-                             "other class each")
+                             "other class each; instance: the rows a clean-label model finds most like "
+                             "another class take its label")
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--max-train", type=int, default=None,
                         help="keep a random subset of this many training rows (valid/test in proportion)")

@@ -9,9 +9,9 @@
   (a small tabular set: few validation errors, where a flag needs evidence).
 
 ``noise`` flips *training* labels (``noise_mode``: ``uniform`` to any other class, ``pairwise``
-class c to c + 1, or ``class-conditional``: that share of some classes' rows labelled as one
-other class; see :func:`add_label_noise`); ``true_label`` and ``noisy`` are kept beside them so
-detection can be scored.
+class c to c + 1, ``class-conditional``: that share of some classes' rows labelled as one other
+class, or ``instance``: the rows that look most like another class take its label; see
+:func:`add_label_noise`); ``true_label`` and ``noisy`` are kept beside them so detection can be scored.
 """
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def export(name: str, out_dir: str | Path, *, noise: float = 0.0, seed: int = 0,
     return paths
 
 
-NOISE_MODES = ("uniform", "pairwise", "class-conditional")
+NOISE_MODES = ("uniform", "pairwise", "class-conditional", "instance")
+CONFUSION_FOLDS = 5  # out-of-fold probabilities of the clean-label model that picks ``instance`` noise
 
 
 def add_label_noise(frame: pd.DataFrame, fraction: float, rng: np.random.Generator,
@@ -93,6 +94,11 @@ def add_label_noise(frame: pd.DataFrame, fraction: float, rng: np.random.Generat
     * ``class-conditional``: only some classes are confused: ``fraction`` of the rows of each of
       ``max(1, K // 2)`` classes (seeded choice) are labelled as one other class each. With two
       classes, one class is under-reported: a share of its rows carry the other label.
+    * ``instance`` (instance-dependent, as annotators err): ``round(fraction * n)`` rows that look most
+      like another class take that class. A logistic regression on the clean labels (standardised
+      numeric columns, an image's pixels, or a text's TF-IDF words and bigrams) gives each row its
+      out-of-fold class probabilities (``CONFUSION_FOLDS`` folds, seeded); the rows with the smallest
+      margin p(own class) − p(likeliest other class) are flipped to that other class.
     """
     if mode not in NOISE_MODES:
         raise SettingsError(f"unknown noise mode {mode!r} ({', '.join(NOISE_MODES)})")
@@ -104,7 +110,15 @@ def add_label_noise(frame: pd.DataFrame, fraction: float, rng: np.random.Generat
     k = len(classes)
     if k < 2 and fraction > 0:
         raise SettingsError("label noise needs at least two classes")
-    if mode == "class-conditional":
+    if mode == "instance":
+        flip = np.zeros(0, np.int64)
+        if fraction > 0:
+            probs = _confusion(frame, code, rng)
+            rival = np.where(np.arange(k)[None, :] == code[:, None], -np.inf, probs).argmax(1)
+            margin = probs[np.arange(len(code)), code] - probs[np.arange(len(code)), rival]
+            flip = np.sort(np.argsort(margin, kind="stable")[:int(round(fraction * len(frame)))])
+            new[flip] = rival[flip]
+    elif mode == "class-conditional":
         confused = np.sort(rng.choice(k, max(1, k // 2), replace=False)) if fraction > 0 else np.zeros(0, np.int64)
         parts = []
         for c in confused:
@@ -124,6 +138,29 @@ def add_label_noise(frame: pd.DataFrame, fraction: float, rng: np.random.Generat
     frame.loc[flip, "noisy"] = True
     frame["label"] = classes[new]
     return frame
+
+
+def _confusion(frame: pd.DataFrame, code: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``[n, K]`` out-of-fold class probabilities of a logistic regression on the clean labels."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if "text" in frame.columns:
+        x = frame["text"].astype(str).tolist()
+        model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
+                              LogisticRegression(C=4.0, max_iter=1000))
+    else:
+        if "image" in frame.columns:
+            x = np.stack([np.asarray(v, dtype=np.float64).ravel() for v in frame["image"]])
+        else:
+            x = frame.drop(columns=[c for c in ("id", "label") if c in frame.columns]).select_dtypes("number")
+            x = x.to_numpy(dtype=np.float64)
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+    folds = StratifiedKFold(CONFUSION_FOLDS, shuffle=True, random_state=int(rng.integers(2 ** 31)))
+    return cross_val_predict(model, x, code, cv=folds, method="predict_proba")
 
 
 def _split(frame: pd.DataFrame, rng: np.random.Generator, valid: float, test: float) -> dict[str, pd.DataFrame]:
