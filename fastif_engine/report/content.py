@@ -9,6 +9,7 @@ thumbnail or feature values) with given vs predicted label, scores and the error
 from __future__ import annotations
 
 from ..cleaning.flagging import FLAG_SCORES
+from ..influence.gradients import FIT_ADVICE
 from .blocks import Block, Code, Img, Raw, _p
 from .html import to_html
 from .markdown import to_markdown
@@ -54,8 +55,8 @@ def _accuracy_items(metrics: dict) -> list:
         line = (f"Training-loss gradient at the model's weights: ‖∇R‖ = {fit['gradient_norm']:.3g}, "
                 f"{fit['ratio']:.3g} × a single row's")
         items.append(([line + ("" if fit["stationary"] else
-                               " — **the model is not at a minimum of its training loss**, which influence assumes: "
-                               "its scores are less reliable (train longer, or let fastif train it)")], []))
+                               " — **the model is far from a minimum of its training loss**, which influence "
+                               f"assumes: its scores may not rank the harmful rows. {FIT_ADVICE}.")], []))
     retrain = acc.get("retrain")
     if retrain:
         split, flagged = retrain["eval_split"], metrics["counts"]["flagged"]

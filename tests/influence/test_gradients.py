@@ -55,10 +55,11 @@ def test_chunk_rows_follow_the_memory_budget():
 
 def test_fit_check_measures_the_training_gradient_at_the_weights(logreg, digits):
     """‖∇R(θ̂)‖ equals autograd's gradient of the whole objective (L2 included); a converged logreg reads as
-    stationary, the same model with its weights moved does not."""
+    stationary; the same model with its weights moved reads higher, and one where every row pulls the same way
+    (zero weights, rows of one class) is far from a minimum."""
     import copy
 
-    from fastif_engine.influence.gradients import fit_check
+    from fastif_engine.influence.gradients import STATIONARY_RATIO, fit_check
     from fastif_engine.models.training import objective
 
     x, y = digits["train"]
@@ -71,4 +72,9 @@ def test_fit_check_measures_the_training_gradient_at_the_weights(logreg, digits)
     exact = torch.cat([g.reshape(-1) for g in torch.autograd.grad(objective(moved, x, y), params)]).norm()
     check = fit_check(moved, x, y)
     assert check["gradient_norm"] == pytest.approx(float(exact), rel=1e-6)
-    assert not check["stationary"] and check["ratio"] > 0.1
+    assert check["ratio"] > 0.1 and check["stationary"] == (check["ratio"] <= STATIONARY_RATIO)
+    with torch.no_grad():
+        moved.model.head.weight.zero_()
+        moved.model.head.bias.zero_()
+    one_way = fit_check(moved, x[y == 0], y[y == 0])
+    assert not one_way["stationary"] and one_way["ratio"] > 0.7  # 0.81
