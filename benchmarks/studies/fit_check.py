@@ -11,7 +11,8 @@
 All three models: about 13 minutes on one CPU thread (tabular-logreg 10 s, tabular-mlp 3 min, image-cnn 9 min).
 
 fastif warns when ``fit_check(...)["ratio"]`` (‖∇R(θ̂)‖ over the RMS of one row's gradient,
-``fastif_engine.influence.gradients``) exceeds ``STATIONARY_RATIO`` = 0.1. This study measures how
+``fastif_engine.influence.gradients``) exceeds ``STATIONARY_RATIO`` (0.1 when this study was made; 0.35 since,
+by its findings: docs/decisions/fit-check.md). This study measures how
 the scores behave as that ratio grows. Data: the bundled ``digits`` export (1,079 training rows,
 359 validation rows) with 20% uniform label noise (seed 0). For each built-in model:
 

@@ -212,8 +212,8 @@ def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
     info = {"name": name, "requested": cfg.solver, "scale": scale, "scale_estimated": estimated,
             "damping": settings.damping, "ridge_rule": "damping × scale" if spec is None else
             f"{RIDGE_OF_TOP:g} × top eigenvalue", "ridge": settings.ridge, "parameters": w.flat.size,
-            "differentiated": parameter_summary(list(w.flat.names)),
-            "scale_sweep": sweep, "vectors": n_vectors, "plan": plan.as_dict()}
+            "differentiated": parameter_summary(list(w.flat.names)), "scale_sweep": sweep, "vectors": n_vectors,
+            "plan": plan.as_dict()}
     if name == "lissa":
         info.update(depth=cfg.depth, repeats=cfg.repeats, batch_size=cfg.batch_size, tolerance=cfg.tolerance)
     if name == "lowrank":
@@ -232,7 +232,6 @@ def resolve_solver(cfg: CleanConfig, cache: str, key: str, dataset_path: str, in
     write_json(path, info)
     log.info("resolve solver: %s, scale %.4g%s, ridge λ = %.4g (%s)", plan.reason if cfg.solver == "auto"
              else name, scale, " (estimated)" if estimated else "", info["ridge"], info["ridge_rule"])
-    log.info("resolve solver: influence over %d differentiated parameters: %s", w.flat.size, info["differentiated"])
     log.info("ridge in the Hessian's spectrum: λ = %.3g × its top eigenvalue (%.4g), %.3g × its mean "
              "(%.4g; trace estimated on %d sampled rows)", info["spectrum"]["ridge_over_largest"], spec.largest,
              info["spectrum"]["ridge_over_mean"], spec.mean, spec.rows)

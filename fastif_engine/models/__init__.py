@@ -116,7 +116,7 @@ def builtin_options(name: str, options: dict) -> dict:
     if recipe:
         base = params["settings"].default
         if base is None:  # a checkpoint's recipe follows what is differentiated (models.hf.recipe)
-            from .hf import recipe as checkpoint_recipe
+            from .checkpoint import recipe as checkpoint_recipe
 
             base = checkpoint_recipe(_number(options.get("layers")))
         try:
@@ -138,7 +138,7 @@ def model_recipe(name: str) -> dict:
         return {"object": name[len(OBJECT_PREFIX):]}  # the key already holds the object's content
     if name.startswith(HF_PREFIX):  # the checkpoint's files by content, and the adapter's defaults
         from ..store.files import file_fingerprint
-        from .hf import HEAD_SETTINGS, TEXT_SETTINGS
+        from .checkpoint import HEAD_SETTINGS, TEXT_SETTINGS
 
         files = sorted(p for p in Path(name[len(HF_PREFIX):]).glob("*") if p.is_file())
         params = inspect.signature(_hf_class().__init__).parameters

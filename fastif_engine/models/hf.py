@@ -10,10 +10,10 @@ What is differentiated, by ``layers``:
 * ``layers=0``, the head: every parameter outside the checkpoint's base model (BERT's classifier,
   RoBERTa's dense + out_proj, DistilBERT's pre_classifier + classifier, GPT-2's score, ViT's
   classifier, …). The base model runs once per split in :meth:`HFClassifierAdapter.prepare`; its
-  output is cached and stands in for it (:class:`_CachedBase`), so the head runs as the checkpoint's
+  output is cached and stands in for it (:class:`~fastif_engine.models.checkpoint.CachedBase`), so the head runs as the checkpoint's
   own forward runs it (pooling, a decoder's last-token pick) on the cached output. Works for every family.
 * ``layers=N`` (the default, 1), the top N blocks, what runs after them in the base model (BERT's
-  pooler, a final norm) and the head, for the families whose block list is known (``BLOCKS``). The
+  pooler, a final norm) and the head, for the families whose block list is known (``checkpoint.BLOCKS``). The
   input of the first differentiated block is cached; the lower blocks are dropped from the model
   that is differentiated, and a hook hands the cached input to its first block.
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -40,212 +39,14 @@ from ..adapter import TrainableAdapter
 from ..data.batching import chunk_slices
 from ..errors import ModelLoadError
 from ..influence.gradients import parameter_summary
-from .text import MiniLMAdapter, _TopLayers
+from .checkpoint import (TEXT_SETTINGS, BertCheckpointAdapter, CachedBase, Captured, CheckpointNet, FromCache,
+                         Rows, blocks_path, class_head, fields_read, first_argument, from_pretrained, in_class_order,
+                         is_classifier, read_checkpoint, recipe, run_after, set_submodule, submodule)
 from .training import TrainSettings, seeded, train
 
 log = logging.getLogger("fastif")
 
-# Where each family keeps its list of blocks, from the base model (the first path that exists: layouts
-# move between transformers releases, e.g. ViT's from encoder.layer to layers). Others run head-only.
-BLOCKS = {
-    "bert": "encoder.layer", "roberta": "encoder.layer", "xlm-roberta": "encoder.layer",
-    "camembert": "encoder.layer", "electra": "encoder.layer", "deberta": "encoder.layer",
-    "deberta-v2": "encoder.layer", "mpnet": "encoder.layer", "distilbert": "transformer.layer",
-    "modernbert": "layers", "gpt2": "h", "llama": "layers", "qwen2": "layers", "qwen3": "layers",
-    "mistral": "layers", "vit": "layers|encoder.layer", "resnet": "encoder.stages", "convnext": "encoder.stages",
-}
-FIRST_ARGUMENT = ("hidden_states", "hidden_state", "x", "hidden_states_input")  # a block's input, when passed by name
-TEXT_SETTINGS = TrainSettings(optimizer="adam", epochs=3, lr=1e-4, batch_size=32)
-HEAD_SETTINGS = TrainSettings(optimizer="adam", epochs=20, lr=1e-3, batch_size=32, schedule="linear")
 PROBE_TEXTS = ["a probe", "a somewhat longer probe sentence, to pad the first", "three words here", "x"]
-
-
-def recipe(layers: int | None) -> TrainSettings:
-    """The training recipe a checkpoint is fine-tuned with: a few epochs at a small rate where blocks
-    are differentiated (as text-minilm), more at a larger rate for a head alone over the cached trunk."""
-    return HEAD_SETTINGS if layers == 0 else TEXT_SETTINGS
-
-
-class _Captured(Exception):
-    """Stops a forward pass once the input of the first differentiated block is recorded."""
-
-    def __init__(self, hidden: torch.Tensor):
-        super().__init__()
-        self.hidden = hidden
-
-
-def _first_argument(args: tuple, kwargs: dict):
-    if args:
-        return args[0]
-    for name in FIRST_ARGUMENT:
-        if name in kwargs:
-            return kwargs[name]
-    raise ModelLoadError(f"a block was called without a hidden-state argument (got {sorted(kwargs)})")
-
-
-class _Rows:
-    """The inputs of the forward pass now running, read by :class:`_CachedBase` and :class:`_FromCache`."""
-
-    current: dict | None = None
-
-
-class _FromCache:
-    """Forward pre-hook on the first differentiated block: its input becomes the cached ``hidden``."""
-
-    def __init__(self, rows: _Rows):
-        self.rows = rows
-
-    def __call__(self, module, args, kwargs):
-        hidden = self.rows.current["hidden"]
-        if args:
-            return (hidden, *args[1:]), kwargs
-        for name in FIRST_ARGUMENT:
-            if name in kwargs:
-                return args, {**kwargs, name: hidden}
-        raise ModelLoadError(f"a block was called without a hidden-state argument (got {sorted(kwargs)})")
-
-
-class _CachedBase(nn.Module):
-    """Stands in for the checkpoint's base model (head-only): its cached output for the rows now running."""
-
-    def __init__(self, output_type: type, fields: tuple[str, ...], rows: _Rows, unused: tuple[str, ...] = ()):
-        super().__init__()
-        self.output_type, self.fields, self.rows, self.unused = output_type, fields, rows, unused
-
-    def forward(self, *args, **kwargs):
-        out = {f: self.rows.current["base_" + f] for f in self.fields}
-        some = next(iter(out.values()))
-        # a field the head never reads keeps its place in the output (heads index it as a tuple)
-        out.update({f: some.new_zeros(len(some), 1) for f in self.unused})
-        return self.output_type(**out)
-
-
-def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``[n, L]`` 0/1 → ``[n, 1, 1, L]`` scores added before the softmax (a prepared mask: transformers
-    builds none, and its builder's check of whether any token is padded cannot run under vmap)."""
-    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
-
-
-class _CheckpointNet(nn.Module):
-    """The checkpoint with its trunk cached: ``inputs`` (a dict) → logits."""
-
-    def __init__(self, hf: nn.Module, modality: str, rows: _Rows):
-        super().__init__()
-        self.hf, self.modality, self.rows = hf, modality, rows
-        self.mask_form = "2d"  # "4d": an additive mask is passed (see _additive)
-
-    def forward(self, inputs: dict) -> torch.Tensor:
-        self.rows.current = inputs
-        try:
-            if self.modality == "image":
-                return self.hf(pixel_values=inputs.get("pixels")).logits
-            mask = inputs["mask"]
-            if self.mask_form == "4d":
-                mask = _additive(mask, next(self.parameters()).dtype)
-            return self.hf(input_ids=inputs["input_ids"], attention_mask=mask).logits
-        finally:
-            self.rows.current = None
-
-
-def _module(root: nn.Module, path: str) -> nn.Module:
-    for part in path.split("."):
-        root = getattr(root, part)
-    return root
-
-
-def _blocks_path(base: nn.Module, family: str) -> str | None:
-    """Where ``family``'s blocks are in ``base``, or None where fastif does not know."""
-    for path in BLOCKS.get(family, "").split("|"):
-        try:
-            if path and isinstance(_module(base, path), nn.ModuleList):
-                return path
-        except AttributeError:
-            continue
-    return None
-
-
-def _set_module(root: nn.Module, path: str, value: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(_module(root, parent) if parent else root, name, value)
-
-
-def _class_head(model: nn.Module, n_classes: int) -> nn.Linear:
-    """The head's last ``nn.Linear`` to ``n_classes`` outputs: the one that scores the classes."""
-    prefix = model.base_model_prefix + "."
-    linears = [m for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.startswith(prefix)
-               and m.out_features == n_classes]
-    if not linears:
-        raise ModelLoadError(f"found no linear layer with {n_classes} outputs in the classification head")
-    return linears[-1]
-
-
-def _in_class_order(linear: nn.Linear, id2label: dict, classes: tuple, where: str) -> None:
-    """Reorder the class-scoring rows (in place) so that row i scores the data's class i.
-
-    Named labels must be the data's classes (in any order); the default ``LABEL_0``, ``LABEL_1``, …
-    are taken to be in the data's (sorted) order."""
-    names = [str(id2label[i]) for i in range(len(id2label))]
-    wanted = [str(c) for c in classes]
-    if not wanted or names == [f"LABEL_{i}" for i in range(len(names))] or names == wanted:
-        return
-    if sorted(names) != sorted(wanted):
-        raise ModelLoadError(f"{where}: the checkpoint's labels {names} are not the data's classes {wanted}")
-    order = [names.index(c) for c in wanted]
-    with torch.no_grad():
-        linear.weight.copy_(linear.weight[order].clone())
-        if linear.bias is not None:
-            linear.bias.copy_(linear.bias[order].clone())
-
-
-def read_checkpoint(path: str, n_classes: int, modality: str):
-    """``(config, kind)`` for a checkpoint directory, ``kind`` "text" or "image"; a one-line
-    :class:`ModelLoadError` for anything fastif cannot load (and what would work instead)."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import (MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
-                                                        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    where = f"hf:{path}"
-    if not (Path(path) / "config.json").exists():
-        raise ModelLoadError(f"{where}: no config.json there (expected a directory written by save_pretrained)")
-    other = ("wrap the model in fastif_engine.TorchClassifier (any nn.Module), or use a Hugging Face "
-             "sequence or image classifier")
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except Exception as exc:  # an unknown model_type: remote code, or a newer transformers than this one
-        raise ModelLoadError(f"{where}: transformers cannot read this config without running the checkpoint's "
-                             f"own code ({str(exc).splitlines()[0][:160]}); fastif does not run remote code: "
-                             f"{other}") from None
-    if getattr(config, "auto_map", None):
-        raise ModelLoadError(f"{where}: the checkpoint needs its own code (auto_map in config.json); fastif "
-                             f"does not run remote code: {other}")
-    kinds = {"text": MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES, "image": MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES}
-    kind = next((k for k, names in kinds.items() if config.model_type in names), None)
-    if kind is None:
-        raise ModelLoadError(f"{where}: {config.model_type!r} ({', '.join(config.architectures or [])}) has no "
-                             f"sequence or image classification model in transformers; {other}")
-    if kind != modality:
-        raise ModelLoadError(f"{where}: a {'text' if kind == 'text' else 'image'} classifier, but the data has "
-                             f"{modality} inputs")
-    return config, kind
-
-
-def _from_pretrained(auto, path: str, extra: dict) -> nn.Module:
-    """The checkpoint's model in eval mode (eager attention: the one every family has); a one-line
-    :class:`ModelLoadError` when its files do not load."""
-    import warnings
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return auto.from_pretrained(path, attn_implementation="eager", **extra).eval()
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise ModelLoadError(f"hf:{path}: the checkpoint does not load ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200]})") from None
-
-
-def _is_classifier(config) -> bool:
-    return any(a.endswith(("ForSequenceClassification", "ForImageClassification")) for a in config.architectures or [])
 
 
 def load_checkpoint(n_classes: int, *, path: str, classes: tuple = (), modality: str = "text", **options):
@@ -263,7 +64,7 @@ class HFClassifierAdapter(TrainableAdapter):
         classes: the data's class names in code order (the checkpoint's ``id2label`` is matched to them).
         modality: "text" or "image", the data's.
         layers: top blocks fine-tuned and differentiated with the head; 0 = the head alone. Default:
-            1 where the family's blocks are known (``BLOCKS``), else 0.
+            1 where the family's blocks are known (``checkpoint.BLOCKS``), else 0.
         max_length: tokens kept per text (at most the checkpoint's own limit).
         settings: the training recipe; by default :func:`recipe` for ``layers``.
     """
@@ -277,17 +78,17 @@ class HFClassifierAdapter(TrainableAdapter):
         where = f"hf:{path}"
         self.where, self.modality, self.n_classes, self.l2 = where, kind, n_classes, l2
         auto = AutoModelForSequenceClassification if kind == "text" else AutoModelForImageClassification
-        fresh_head = not _is_classifier(config)
+        fresh_head = not is_classifier(config)
         if not fresh_head and config.num_labels != n_classes:
             raise ModelLoadError(f"{where}: the checkpoint classifies {config.num_labels} classes, the data has {n_classes}")
         extra = {"num_labels": n_classes} if fresh_head else {}
         with seeded((settings or TEXT_SETTINGS).seed):  # a new head is drawn from the seed, as every built-in's
-            full = _from_pretrained(auto, path, extra)
+            full = from_pretrained(auto, path, extra)
         if fresh_head:
             log.info("%s: no classification head in the checkpoint (%s): a new one for the data's %d classes",
                      where, ", ".join(config.architectures or [config.model_type]), n_classes)
         else:
-            _in_class_order(_class_head(full, n_classes), config.id2label, classes, where)
+            in_class_order(class_head(full, n_classes), config.id2label, classes, where)
         for p in full.parameters():
             p.requires_grad_(False)
         self.family = config.model_type
@@ -297,7 +98,7 @@ class HFClassifierAdapter(TrainableAdapter):
             self._load_processor(path, full)
         self._full = full  # runs the trunk in prepare (frozen, never differentiated)
         if layers is None:  # the default: the top block where the family's blocks are known, else the head
-            layers = 1 if _blocks_path(full.base_model, self.family) is not None else 0
+            layers = 1 if blocks_path(full.base_model, self.family) is not None else 0
         self.layers = layers
         n_blocks = self._n_blocks(layers)
         self.settings = settings or recipe(layers)
@@ -346,25 +147,25 @@ class HFClassifierAdapter(TrainableAdapter):
             raise ModelLoadError(f"{self.where}: layers must be a whole number >= 0, got {layers!r}")
         if layers == 0:
             return 0
-        self._path = _blocks_path(self._full.base_model, self.family)
+        self._path = blocks_path(self._full.base_model, self.family)
         if self._path is None:
             raise ModelLoadError(f"{self.where}: fastif does not know where {self.family!r} keeps its blocks, so "
                                  "layers must be 0 (the head only)")
-        blocks = _module(self._full.base_model, self._path)
+        blocks = submodule(self._full.base_model, self._path)
         if not 1 <= layers <= len(blocks):
             raise ModelLoadError(f"{self.where}: layers must be between 0 and {len(blocks)}, got {layers}")
         return len(blocks)
 
-    def _differentiated(self, n_blocks: int) -> _CheckpointNet:
+    def _differentiated(self, n_blocks: int) -> CheckpointNet:
         """The model that is run and differentiated: the checkpoint with its trunk replaced by the cache
         (the base model, or its lower blocks), the differentiated parameters trainable, the rest frozen."""
         hf = copy.copy(self._full)  # shallow copies down to the replaced module; deep-copied below
         hf._modules = dict(self._full._modules)
         prefix = self._full.base_model_prefix
-        rows = _Rows()
+        rows = Rows()
         if self.layers == 0:
-            hf._modules[prefix] = _CachedBase(type(self._probe_output), self._fields, rows, self._unused)
-            net = copy.deepcopy(_CheckpointNet(hf, self.modality, rows))
+            hf._modules[prefix] = CachedBase(type(self._probe_output), self._fields, rows, self._unused)
+            net = copy.deepcopy(CheckpointNet(hf, self.modality, rows))
             for p in net.parameters():
                 p.requires_grad_(True)  # the base model is gone: what is left is the head
             return net
@@ -374,66 +175,28 @@ class HFClassifierAdapter(TrainableAdapter):
         owner_path, _, attr = path.rpartition(".")
         owner = base
         if owner_path:
-            owner = copy.copy(_module(base, owner_path))
+            owner = copy.copy(submodule(base, owner_path))
             owner._modules = dict(owner._modules)
-            _set_module(base, owner_path, owner)
+            set_submodule(base, owner_path, owner)
         owner._modules[attr] = nn.ModuleList(list(getattr(owner, attr))[n_blocks - self.layers:])
         hf._modules[prefix] = base
-        net = copy.deepcopy(_CheckpointNet(hf, self.modality, rows))
-        blocks = _module(net.hf.base_model, path)
-        blocks[0].register_forward_pre_hook(_FromCache(net.rows), with_kwargs=True)
+        net = copy.deepcopy(CheckpointNet(hf, self.modality, rows))
+        blocks = submodule(net.hf.base_model, path)
+        blocks[0].register_forward_pre_hook(FromCache(net.rows), with_kwargs=True)
         trainable = [m for n, m in net.hf.named_modules() if not n.startswith(prefix + ".") and n != prefix]
-        for module in [*trainable, blocks, *self._after_blocks(net, blocks)]:
+        probe = self.trim_batch(self.prepare(self._probe_values()))
+        for module in [*trainable, blocks, *run_after(net, blocks, probe)]:
             for p in module.parameters(recurse=module is blocks):
                 p.requires_grad_(True)
         return net
 
-    def _after_blocks(self, net: _CheckpointNet, blocks: nn.ModuleList) -> list[nn.Module]:
-        """The base model's modules with parameters that run after the blocks (a pooler, a final norm):
-        differentiated with them. Found by running a probe batch and watching the order of calls."""
-        inside = {id(m) for m in blocks.modules()}
-        owners = [m for m in net.hf.base_model.modules()
-                  if id(m) not in inside and any(True for _ in m.parameters(recurse=False))]
-        state = {"started": False}
-        after: list[nn.Module] = []
-
-        def start(module, args):
-            state["started"] = True
-
-        def seen(module, args):
-            if state["started"] and module not in after:
-                after.append(module)
-
-        handles = [blocks[0].register_forward_pre_hook(start)] + [m.register_forward_pre_hook(seen) for m in owners]
-        try:
-            with torch.no_grad():
-                net(self.trim_batch(self.prepare(self._probe_values())))
-        finally:
-            for h in handles:
-                h.remove()
-        return after
-
     def _base_fields(self) -> tuple[str, ...]:
-        """The base model's output fields the head reads (a field the head ignores is not cached: its
-        NaN-filled stand-in leaves the logits finite)."""
+        """The base model's output fields the head reads (see :func:`~.checkpoint.fields_read`)."""
         probe = self._encode(self._probe_values())
         with torch.no_grad():
-            out = self._run_base(probe)
-        self._probe_output = out
-        fields = tuple(k for k, v in out.items() if torch.is_tensor(v))
-        used = []
-        for f in fields:
-            rows = _Rows()
-            stub = _CachedBase(type(out), fields, rows)
-            hf = copy.copy(self._full)
-            hf._modules = {**self._full._modules, self._full.base_model_prefix: stub}
-            net = _CheckpointNet(hf, self.modality, rows)
-            cached = {"base_" + k: (torch.full_like(out[k], float("nan")) if k == f else out[k]) for k in fields}
-            with torch.no_grad():
-                if not torch.isfinite(net({**probe, **cached})).all():
-                    used.append(f)
-        self._unused = tuple(f for f in fields if f not in used)
-        return tuple(used)
+            self._probe_output = self._run_base(probe)
+        used, self._unused = fields_read(self._full, self.modality, probe, self._probe_output)
+        return used
 
     # ---- the trunk, run once per split ----
 
@@ -460,15 +223,15 @@ class HFClassifierAdapter(TrainableAdapter):
 
     def _block_input(self, raw: dict) -> torch.Tensor:
         """The input of the first differentiated block, computed by the checkpoint's own forward."""
-        blocks = _module(self._full.base_model, self._path)
+        blocks = submodule(self._full.base_model, self._path)
 
         def capture(module, args, kwargs):
-            raise _Captured(_first_argument(args, kwargs))
+            raise Captured(first_argument(args, kwargs))
 
         handle = blocks[len(blocks) - self.layers].register_forward_pre_hook(capture, with_kwargs=True)
         try:
             self._run_base(raw)
-        except _Captured as got:
+        except Captured as got:
             return got.hidden
         finally:
             handle.remove()
@@ -536,7 +299,7 @@ class HFClassifierAdapter(TrainableAdapter):
     def parameter_names(self) -> list[str]:
         return [n for n, p in self._net.named_parameters() if p.requires_grad]
 
-    def _build(self) -> _CheckpointNet:
+    def _build(self) -> CheckpointNet:
         """A fresh copy of the checkpoint's differentiated part (every fit starts from it)."""
         return copy.deepcopy(self._template).eval()
 
@@ -544,7 +307,7 @@ class HFClassifierAdapter(TrainableAdapter):
     def features(self, inputs: dict) -> torch.Tensor:
         """What the class-scoring layer sees; for a decoder's, which scores every token, the row's last."""
         seen = []
-        hook = _class_head(self._net.hf, self.n_classes).register_forward_hook(
+        hook = class_head(self._net.hf, self.n_classes).register_forward_hook(
             lambda mod, args, out: seen.append(args[0]))
         try:
             self._net(inputs)
@@ -567,7 +330,7 @@ class HFClassifierAdapter(TrainableAdapter):
 
     def _check(self) -> None:
         """The cached path gives the checkpoint's own logits on a probe batch, and per-example gradients
-        run through it: with the mask as transformers takes it, else prepared (``_additive``)."""
+        run through it: with the mask as transformers takes it, else prepared (``additive_mask``)."""
         from ..influence.gradients import per_sample_gradients
 
         probe = self._probe_values()
@@ -608,50 +371,3 @@ class HFClassifierAdapter(TrainableAdapter):
             raise ModelLoadError(f"{self.where}: {self.family}'s local attention (window {window}) with "
                                  f"layers={self.layers} needs max_length <= {window // 2}, got {self.max_length}; "
                                  "lower max_length, or layers=0 (the head only)")
-
-
-class BertCheckpointAdapter(MiniLMAdapter):
-    """A BERT-layout checkpoint (``model_type`` ``bert``: BERT, MiniLM, …) with its top ``layers`` encoder
-    layers, pooler and classifier differentiated, on text-minilm's packed path (the top layers run on
-    the real tokens only). Same arguments as :class:`HFClassifierAdapter`."""
-
-    def __init__(self, n_classes: int, *, path: str, classes: tuple = (), layers: int | None = 1,
-                 max_length: int = 64, l2: float = 1e-2, settings: TrainSettings | None = None):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        where = f"hf:{path}"
-        config, _ = read_checkpoint(path, n_classes, "text")
-        if _is_classifier(config) and config.num_labels != n_classes:
-            raise ModelLoadError(f"{where}: the checkpoint classifies {config.num_labels} classes, the data has {n_classes}")
-        layers = 1 if layers is None else layers
-        settings = settings or recipe(layers)
-        with seeded(settings.seed):
-            model = _from_pretrained(AutoModelForSequenceClassification, path,
-                                     {} if _is_classifier(config) else {"num_labels": n_classes})
-        encoder = model.bert
-        n_layers = len(encoder.encoder.layer)
-        if not isinstance(layers, int) or not 1 <= layers <= n_layers:
-            raise ModelLoadError(f"{where}: layers must be between 0 and {n_layers}, got {layers!r}")
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.n_classes, self.top_layers, self.max_length = n_classes, layers, max_length
-        self.l2, self.settings = l2, settings
-        self.dim = config.hidden_size
-        self._frozen_layers = nn.ModuleList(encoder.encoder.layer[: n_layers - layers])
-        self._embeddings = encoder.embeddings
-        for p in list(self._embeddings.parameters()) + list(self._frozen_layers.parameters()):
-            p.requires_grad_(False)
-        self._pretrained_top = [copy.deepcopy(layer) for layer in encoder.encoder.layer[n_layers - layers:]]
-        self._pooler = copy.deepcopy(encoder.pooler)
-        self._classifier = copy.deepcopy(model.classifier)
-        if _is_classifier(config):
-            _in_class_order(self._classifier, config.id2label, classes, where)
-        with seeded(settings.seed):
-            self._net = self._build()
-        log.info("%s: BertForSequenceClassification, the top %d layer%s, pooler and classifier: %d parameters "
-                 "differentiated", where, layers, "s" if layers > 1 else "",
-                 sum(p.numel() for p in self._net.parameters() if p.requires_grad))
-
-    def _build(self) -> _TopLayers:
-        """The checkpoint's top layers and head (training and retrains start from them)."""
-        return _TopLayers([copy.deepcopy(layer) for layer in self._pretrained_top], self.dim, self.n_classes,
-                          head=copy.deepcopy(self._classifier), pooler=copy.deepcopy(self._pooler)).eval()
