@@ -10,12 +10,13 @@ What is differentiated, by ``layers``:
 * ``layers=0``, the head: every parameter outside the checkpoint's base model (BERT's classifier,
   RoBERTa's dense + out_proj, DistilBERT's pre_classifier + classifier, GPT-2's score, ViT's
   classifier, …). The base model runs once per split in :meth:`HFClassifierAdapter.prepare`; its
-  output is cached and stands in for it (:class:`~fastif_engine.models.checkpoint.CachedBase`), so the head runs as the checkpoint's
-  own forward runs it (pooling, a decoder's last-token pick) on the cached output. Works for every family.
+  output is cached and stands in for it (``checkpoint.CachedBase``), so the head runs as the
+  checkpoint's own forward runs it (pooling, a decoder's last-token pick). Works for every family.
 * ``layers=N`` (the default, 1), the top N blocks, what runs after them in the base model (BERT's
-  pooler, a final norm) and the head, for the families whose block list is known (``checkpoint.BLOCKS``). The
-  input of the first differentiated block is cached; the lower blocks are dropped from the model
-  that is differentiated, and a hook hands the cached input to its first block.
+  pooler, a final norm) and the head, for the families whose block list is known
+  (``checkpoint.BLOCKS``). The input of the first differentiated block is cached; the lower blocks
+  are dropped from the model that is differentiated, and a hook (``checkpoint.FromCache``) hands
+  the cached input to its first block.
 
 Loading checks that the cached path reproduces the checkpoint's logits and that per-example
 gradients run through it, and says in one line what does not work and what would. BERT-layout
