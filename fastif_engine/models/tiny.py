@@ -90,7 +90,6 @@ def write_checkpoint(family: str, out, *, n_classes: int = 2, layers: int = 2, w
     out.mkdir(parents=True, exist_ok=True)
     if family in IMAGE_FAMILIES:
         vocab = 0
-        T.AutoImageProcessor  # noqa: B018 - the processor below is the family's own
         processor = (T.ViTImageProcessorPil if family == "vit" else T.ConvNextImageProcessorPil)(
             size={"height": image_size, "width": image_size} if family == "vit" else {"shortest_edge": image_size},
             do_resize=True)
