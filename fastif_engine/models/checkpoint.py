@@ -51,13 +51,20 @@ class Captured(Exception):
         self.hidden = hidden
 
 
-def first_argument(args: tuple, kwargs: dict):
+def _hidden_name(args: tuple, kwargs: dict) -> str | None:
+    """Where a block's hidden-state input is: ``None`` for the first positional argument, else its keyword."""
     if args:
-        return args[0]
+        return None
     for name in FIRST_ARGUMENT:
         if name in kwargs:
-            return kwargs[name]
+            return name
     raise ModelLoadError(f"a block was called without a hidden-state argument (got {sorted(kwargs)})")
+
+
+def first_argument(args: tuple, kwargs: dict):
+    """A block's hidden-state input, as it was called."""
+    name = _hidden_name(args, kwargs)
+    return args[0] if name is None else kwargs[name]
 
 
 class Rows:
@@ -73,13 +80,8 @@ class FromCache:
         self.rows = rows
 
     def __call__(self, module, args, kwargs):
-        hidden = self.rows.current["hidden"]
-        if args:
-            return (hidden, *args[1:]), kwargs
-        for name in FIRST_ARGUMENT:
-            if name in kwargs:
-                return args, {**kwargs, name: hidden}
-        raise ModelLoadError(f"a block was called without a hidden-state argument (got {sorted(kwargs)})")
+        hidden, name = self.rows.current["hidden"], _hidden_name(args, kwargs)
+        return ((hidden, *args[1:]), kwargs) if name is None else (args, {**kwargs, name: hidden})
 
 
 class CachedBase(nn.Module):
